@@ -1,0 +1,394 @@
+"""The data-plane ASGI app: V2 (Open Inference Protocol), KServe V1, health and metrics.
+
+A hand-written router on raw ASGI keeps per-request framework cost off the inference path
+(see DESIGN.md, "Measured facts"); anything it does not route goes to the `fallback` app
+(FastAPI: OpenAPI docs now, the control plane later).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from inferd.api.http import v1
+from inferd.api.http.body import ClientDisconnected, compress, decode_content, read_body
+from inferd.api.http.errors import MethodNotAllowed, status_of
+from inferd.api.http.v2codec import (
+    HEADER_LENGTH,
+    decode_raw,
+    decode_request,
+    encode_response,
+    loads,
+    parse_header_length,
+)
+from inferd.api.model_config import metadata, model_config
+from inferd.core.errors import InferdError, InvalidInput, ModelLoadError, ServerNotReady
+from inferd.observability.logs import ACCESS_LOGGER
+from inferd.observability.metrics import CONTENT_TYPE, ServingMetrics
+from inferd.serving.engine import InferenceEngine
+
+log = logging.getLogger("inferd.http")
+access = logging.getLogger(ACCESS_LOGGER)
+
+JSON = b"application/json"
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+    "model_configuration",
+    "classification",
+    "parameters",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Caps applied to every request before decoding."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_chunks: int = 65_536
+    compress_min_bytes: int = 4096
+
+
+class Request:
+    """What a route needs from one HTTP request (headers read once)."""
+
+    __slots__ = (
+        "accept_encoding", "content_encoding", "content_length", "header_length", "method",
+        "model", "receive", "request_id", "route", "version",
+    )  # fmt: skip
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.method: str = scope["method"]
+        self.receive = receive
+        self.content_length: int | None = None
+        self.content_encoding: str | None = None
+        self.accept_encoding: str | None = None
+        self.header_length: str | None = None
+        self.request_id: str | None = None
+        self.model: str | None = None
+        self.version: str | None = None
+        self.route = "other"
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    self.content_length = int(v)
+                except ValueError:
+                    raise InvalidInput("Content-Length is not an integer") from None
+            elif k == b"content-encoding":
+                self.content_encoding = v.decode("latin-1")
+            elif k == b"inference-header-content-length":
+                self.header_length = v.decode("latin-1")
+            elif k == b"accept-encoding":
+                self.accept_encoding = v.decode("latin-1")
+            elif k == b"x-request-id":
+                self.request_id = v.decode("latin-1")[:128]
+
+
+Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+
+def _json(status: int, doc: Any) -> Response:
+    return status, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), [(b"content-type", JSON)]
+
+
+class DataPlaneApp:
+    """Raw ASGI router for the data plane."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        metrics: ServingMetrics,
+        fallback: ASGIApp,
+        limits: HttpLimits,
+        server_name: str = "inferd",
+        server_version: str = "0",
+        on_startup: Callable[[], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.fallback = fallback
+        self.limits = limits
+        self.server_name = server_name
+        self.server_version = server_version
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
+        self._http_counters: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.fallback(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self._on_startup:
+                        await self._on_startup()
+                except Exception as e:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._on_shutdown:
+                    await self._on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter_ns()
+        req: Request | None = None
+        try:
+            req = Request(scope, receive)
+            resp = await self._route(req, scope["path"])
+            if resp is None:
+                await self.fallback(scope, receive, send)
+                return
+        except InferdError as e:
+            resp = _json(status_of(e), {"error": e.message})
+        except ClientDisconnected:
+            self._access(req, scope, 499, start)
+            return
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            resp = _json(500, {"error": "internal server error"})
+        status, body, headers = resp
+        if status == 503 and req is not None and req.route in ("infer", "predict"):
+            headers.append((b"retry-after", b"1"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._access(req, scope, status, start)
+
+    def _access(self, req: Request | None, scope: Scope, status: int, start: int) -> None:
+        route = req.route if req else "other"
+        key = (route, status)
+        counter = self._http_counters.get(key)
+        if counter is None:
+            counter = self._http_counters[key] = self.metrics.http_requests.labels(
+                route, str(status)
+            )
+        counter.inc()
+        if access.disabled or not access.isEnabledFor(logging.INFO):
+            return
+        fields = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "latency_ms": round((time.perf_counter_ns() - start) / 1e6, 3),
+            "model": req.model if req else None,
+            "version": req.version if req else None,
+            "request_id": req.request_id if req else None,
+            "client": scope["client"][0] if scope.get("client") else None,
+        }
+        access.info("request", extra={"fields": fields})
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    async def _route(self, req: Request, path: str) -> Response | None:
+        parts = path.strip("/").split("/")
+        head = parts[0]
+        if head == "v2":
+            return await self._v2(req, parts)
+        if head == "v1" and len(parts) >= 2 and parts[1] == "models":
+            return await self._v1(req, parts)
+        if path == "/metrics":
+            req.route = "metrics"
+            self._method(req, "GET")
+            return 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE.encode())]
+        if path == "/":
+            req.route = "root"
+            return _json(200, {"status": "alive"})
+        return None
+
+    @staticmethod
+    def _method(req: Request, *allowed: str) -> None:
+        if req.method not in allowed:
+            raise MethodNotAllowed(f"method {req.method} not allowed here; use {'/'.join(allowed)}")
+
+    async def _v2(self, req: Request, parts: list[str]) -> Response | None:
+        n = len(parts)
+        if n == 1:
+            req.route = "server_metadata"
+            self._method(req, "GET")
+            return _json(200, {"name": self.server_name, "version": self.server_version,
+                               "extensions": EXTENSIONS})  # fmt: skip
+        kind = parts[1]
+        if kind == "health" and n == 3:
+            return self._health(req, parts[2])
+        if kind == "repository":
+            return await self._repository(req, parts)
+        if kind != "models":
+            return None
+        if n == 2:
+            req.route = "models"
+            self._method(req, "GET")
+            return _json(200, {"models": [m.name for m in self.engine.models()]})
+        if n == 3 and parts[2] == "stats":
+            req.route = "stats"
+            self._method(req, "GET")
+            return _json(200, {"model_stats": self.engine.stats()})
+        name = parts[2]
+        rest = parts[3:]
+        version = None
+        if rest and rest[0] == "versions":
+            if len(rest) < 2:
+                return None
+            version = rest[1]
+            rest = rest[2:]
+        if len(rest) > 1:
+            return None
+        action = rest[0] if rest else ""
+        req.model, req.version = name, version
+        if action == "infer":
+            req.route = "infer"
+            self._method(req, "POST")
+            return await self._infer(req, name, version)
+        if action == "":
+            req.route = "model_metadata"
+            self._method(req, "GET")
+            model = self.engine.model(name)
+            return _json(200, metadata(model, self.engine.version(name, version)))
+        if action == "ready":
+            req.route = "model_ready"
+            self._method(req, "GET")
+            return self._model_ready(name, version)
+        if action == "config":
+            req.route = "model_config"
+            self._method(req, "GET")
+            model = self.engine.model(name)
+            return _json(200, model_config(model, self.engine.version(name, version)))
+        if action == "stats":
+            req.route = "stats"
+            self._method(req, "GET")
+            return _json(200, {"model_stats": self.engine.stats(name, version)})
+        return None
+
+    def _health(self, req: Request, which: str) -> Response | None:
+        self._method(req, "GET")
+        if which == "live":
+            req.route = "live"
+            if self.engine.live():
+                return _json(200, {"live": True})
+            return _json(503, {"live": False, "error": "server is shutting down"})
+        if which == "ready":
+            req.route = "ready"
+            reason = self.engine.not_ready_reason()
+            if reason is None:
+                return _json(200, {"ready": True})
+            return _json(503, {"ready": False, "error": reason})
+        return None
+
+    def _model_ready(self, name: str, version: str | None) -> Response:
+        model = self.engine.model(name)  # unknown -> 404
+        try:
+            sv = self.engine.version(name, version)
+        except InferdError as e:
+            if status_of(e) == 404:
+                raise
+            return _json(503, {"name": name, "ready": False, "error": e.message})
+        return _json(200, {"name": model.name, "version": sv.version, "ready": True})
+
+    async def _body(self, req: Request) -> bytes:
+        limit = self.limits.max_body_bytes
+        body = await read_body(req.receive, req.content_length, limit, self.limits.max_chunks)
+        return decode_content(body, req.content_encoding, limit)
+
+    async def _infer(self, req: Request, name: str, version: str | None) -> Response:
+        if self.engine.stopping:
+            raise ServerNotReady("server is shutting down")
+        sv = self.engine.version(name, version)
+        body = await self._body(req)
+        header_length = parse_header_length(req.header_length, len(body))
+        if header_length == 0:
+            request = decode_raw(body, sv.inputs)
+        else:
+            request = decode_request(body, header_length)
+        if request.id is not None:
+            req.request_id = request.id
+        response = await self.engine.infer_version(sv, request)
+        out, json_len = encode_response(response, request)
+        headers = [(b"content-type", JSON if json_len is None else b"application/octet-stream")]
+        if json_len is not None:
+            headers.append((b"inference-header-content-length", str(json_len).encode()))
+        if req.accept_encoding and len(out) >= self.limits.compress_min_bytes:
+            out, enc = compress(out, req.accept_encoding)
+            if enc:
+                headers.append((b"content-encoding", enc.encode()))
+        return 200, out, headers
+
+    async def _repository(self, req: Request, parts: list[str]) -> Response | None:
+        n = len(parts)
+        if n == 3 and parts[2] == "index":
+            req.route = "repository_index"
+            self._method(req, "POST", "GET")
+            body = await self._body(req) if req.method == "POST" else b""
+            doc = loads(body) if body.strip() else {}
+            if not isinstance(doc, dict):
+                raise InvalidInput("request body must be a JSON object")
+            ready = doc.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidInput("'ready' must be true or false")
+            return _json(200, self.engine.index(ready_only=ready))
+        if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
+            name, op = parts[3], parts[4]
+            req.route, req.model = f"repository_{op}", name
+            self._method(req, "POST")
+            body = await self._body(req)
+            doc = loads(body) if body.strip() else {}
+            params = doc.get("parameters") if isinstance(doc, dict) else None
+            if params is not None and not isinstance(params, dict):
+                raise InvalidInput("'parameters' must be an object")
+            if op == "load":
+                if params and any(k == "config" or k.startswith("file:") for k in params):
+                    raise InvalidInput(
+                        "load overrides ('config', 'file:...') are not accepted over the API; "
+                        "change the model repository instead"
+                    )
+                try:
+                    await self.engine.load(name)
+                except ModelLoadError as e:
+                    return _json(400, {"error": e.message})
+                return _json(200, {"name": name, "load": True})
+            await self.engine.unload(name)
+            return _json(200, {"name": name, "unload": True})
+        return None
+
+    async def _v1(self, req: Request, parts: list[str]) -> Response | None:
+        n = len(parts)
+        if n == 2:
+            req.route = "v1_models"
+            self._method(req, "GET")
+            return _json(200, {"models": [m.name for m in self.engine.models()]})
+        if n != 3:
+            return None
+        name, _, verb = parts[2].partition(":")
+        req.model = name
+        if not verb:
+            req.route = "v1_model"
+            self._method(req, "GET")
+            return self._model_ready(name, None)
+        if verb != "predict":
+            return None
+        req.route = "predict"
+        self._method(req, "POST")
+        sv = self.engine.version(name)
+        request = v1.decode_predict(await self._body(req), sv.inputs)
+        response = await self.engine.infer_version(sv, request)
+        return _json(200, v1.encode_predictions(response))

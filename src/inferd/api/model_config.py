@@ -1,0 +1,58 @@
+"""Triton's ModelConfig and model metadata as plain dicts, shared by the REST and gRPC adapters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferd.core.datatypes import config_type
+from inferd.core.spec import TensorSpec
+from inferd.serving.engine import ServedModel, ServedVersion
+
+
+def metadata(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
+    """V2 model metadata: name, served versions, platform, inputs and outputs (full shapes)."""
+    return {
+        "name": model.name,
+        "versions": sorted(model.versions, key=lambda v: (0, int(v)) if v.isdigit() else (1, v)),
+        "platform": sv.platform,
+        "inputs": [t.to_dict() for t in sv.inputs],
+        "outputs": [t.to_dict() for t in sv.outputs],
+    }
+
+
+def _dims(t: TensorSpec, batched: bool) -> list[int]:
+    shape = list(t.shape)
+    return shape[1:] if batched and shape else shape
+
+
+def model_config(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
+    """Triton `inference.ModelConfig` as JSON (what perf_analyzer and tritonclient read)."""
+    spec = sv.spec
+    batched = spec.max_batch_size > 0
+    policy = spec.version_policy
+    if policy.kind == "all":
+        vp: dict[str, Any] = {"all": {}}
+    elif policy.kind == "specific":
+        vp = {"specific": {"versions": [int(v) if v.isdigit() else v for v in policy.versions]}}
+    else:
+        vp = {"latest": {"num_versions": policy.latest}}
+    return {
+        "name": model.name,
+        "platform": sv.platform,
+        "backend": sv.runtime_name,
+        "runtime": sv.runtime_name,
+        "version_policy": vp,
+        "max_batch_size": spec.max_batch_size,
+        "input": [
+            {"name": t.name, "data_type": config_type(t.datatype), "dims": _dims(t, batched),
+             "optional": t.optional}
+            for t in sv.inputs
+        ],
+        "output": [
+            {"name": t.name, "data_type": config_type(t.datatype), "dims": _dims(t, batched)}
+            for t in sv.outputs
+        ],
+        "instance_group": [{"name": model.name, "kind": "KIND_CPU", "count": 1}],
+        "parameters": {k: {"string_value": str(v)} for k, v in spec.parameters.items()},
+        "model_transaction_policy": {"decoupled": False},
+    }

@@ -1,0 +1,67 @@
+"""The `inferd` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from inferd import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="inferd")
+def cli() -> None:
+    """inferd: serve models over the Open Inference Protocol (V2), KServe V1 and more."""
+
+
+@cli.command()
+@click.option(
+    "--model-repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of models: DIR/<model>/[model.yaml] and DIR/<model>/<version>/<files>.",
+)
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
+@click.option("--http-port", type=int, default=None, help="HTTP port (default 8000).")
+@click.option("--max-body-bytes", type=int, default=None, help="Largest request body (bytes).")
+@click.option("--server-name", default=None, help="Name GET /v2 reports (default inferd).")
+@click.option("--log-level", default=None, help="debug, info, warning, error.")
+@click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+def serve(
+    model_repository: Path | None,
+    host: str | None,
+    http_port: int | None,
+    max_body_bytes: int | None,
+    server_name: str | None,
+    log_level: str | None,
+    no_access_log: bool,
+) -> None:
+    """Serve every model in a model repository."""
+    from inferd.runner import run
+    from inferd.settings import Settings
+
+    settings = Settings()
+    if model_repository is not None:
+        settings.model_repository = model_repository
+    http = settings.http
+    if host is not None:
+        http.host = host
+    if http_port is not None:
+        http.port = http_port
+    if max_body_bytes is not None:
+        http.max_body_bytes = max_body_bytes
+    if server_name is not None:
+        http.server_name = server_name
+    if log_level is not None:
+        settings.log_level = log_level
+    if no_access_log:
+        http.access_log = False
+    run(settings)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The one exception hierarchy. Adapters map these to status codes in one table each."""
+
+from __future__ import annotations
+
+
+class InferdError(Exception):
+    """Base of every error inferd raises on purpose; `message` is safe to show to clients."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(InferdError):
+    """The request is malformed or does not match the model (HTTP 400)."""
+
+
+class ModelNotFound(InferdError):
+    """No such model or version (HTTP 404). The message starts with 'Request for unknown model'."""
+
+    def __init__(self, name: str, version: str | None = None) -> None:
+        what = f"'{name}'" if version is None else f"'{name}' version {version}"
+        super().__init__(f"Request for unknown model: {what} is not found")
+        self.name = name
+        self.version = version
+
+
+class ModelNotReady(InferdError):
+    """The model exists but cannot serve now: loading, failed or unloaded (HTTP 503)."""
+
+
+class ServerNotReady(InferdError):
+    """The server is starting or shutting down (HTTP 503)."""
+
+
+class PayloadTooLarge(InferdError):
+    """The body, or its decompressed form, is over the configured cap (HTTP 413)."""
+
+
+class UnsupportedMediaType(InferdError):
+    """An unknown Content-Encoding or content type (HTTP 415)."""
+
+
+class ModelExecutionError(InferdError):
+    """The model raised while running (HTTP 500); the message is the model's."""
+
+
+class ModelLoadError(InferdError):
+    """A model could not be loaded; the reason is kept and reported (never hidden)."""
+
+
+class UntrustedArtifact(ModelLoadError):
+    """A code-executing artifact format (pickle) without `trusted: true`."""
+
+
+class Unsupported(InferdError):
+    """A feature the model or runtime does not offer (HTTP 501)."""

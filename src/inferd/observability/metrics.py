@@ -1,0 +1,141 @@
+"""Prometheus metrics on an injected registry (never the global one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+#: Latency buckets in seconds: sub-millisecond resolution for fast models, up to a minute.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+
+@dataclass(slots=True)
+class VersionMetrics:
+    """Children bound to one (model, version) so the hot path does no label lookups."""
+
+    requests: Counter
+    success: Counter
+    inferences: Counter
+    executions: Counter
+    request_seconds: Histogram
+    queue_seconds: Histogram
+    compute_seconds: Histogram
+    batch_size: Histogram
+    _failures: Counter
+    _model: str
+    _version: str
+
+    def failure(self, reason: str) -> None:
+        self._failures.labels(self._model, self._version, reason).inc()
+
+
+class ServingMetrics:
+    """Data-plane metrics: `inferd_inference_*` with labels {model, version}."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        mv = ["model", "version"]
+        self.requests = Counter(
+            "inferd_inference_requests", "Inference requests received", mv, registry=registry
+        )
+        self.success = Counter(
+            "inferd_inference_success", "Inference requests that succeeded", mv, registry=registry
+        )
+        self.failures = Counter(
+            "inferd_inference_failures",
+            "Inference requests that failed, by reason",
+            [*mv, "reason"],
+            registry=registry,
+        )
+        self.inferences = Counter(
+            "inferd_inference_count",
+            "Inferences performed (a batch of n counts n)",
+            mv,
+            registry=registry,
+        )
+        self.executions = Counter(
+            "inferd_inference_executions",
+            "Model executions (a batch counts once)",
+            mv,
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "inferd_inference_request_duration_seconds",
+            "End-to-end inference request duration in the engine",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_seconds = Histogram(
+            "inferd_inference_queue_duration_seconds",
+            "Time a request waited before its model ran",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.compute_seconds = Histogram(
+            "inferd_inference_compute_duration_seconds",
+            "Time the model spent computing",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "inferd_inference_batch_size",
+            "Batch size of each model execution",
+            mv,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.model_ready = Gauge(
+            "inferd_model_ready", "1 when the model version is ready", mv, registry=registry
+        )
+        self.model_loads = Counter(
+            "inferd_model_loads", "Model load attempts by outcome", ["model", "outcome"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "inferd_http_requests",
+            "HTTP requests by route and status code",
+            ["route", "code"],
+            registry=registry,
+        )
+
+    def for_version(self, model: str, version: str) -> VersionMetrics:
+        labels = (model, version)
+        return VersionMetrics(
+            requests=self.requests.labels(*labels),
+            success=self.success.labels(*labels),
+            inferences=self.inferences.labels(*labels),
+            executions=self.executions.labels(*labels),
+            request_seconds=self.request_seconds.labels(*labels),
+            queue_seconds=self.queue_seconds.labels(*labels),
+            compute_seconds=self.compute_seconds.labels(*labels),
+            batch_size=self.batch_size.labels(*labels),
+            _failures=self.failures,
+            _model=model,
+            _version=version,
+        )
+
+    def forget(self, model: str, version: str) -> None:
+        """Drop a version's series once it is unloaded."""
+        for metric in (
+            self.requests, self.success, self.inferences, self.executions,
+            self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size,
+            self.model_ready,
+        ):  # fmt: skip
+            try:
+                metric.remove(model, version)
+            except KeyError:
+                pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,84 @@
+"""Running a built server under uvicorn: in the foreground (CLI) or on a thread (Python API)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from inferd.app import Server, build
+from inferd.observability.logs import configure_logging
+from inferd.settings import Settings
+
+
+def _config(server: Server, sock_port: int) -> uvicorn.Config:
+    s = server.settings
+    return uvicorn.Config(
+        server.asgi,
+        host=s.http.host,
+        port=sock_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        log_level=s.log_level,
+        timeout_graceful_shutdown=int(s.shutdown_grace_s),
+        timeout_keep_alive=30,
+        server_header=False,
+        date_header=False,
+    )
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM (the `inferd serve` command)."""
+    configure_logging(settings.log_level, settings.http.access_log)
+    server = build(settings)
+    uvicorn.Server(_config(server, settings.http.port)).run()
+
+
+class RunningServer:
+    """A server on a background thread: `url`, `engine`, and `stop()`."""
+
+    def __init__(self, server: Server, uv: uvicorn.Server, thread: threading.Thread, port: int):
+        self.server = server
+        self.engine = server.engine
+        self._uv = uv
+        self._thread = thread
+        self.port = port
+        self.url = f"http://{server.settings.http.host}:{port}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._uv.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_in_thread(
+    settings: Settings, models: dict[str, Any] | None = None, timeout: float = 60.0
+) -> RunningServer:
+    """Start a server on a thread and wait until it is ready (or raise)."""
+    server = build(settings, models)
+    port = settings.http.port
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((settings.http.host, 0))
+            port = s.getsockname()[1]
+    uv = uvicorn.Server(_config(server, port))
+    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True, name="inferd")
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not uv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("inferd did not start")
+        time.sleep(0.02)
+    return RunningServer(server, uv, thread, port)

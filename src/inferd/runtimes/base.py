@@ -1,0 +1,68 @@
+"""The one interface every framework runtime implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from inferd.core.spec import ModelSpec, TensorSpec
+
+
+class Runtime(ABC):
+    """Loads one model version and runs it on numpy arrays.
+
+    Contract:
+    - `__init__` stores arguments only; `load()` imports the framework (lazily) and reads the
+      artifact from `path` (the version directory). Raise `ModelLoadError` with a reason.
+    - `signature()` returns (inputs, outputs) with FULL shapes, batch dimension included
+      (-1 for variable). The engine prefers what `model.yaml` declares when it declares it.
+    - `infer()` takes arrays already validated against the signature (BYTES are object arrays
+      of `bytes`) and returns name -> array. `outputs` is the requested subset or None (all).
+      It runs in a worker thread or process, never on the event loop.
+    """
+
+    #: Registry name used in `model.yaml` (`runtime: onnx`).
+    name: ClassVar[str]
+    #: Informational platform string for metadata (`onnx_onnxv1`, `pytorch_torchscript`, ...).
+    platform: ClassVar[str] = ""
+
+    def __init__(self, spec: ModelSpec, version: str, path: Path) -> None:
+        self.spec = spec
+        self.version = version
+        self.path = path
+
+    @abstractmethod
+    def load(self) -> None:
+        """Import the framework and load the artifact."""
+
+    @abstractmethod
+    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """Inputs and outputs as the artifact describes them (full shapes)."""
+
+    @abstractmethod
+    def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model."""
+
+    def unload(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; the default drops references."""
+
+    def find_artifact(self, *suffixes: str) -> Path:
+        """The single file in the version directory with one of `suffixes` (e.g. '.onnx')."""
+        from inferd.core.errors import ModelLoadError
+
+        found = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix in suffixes)
+        if not found:
+            raise ModelLoadError(f"no {'/'.join(suffixes)} file in version {self.version}")
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise ModelLoadError(f"several candidate artifacts in version {self.version}: {names}")
+        return found[0]

@@ -1,0 +1,418 @@
+"""The one inference engine every protocol adapter calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from inferd.core.datatypes import NUMPY_DTYPES
+from inferd.core.errors import (
+    InferdError,
+    InvalidInput,
+    ModelExecutionError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotReady,
+)
+from inferd.core.spec import ModelSpec, TensorSpec, check_name
+from inferd.core.tensors import InferenceRequest, InferenceResponse, Tensor
+from inferd.core.validation import check_inputs, check_outputs
+from inferd.observability.metrics import ServingMetrics, VersionMetrics
+from inferd.runtimes import detect_runtime, runtime_class
+from inferd.runtimes.base import Runtime
+from inferd.serving.classification import classify
+from inferd.serving.repository import ModelRepository, ModelSource
+from inferd.serving.stats import VersionStats
+from inferd.workers import InProcessReplica, Replica
+
+log = logging.getLogger("inferd.engine")
+
+ReplicaFactory = Callable[[Runtime, str], Replica]
+
+
+class ModelState(StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """A loaded version: its replica, effective signature, stats and metric children."""
+
+    name: str
+    version: str
+    spec: ModelSpec
+    runtime_name: str
+    platform: str
+    replica: Replica
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    metrics: VersionMetrics
+    stats: VersionStats = field(default_factory=VersionStats)
+    inflight: int = 0
+
+    def __post_init__(self) -> None:
+        self.input_map = {t.name: t for t in self.inputs}
+        self.output_map = {t.name: t for t in self.outputs}
+        self.output_names = [t.name for t in self.outputs]
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A model name: its served versions and its state (with the reason when unavailable)."""
+
+    name: str
+    spec: ModelSpec | None
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    required: bool = True
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+    default: ServedVersion | None = None
+
+    def refresh_default(self) -> None:
+        ordered = sorted(self.versions, key=lambda v: (0, int(v)) if v.isdigit() else (1, v))
+        self.default = self.versions[ordered[-1]] if ordered else None
+
+
+def _full_shape(specs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple[TensorSpec, ...]:
+    if max_batch_size <= 0:
+        return specs
+    return tuple(TensorSpec(t.name, t.datatype, (-1, *t.shape), t.optional) for t in specs)
+
+
+class InferenceEngine:
+    """Owns served models; loads, unloads and runs them. Adapters make one call per request."""
+
+    def __init__(
+        self,
+        metrics: ServingMetrics,
+        repository: ModelRepository | None = None,
+        replica_factory: ReplicaFactory = InProcessReplica,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.metrics = metrics
+        self.repository = repository
+        self._replica_factory = replica_factory
+        self._models: dict[str, ServedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._drain_timeout_s = drain_timeout_s
+        self.started = False
+        self.stopping = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every model of the repository concurrently; failures are kept with reasons."""
+        names = self.repository.names() if self.repository else []
+        for name in names:
+            self._models.setdefault(name, ServedModel(name, None))
+        await asyncio.gather(*(self._load_quietly(n) for n in names))
+        self.started = True
+
+    async def _load_quietly(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except InferdError as e:
+            log.warning("model %s failed to load: %s", name, e.message)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await asyncio.gather(*(self.unload(n) for n in list(self._models)), return_exceptions=True)
+
+    def live(self) -> bool:
+        return not self.stopping
+
+    def not_ready_reason(self) -> str | None:
+        """None when ready: started, not stopping, and every required model READY."""
+        if self.stopping:
+            return "server is shutting down"
+        if not self.started:
+            return "server is starting: models are loading"
+        waiting = [m.name for m in self._models.values() if m.required and m.state != "READY"]
+        if waiting:
+            return f"required model(s) not ready: {', '.join(sorted(waiting))}"
+        return None
+
+    # ---- model control ---------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    async def load(self, name: str) -> ServedModel:
+        """(Re)load a model from the repository. A failed reload keeps the old versions serving."""
+        if self.repository is None:
+            raise ModelNotFound(name)
+        check_name(name)
+        async with self._lock(name):
+            model = self._models.get(name)
+            try:
+                source = self.repository.source(name)
+            except ModelNotFound:
+                raise
+            except InferdError as e:
+                self._failed(name, model, e.message)
+                raise ModelLoadError(f"failed to load '{name}': {e.message}") from None
+            if model is None:
+                model = self._models[name] = ServedModel(name, source.spec)
+            if not model.versions:
+                model.state = ModelState.LOADING
+            model.required = source.spec.required
+            return await self._load_versions(model, source)
+
+    async def _load_versions(self, model: ServedModel, source: ModelSource) -> ServedModel:
+        spec = source.spec
+        wanted = spec.version_policy.select(list(source.versions))
+        if not wanted:
+            self._failed(model.name, model, "the version policy selects no version on disk")
+            raise ModelLoadError(f"failed to load '{model.name}': no version selected")
+        results = await asyncio.gather(
+            *(self._load_version(spec, v, source) for v in wanted), return_exceptions=True
+        )
+        loaded: dict[str, ServedVersion] = {}
+        errors = []
+        for v, r in zip(wanted, results, strict=True):
+            if isinstance(r, ServedVersion):
+                loaded[v] = r
+            else:
+                msg = r.message if isinstance(r, InferdError) else f"{type(r).__name__}: {r}"
+                errors.append(f"version {v}: {msg}")
+        if errors:
+            for sv in loaded.values():
+                await self._retire(sv)
+            reason = "; ".join(errors)
+            self.metrics.model_loads.labels(model.name, "failure").inc()
+            self._failed(model.name, model, reason)
+            raise ModelLoadError(f"failed to load '{model.name}': {reason}")
+        old = model.versions
+        model.spec, model.versions = spec, loaded
+        model.refresh_default()
+        model.state, model.reason = ModelState.READY, ""
+        self.metrics.model_loads.labels(model.name, "success").inc()
+        for sv in loaded.values():
+            self.metrics.model_ready.labels(model.name, sv.version).set(1)
+        for v, sv in old.items():
+            if v not in loaded:
+                self.metrics.forget(model.name, v)
+            await self._retire(sv)
+        log.info("model %s ready, versions %s", model.name, ",".join(sorted(loaded)))
+        return model
+
+    def _failed(self, name: str, model: ServedModel | None, reason: str) -> None:
+        if model is None:
+            model = self._models.setdefault(name, ServedModel(name, None))
+        if not model.versions:  # a failed reload keeps serving the old versions
+            model.state, model.reason = ModelState.UNAVAILABLE, reason
+        else:
+            model.reason = f"reload failed: {reason}"
+
+    async def _load_version(self, spec: ModelSpec, version: str, source: ModelSource) -> ServedVersion:
+        path = source.version_path(version)
+        runtime_name = spec.runtime or detect_runtime(path)
+        runtime = runtime_class(runtime_name)(spec, version, path)
+        return await self.add_runtime(spec, version, runtime_name, runtime)
+
+    async def add_runtime(
+        self, spec: ModelSpec, version: str, runtime_name: str, runtime: Runtime
+    ) -> ServedVersion:
+        """Start a replica for `runtime` and work out its effective signature."""
+        replica = self._replica_factory(runtime, f"{spec.name}-{version}")
+        sig_in, sig_out = await replica.load()
+        inputs = _full_shape(spec.inputs, spec.max_batch_size) if spec.inputs else sig_in
+        outputs = _full_shape(spec.outputs, spec.max_batch_size) if spec.outputs else sig_out
+        if not inputs or not outputs:
+            await replica.unload()
+            raise ModelLoadError("the model declares no inputs or outputs; list them in model.yaml")
+        return ServedVersion(
+            name=spec.name,
+            version=version,
+            spec=spec,
+            runtime_name=runtime_name,
+            platform=spec.platform or runtime.platform,
+            replica=replica,
+            inputs=inputs,
+            outputs=outputs,
+            metrics=self.metrics.for_version(spec.name, version),
+        )
+
+    async def add_model(self, spec: ModelSpec, runtime: Runtime, version: str = "1") -> ServedModel:
+        """Serve an already-constructed runtime (the Python API's path)."""
+        async with self._lock(spec.name):
+            sv = await self.add_runtime(spec, version, runtime.name, runtime)
+            model = ServedModel(spec.name, spec, ModelState.READY, required=spec.required)
+            model.versions = {version: sv}
+            model.refresh_default()
+            self._models[spec.name] = model
+            self.metrics.model_ready.labels(spec.name, version).set(1)
+            return model
+
+    async def unload(self, name: str) -> None:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        async with self._lock(name):
+            versions, model.versions, model.default = model.versions, {}, None
+            model.state, model.reason = ModelState.UNLOADING, ""
+            for sv in versions.values():
+                await self._retire(sv)
+                self.metrics.forget(name, sv.version)
+            model.state, model.reason = ModelState.UNAVAILABLE, "unloaded"
+
+    async def _retire(self, sv: ServedVersion) -> None:
+        """Unload once in-flight requests are done (bounded by the drain timeout)."""
+        deadline = time.monotonic() + self._drain_timeout_s
+        while sv.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await sv.replica.unload()
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def models(self) -> list[ServedModel]:
+        return [self._models[n] for n in sorted(self._models)]
+
+    def model(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        return model
+
+    def version(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version to serve, or ModelNotFound / ModelNotReady with the reason."""
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        if version is None or version == "":
+            sv = model.default
+            if sv is None:
+                why = model.reason or model.state.value.lower()
+                raise ModelNotReady(f"model '{name}' is not ready: {why}")
+            return sv
+        sv = model.versions.get(version)
+        if sv is None:
+            if model.state == ModelState.READY:
+                raise ModelNotFound(name, version)
+            raise ModelNotReady(f"model '{name}' version {version} is not ready")
+        return sv
+
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for m in self.models():
+            if m.versions:
+                for v in sorted(m.versions):
+                    out.append({"name": m.name, "version": v, "state": "READY", "reason": m.reason})
+            elif not ready_only:
+                out.append({"name": m.name, "version": "", "state": m.state.value, "reason": m.reason})
+        return out
+
+    def stats(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+        if name is None:
+            return [
+                sv.stats.to_dict(m.name, v)
+                for m in self.models()
+                for v, sv in sorted(m.versions.items())
+            ]
+        if version:
+            sv = self.version(name, version)
+            return [sv.stats.to_dict(name, sv.version)]
+        model = self.model(name)
+        return [sv.stats.to_dict(name, v) for v, sv in sorted(model.versions.items())]
+
+    # ---- inference -------------------------------------------------------------------------
+
+    async def infer(
+        self, name: str, version: str | None, request: InferenceRequest
+    ) -> InferenceResponse:
+        if self.stopping:
+            raise ServerNotReady("server is shutting down")
+        return await self.infer_version(self.version(name, version), request)
+
+    async def infer_version(self, sv: ServedVersion, request: InferenceRequest) -> InferenceResponse:
+        t0 = time.perf_counter_ns()
+        m = sv.metrics
+        m.requests.inc()
+        sv.inflight += 1
+        try:
+            arrays = check_inputs(sv.name, request, sv.input_map, sv.spec.max_batch_size)
+            wanted = check_outputs(sv.name, request.outputs, sv.output_map)
+            t1 = time.perf_counter_ns()
+            result = await sv.replica.infer(arrays, wanted, request.parameters)
+            t2 = time.perf_counter_ns()
+            outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)
+        except BaseException as e:
+            total = time.perf_counter_ns() - t0
+            sv.stats.record_failure(total)
+            m.failure(_reason(e))
+            raise
+        finally:
+            sv.inflight -= 1
+        t3 = time.perf_counter_ns()
+        batch = next(iter(arrays.values())).shape[0] if sv.spec.max_batch_size > 0 else 1
+        total = t3 - t0
+        sv.stats.record_success(
+            batch, total, result.queue_ns, t1 - t0, result.compute_ns, t3 - t2
+        )
+        m.success.inc()
+        m.inferences.inc(batch)
+        m.executions.inc()
+        m.batch_size.observe(batch)
+        m.request_seconds.observe(total / 1e9)
+        m.queue_seconds.observe(result.queue_ns / 1e9)
+        m.compute_seconds.observe(result.compute_ns / 1e9)
+        return InferenceResponse(sv.name, sv.version, outputs, request.id)
+
+    def _outputs(
+        self,
+        sv: ServedVersion,
+        produced: dict[str, np.ndarray],
+        names: Sequence[str],
+        request: InferenceRequest,
+    ) -> list[Tensor]:
+        params = {o.name: o.parameters for o in request.outputs or () if o.parameters}
+        out = []
+        for n in names:
+            arr = produced.get(n)
+            if arr is None:
+                raise ModelExecutionError(f"model '{sv.name}' did not return output '{n}'")
+            spec = sv.output_map[n]
+            arr = np.asarray(arr)
+            want = NUMPY_DTYPES[spec.datatype]
+            if spec.datatype == "BYTES":
+                if arr.dtype != want:
+                    arr = _as_bytes_array(arr)
+            elif arr.dtype != want:
+                arr = arr.astype(want)
+            k = (params.get(n) or {}).get("classification")
+            if k is not None:
+                out.append(classify(n, arr, k, sv.spec.labels))
+            else:
+                out.append(Tensor(n, spec.datatype, arr))
+        return out
+
+
+def _as_bytes_array(arr: np.ndarray) -> np.ndarray:
+    flat = [x if isinstance(x, bytes) else str(x).encode() for x in arr.ravel().tolist()]
+    res = np.empty(len(flat), dtype=object)
+    res[:] = flat
+    return res.reshape(arr.shape)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, InvalidInput):
+        return "invalid_input"
+    if isinstance(e, ModelExecutionError):
+        return "model_error"
+    if isinstance(e, asyncio.CancelledError):
+        return "cancelled"
+    return "other"

@@ -1,0 +1,32 @@
+"""All configuration, from arguments or `INFERD_<SECTION>__<FIELD>` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HttpSettings(BaseModel):
+    """The REST listener."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 unless told otherwise")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest request body, also after decompression (413)"
+    )
+    max_chunks: int = Field(65_536, gt=0, description="Most body chunks accepted per request")
+    server_name: str = Field("inferd", description="Name reported by GET /v2")
+    access_log: bool = Field(True, description="One JSON access-log line per request")
+
+
+class Settings(BaseSettings):
+    """The root of inferd's configuration; `app.build()` turns it into a running server."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERD_", env_nested_delimiter="__")
+
+    model_repository: Path | None = Field(None, description="Folder of models to serve")
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    log_level: str = Field("info", description="debug, info, warning or error")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="Time in-flight requests get to finish")
