@@ -34,10 +34,10 @@ def _config(server: Server, sock_port: int) -> uvicorn.Config:
     )
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, models: dict[str, Any] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (the `inferd serve` command)."""
     configure_logging(settings.log_level, settings.http.access_log)
-    server = build(settings)
+    server = build(settings, models)
     uvicorn.Server(_config(server, settings.http.port)).run()
 
 

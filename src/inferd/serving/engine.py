@@ -268,7 +268,8 @@ class InferenceEngine:
             for sv in versions.values():
                 await self._retire(sv)
                 self.metrics.forget(name, sv.version)
-            model.state, model.reason = ModelState.UNAVAILABLE, "unloaded"
+            # an operator's explicit unload takes the model out of the readiness set
+            model.state, model.reason, model.required = ModelState.UNAVAILABLE, "unloaded", False
 
     async def _retire(self, sv: ServedVersion) -> None:
         """Unload once in-flight requests are done (bounded by the drain timeout)."""
@@ -339,11 +340,18 @@ class InferenceEngine:
         return await self.infer_version(self.version(name, version), request)
 
     async def infer_version(self, sv: ServedVersion, request: InferenceRequest) -> InferenceResponse:
+        return await self.infer_decoded(sv, lambda: request)
+
+    async def infer_decoded(
+        self, sv: ServedVersion, decode: Callable[[], InferenceRequest]
+    ) -> InferenceResponse:
+        """Decode (an adapter's wire parsing) and run, so every failure is counted per version."""
         t0 = time.perf_counter_ns()
         m = sv.metrics
         m.requests.inc()
         sv.inflight += 1
         try:
+            request = decode()
             arrays = check_inputs(sv.name, request, sv.input_map, sv.spec.max_batch_size)
             wanted = check_outputs(sv.name, request.outputs, sv.output_map)
             t1 = time.perf_counter_ns()

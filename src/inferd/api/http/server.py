@@ -30,6 +30,7 @@ from inferd.api.http.v2codec import (
 )
 from inferd.api.model_config import metadata, model_config
 from inferd.core.errors import InferdError, InvalidInput, ModelLoadError, ServerNotReady
+from inferd.core.tensors import InferenceRequest
 from inferd.observability.logs import ACCESS_LOGGER
 from inferd.observability.metrics import CONTENT_TYPE, ServingMetrics
 from inferd.serving.engine import InferenceEngine
@@ -315,14 +316,21 @@ class DataPlaneApp:
             raise ServerNotReady("server is shutting down")
         sv = self.engine.version(name, version)
         body = await self._body(req)
-        header_length = parse_header_length(req.header_length, len(body))
-        if header_length == 0:
-            request = decode_raw(body, sv.inputs)
-        else:
-            request = decode_request(body, header_length)
-        if request.id is not None:
-            req.request_id = request.id
-        response = await self.engine.infer_version(sv, request)
+        decoded: list[InferenceRequest] = []
+
+        def decode() -> InferenceRequest:
+            header_length = parse_header_length(req.header_length, len(body))
+            if header_length == 0:
+                request = decode_raw(body, sv.inputs)
+            else:
+                request = decode_request(body, header_length)
+            if request.id is not None:
+                req.request_id = request.id
+            decoded.append(request)
+            return request
+
+        response = await self.engine.infer_decoded(sv, decode)
+        request = decoded[0]
         out, json_len = encode_response(response, request)
         headers = [(b"content-type", JSON if json_len is None else b"application/octet-stream")]
         if json_len is not None:
@@ -389,6 +397,6 @@ class DataPlaneApp:
         req.route = "predict"
         self._method(req, "POST")
         sv = self.engine.version(name)
-        request = v1.decode_predict(await self._body(req), sv.inputs)
-        response = await self.engine.infer_version(sv, request)
+        body = await self._body(req)
+        response = await self.engine.infer_decoded(sv, lambda: v1.decode_predict(body, sv.inputs))
         return _json(200, v1.encode_predictions(response))

@@ -93,6 +93,8 @@ def decode_json_data(
                 f"input '{name}': 'data' is ragged or not a list of values"
             ) from None
         target = NUMPY_DTYPES[datatype]
+        if target.kind in "iu" and raw.dtype.kind in "fO" and raw.size:
+            raw = _exact_integers(name, datatype, data)
         if raw.dtype.kind not in _NUMERIC_KINDS[target.kind] and raw.size:
             raise InvalidInput(
                 f"input '{name}': 'data' holds values that are not {datatype} "
@@ -103,7 +105,8 @@ def decode_json_data(
             lo, hi = raw.min(), raw.max()
             if lo < info.min or hi > info.max:
                 raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
-        arr = raw.astype(target, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = raw.astype(target, copy=False)
         if (
             target.kind == "f"
             and raw.size
@@ -120,6 +123,23 @@ def decode_json_data(
             f"{expected}, got {arr.size}"
         )
     return arr.reshape(shape)
+
+
+def _exact_integers(name: str, datatype: str, data: list[Any]) -> np.ndarray:
+    """Slow path: integers that numpy widened to float (e.g. UINT64 above 2**63)."""
+    try:
+        items = np.asarray(data, dtype=object)
+    except ValueError:
+        raise InvalidInput(f"input '{name}': 'data' is ragged or not a list of values") from None
+    flat = items.ravel().tolist()
+    bad = next((x for x in flat if type(x) is not int), None)
+    if bad is not None or (flat and None in flat):
+        kind = "floating-point numbers" if isinstance(bad, float) else "non-integer values"
+        raise InvalidInput(f"input '{name}': 'data' holds values that are not {datatype} (got {kind})")
+    try:
+        return np.array(flat, dtype=NUMPY_DTYPES[datatype]).reshape(items.shape)
+    except OverflowError:
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
 
 
 def _kind_name(kind: str) -> str:

@@ -1,0 +1,105 @@
+"""LightGBM boosters saved in the native text format (data only, no pickle)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError
+from inferd.core.spec import TensorSpec
+from inferd.runtimes.base import Runtime
+
+
+class LightGBMRuntime(Runtime):
+    """Runs a native LightGBM text model with `Booster.predict`.
+
+    One input, `input` (or the first input declared in model.yaml) FP32 [-1, num_feature]
+    (FP64 works as well); one output `predict` FP64 whose shape is read at load from a
+    one-row prediction ([-1], or [-1, k] for multiclass). `model.yaml` parameters:
+    `num_threads` (default 1).
+    """
+
+    name = "lightgbm"
+    platform = "lightgbm"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._booster: Any = None
+        self._num_threads = 1
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._outputs: tuple[TensorSpec, ...] = ()
+
+    def load(self) -> None:
+        try:
+            import lightgbm
+        except ImportError:
+            raise ModelLoadError(
+                "the lightgbm runtime needs lightgbm: pip install 'inferd[lightgbm]'"
+            ) from None
+        artifact = self.find_artifact(".txt", ".lgb", ".model").absolute()
+        self._num_threads = _int_param(self.spec.parameters, "num_threads", 1)
+        try:
+            booster = lightgbm.Booster(model_file=str(artifact))
+            n_features = int(booster.num_feature())
+            probe = np.asarray(
+                booster.predict(np.zeros((1, n_features)), num_threads=self._num_threads)
+            )
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load {artifact.name}: {_reason(exc, self.path)}"
+            ) from None
+        if self.spec.inputs:
+            declared = self.spec.inputs[0]
+            datatype = declared.datatype if declared.datatype in {"FP32", "FP64"} else "FP32"
+            self._inputs = (TensorSpec(declared.name, datatype, (-1, n_features)),)
+        else:
+            self._inputs = (TensorSpec("input", "FP32", (-1, n_features)),)
+        self._outputs = (TensorSpec("predict", "FP64", (-1, *probe.shape[1:])),)
+        self._booster = booster
+
+    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        return self._inputs, self._outputs
+
+    def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        if self._booster is None:
+            raise ModelExecutionError(f"model '{self.spec.name}' is not loaded")
+        for name in outputs or ():
+            if name != "predict":
+                raise InvalidInput(f"unknown output '{name}' for model '{self.spec.name}'")
+        try:
+            value = self._booster.predict(
+                inputs[self._inputs[0].name], num_threads=self._num_threads
+            )
+        except Exception as exc:
+            raise ModelExecutionError(_reason(exc, self.path)) from None
+        return {"predict": np.asarray(value, dtype=np.float64)}
+
+    def unload(self) -> None:
+        self._booster = None
+
+
+def _int_param(params: dict[str, Any], key: str, default: int) -> int:
+    value = params.get(key, default)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)  # model.yaml may give "4"
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"parameter '{key}' must be an integer") from None
+    if number < 0:
+        raise ModelLoadError(f"parameter '{key}' must be >= 0")
+    return number
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """The framework's message with the server's model-repository directory cut out."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.replace(str(path.absolute().parent.parent).rstrip("/") + "/", "")
