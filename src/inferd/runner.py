@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -34,11 +36,20 @@ def _config(server: Server, sock_port: int) -> uvicorn.Config:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM after shutting down; a drained shutdown exits 0."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
+
+
 def run(settings: Settings, models: dict[str, Any] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (the `inferd serve` command)."""
     configure_logging(settings.log_level, settings.http.access_log)
     server = build(settings, models)
-    uvicorn.Server(_config(server, settings.http.port)).run()
+    _Server(_config(server, settings.http.port)).run()
 
 
 class RunningServer:

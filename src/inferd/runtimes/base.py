@@ -28,7 +28,7 @@ class Runtime(ABC):
     #: Registry name used in `model.yaml` (`runtime: onnx`).
     name: ClassVar[str]
     #: Informational platform string for metadata (`onnx_onnxv1`, `pytorch_torchscript`, ...).
-    platform: ClassVar[str] = ""
+    platform: str = ""
 
     def __init__(self, spec: ModelSpec, version: str, path: Path) -> None:
         self.spec = spec

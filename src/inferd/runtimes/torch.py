@@ -85,7 +85,7 @@ class TorchRuntime(Runtime):
         try:
             if artifact.suffix == ".pt2":
                 # One class serves both formats; the platform string is per instance.
-                self.__dict__["platform"] = "pytorch_exported"
+                self.platform = "pytorch_exported"
                 module = torch.export.load(str(artifact)).module().to(self._device)
             else:
                 module = torch.jit.load(str(artifact), map_location=self._device)
