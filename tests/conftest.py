@@ -14,7 +14,9 @@ EXAMPLES = ROOT / "examples" / "models"
 
 
 def _load_builder():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("build_models", ROOT / "examples" / "build_models.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_models", ROOT / "examples" / "build_models.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules["build_models"] = module

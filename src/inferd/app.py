@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
-from inferd import __version__
+from inferd._version import __version__
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.observability.metrics import ServingMetrics
 from inferd.serving.engine import InferenceEngine

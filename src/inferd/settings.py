@@ -27,6 +27,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERD_", env_nested_delimiter="__")
 
     model_repository: Path | None = Field(None, description="Folder of models to serve")
-    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    http: HttpSettings = Field(default_factory=HttpSettings)
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_grace_s: float = Field(30.0, ge=0, description="Time in-flight requests get to finish")

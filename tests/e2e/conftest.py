@@ -18,18 +18,22 @@ import pytest
 from tests.conftest import free_port
 
 IDENTITY = textwrap.dedent(
-    '''
+    """
     class Model:
         def infer(self, inputs, parameters):
             return {"OUT16": inputs["IN16"], "OUT32": inputs["IN32"]}
-    '''
+    """
 )
 IDENTITY_YAML = textwrap.dedent(
     """
     runtime: python
     max_batch_size: 4
-    inputs: [{name: IN16, datatype: FP16, shape: [-1]}, {name: IN32, datatype: FP32, shape: [-1]}]
-    outputs: [{name: OUT16, datatype: FP16, shape: [-1]}, {name: OUT32, datatype: FP32, shape: [-1]}]
+    inputs:
+      - {name: IN16, datatype: FP16, shape: [-1]}
+      - {name: IN32, datatype: FP32, shape: [-1]}
+    outputs:
+      - {name: OUT16, datatype: FP16, shape: [-1]}
+      - {name: OUT32, datatype: FP32, shape: [-1]}
     """
 )
 

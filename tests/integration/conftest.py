@@ -17,7 +17,7 @@ from inferd.core.datatypes import DATATYPES
 from inferd.runner import RunningServer
 
 RAISER = textwrap.dedent(
-    '''
+    """
     import numpy as np
 
     class Model:
@@ -28,7 +28,7 @@ RAISER = textwrap.dedent(
             if parameters.get("nan"):
                 x = x.copy(); x[0] = np.nan; x[-1] = np.inf
             return {"Y": x * 2}
-    '''
+    """
 )
 RAISER_YAML = textwrap.dedent(
     """

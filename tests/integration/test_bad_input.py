@@ -12,7 +12,9 @@ import pytest
 from tests.integration.test_v2_http import simple_body
 
 
-def _infer(client: httpx.Client, body: object, model: str = "simple", **kw: object) -> httpx.Response:
+def _infer(
+    client: httpx.Client, body: object, model: str = "simple", **kw: object
+) -> httpx.Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     return client.post(f"/v2/models/{model}/infer", content=content, **kw)  # type: ignore[arg-type]
 
@@ -263,7 +265,8 @@ def test_failed_model_is_unavailable_while_others_serve(client: httpx.Client) ->
 
 
 def test_required_model_failing_makes_server_not_ready(
-    client: httpx.Client, scratch_repo  # type: ignore[no-untyped-def]
+    client: httpx.Client,
+    scratch_repo,  # type: ignore[no-untyped-def]
 ) -> None:
     model = scratch_repo / "broken_required" / "1"
     model.mkdir(parents=True)

@@ -205,7 +205,9 @@ def test_compressed_request_and_response(client: httpx.Client, encoding: str) ->
 
 def test_classification_extension(client: httpx.Client) -> None:
     body = {
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [6.7, 3.0, 5.2, 2.3]}],
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [6.7, 3.0, 5.2, 2.3]}
+        ],
         "outputs": [{"name": "predict_proba", "parameters": {"classification": 2}}],
     }
     out = client.post("/v2/models/iris_sklearn/infer", json=body).json()["outputs"][0]
@@ -264,7 +266,9 @@ def test_kserve_v1(client: httpx.Client) -> None:
     r = client.post("/v1/models/iris_sklearn:predict",
                     json={"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})  # fmt: skip
     assert r.status_code == 200 and r.json() == {"predictions": [0, 2]}
-    r = client.post("/v1/models/iris_sklearn:predict", json={"inputs": {"input": [[5.1, 3.5, 1.4, 0.2]]}})
+    r = client.post(
+        "/v1/models/iris_sklearn:predict", json={"inputs": {"input": [[5.1, 3.5, 1.4, 0.2]]}}
+    )
     assert r.json() == {"predictions": [0]}
     assert client.get("/").json() == {"status": "alive"}
 
@@ -287,7 +291,9 @@ def test_metrics_and_access_log(client: httpx.Client, caplog: pytest.LogCaptureF
         line for line in text.splitlines()
         if line.startswith("inferd_inference_failures_total{") and 'model="simple"' in line
     ]  # fmt: skip
-    assert any('reason="invalid_input"' in line and float(line.split()[-1]) >= 2 for line in failures)
+    assert any(
+        'reason="invalid_input"' in line and float(line.split()[-1]) >= 2 for line in failures
+    )
     for name in (
         "inferd_inference_request_duration_seconds_bucket",
         "inferd_inference_queue_duration_seconds_bucket",
@@ -295,4 +301,4 @@ def test_metrics_and_access_log(client: httpx.Client, caplog: pytest.LogCaptureF
         "inferd_inference_count_total",
         "inferd_inference_executions_total",
     ):
-        assert f'{name}{{' in text, name
+        assert f"{name}{{" in text, name

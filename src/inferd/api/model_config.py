@@ -44,8 +44,12 @@ def model_config(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
         "version_policy": vp,
         "max_batch_size": spec.max_batch_size,
         "input": [
-            {"name": t.name, "data_type": config_type(t.datatype), "dims": _dims(t, batched),
-             "optional": t.optional}
+            {
+                "name": t.name,
+                "data_type": config_type(t.datatype),
+                "dims": _dims(t, batched),
+                "optional": t.optional,
+            }
             for t in sv.inputs
         ],
         "output": [

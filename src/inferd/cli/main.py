@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from inferd import __version__
+from inferd._version import __version__
 
 
 @click.group()

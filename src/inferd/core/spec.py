@@ -21,7 +21,10 @@ def check_name(name: str, what: str = "model name") -> str:
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """An input or output: name, V2 datatype, shape (-1 = any). Excludes the batch dim when batching."""
+    """An input or output: name, V2 datatype, shape (-1 = any).
+
+    In `model.yaml` the shape excludes the batch dimension when `max_batch_size > 0`.
+    """
 
     name: str
     datatype: str

@@ -99,7 +99,9 @@ class ServingMetrics:
             "inferd_model_ready", "1 when the model version is ready", mv, registry=registry
         )
         self.model_loads = Counter(
-            "inferd_model_loads", "Model load attempts by outcome", ["model", "outcome"],
+            "inferd_model_loads",
+            "Model load attempts by outcome",
+            ["model", "outcome"],
             registry=registry,
         )
         self.http_requests = Counter(

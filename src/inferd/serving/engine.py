@@ -218,7 +218,9 @@ class InferenceEngine:
         else:
             model.reason = f"reload failed: {reason}"
 
-    async def _load_version(self, spec: ModelSpec, version: str, source: ModelSource) -> ServedVersion:
+    async def _load_version(
+        self, spec: ModelSpec, version: str, source: ModelSource
+    ) -> ServedVersion:
         path = source.version_path(version)
         runtime_name = spec.runtime or detect_runtime(path)
         runtime = runtime_class(runtime_name)(spec, version, path)
@@ -314,7 +316,9 @@ class InferenceEngine:
                 for v in sorted(m.versions):
                     out.append({"name": m.name, "version": v, "state": "READY", "reason": m.reason})
             elif not ready_only:
-                out.append({"name": m.name, "version": "", "state": m.state.value, "reason": m.reason})
+                out.append(
+                    {"name": m.name, "version": "", "state": m.state.value, "reason": m.reason}
+                )
         return out
 
     def stats(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
@@ -339,7 +343,9 @@ class InferenceEngine:
             raise ServerNotReady("server is shutting down")
         return await self.infer_version(self.version(name, version), request)
 
-    async def infer_version(self, sv: ServedVersion, request: InferenceRequest) -> InferenceResponse:
+    async def infer_version(
+        self, sv: ServedVersion, request: InferenceRequest
+    ) -> InferenceResponse:
         return await self.infer_decoded(sv, lambda: request)
 
     async def infer_decoded(
@@ -368,9 +374,7 @@ class InferenceEngine:
         t3 = time.perf_counter_ns()
         batch = next(iter(arrays.values())).shape[0] if sv.spec.max_batch_size > 0 else 1
         total = t3 - t0
-        sv.stats.record_success(
-            batch, total, result.queue_ns, t1 - t0, result.compute_ns, t3 - t2
-        )
+        sv.stats.record_success(batch, total, result.queue_ns, t1 - t0, result.compute_ns, t3 - t2)
         m.success.inc()
         m.inferences.inc(batch)
         m.executions.inc()

@@ -1,4 +1,4 @@
-"""A model repository folder, laid out as Triton's: DIR/<model>/model.yaml, DIR/<model>/<version>/."""
+"""A model repository folder, as Triton's: DIR/<model>/model.yaml, DIR/<model>/<version>/."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from inferd.core import errors as e
 
 
-
 class MethodNotAllowed(e.InferdError):
     """A known route called with the wrong HTTP method (405)."""
 

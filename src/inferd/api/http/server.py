@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,6 @@ from inferd.api.http import v1
 from inferd.api.http.body import ClientDisconnected, compress, decode_content, read_body
 from inferd.api.http.errors import MethodNotAllowed, status_of
 from inferd.api.http.v2codec import (
-    HEADER_LENGTH,
     decode_raw,
     decode_request,
     encode_response,

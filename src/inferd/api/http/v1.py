@@ -56,7 +56,8 @@ def decode_predict(body: bytes, inputs: tuple[TensorSpec, ...]) -> InferenceRequ
 def _plain(t: Tensor) -> Any:
     if t.datatype == "BYTES":
         return np.vectorize(
-            lambda x: x.decode(errors="replace") if isinstance(x, bytes) else str(x), otypes=[object]
+            lambda x: x.decode(errors="replace") if isinstance(x, bytes) else str(x),
+            otypes=[object],
         )(t.data).tolist()
     return t.data.tolist()
 

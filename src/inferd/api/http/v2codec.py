@@ -7,7 +7,7 @@ data actually received before an array is built.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _count(shape: Sequence[int]) -> int:
+def _count(shape: Iterable[int]) -> int:
     n = 1
     for d in shape:
         n *= d  # Python ints: no overflow; compared with data actually received
@@ -135,7 +135,9 @@ def _exact_integers(name: str, datatype: str, data: list[Any]) -> np.ndarray:
     bad = next((x for x in flat if type(x) is not int), None)
     if bad is not None or (flat and None in flat):
         kind = "floating-point numbers" if isinstance(bad, float) else "non-integer values"
-        raise InvalidInput(f"input '{name}': 'data' holds values that are not {datatype} (got {kind})")
+        raise InvalidInput(
+            f"input '{name}': 'data' holds values that are not {datatype} (got {kind})"
+        )
     try:
         return np.array(flat, dtype=NUMPY_DTYPES[datatype]).reshape(items.shape)
     except OverflowError:
