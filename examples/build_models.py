@@ -179,9 +179,14 @@ def build(out: Path, force: bool = False) -> list[tuple[str, str]]:
             report.append((rel, "kept"))
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp" + target.suffix)
+        # build beside the version folder (hidden, so never served), then move into place:
+        # an interrupted build leaves no half-written artifact where the server looks
+        staging = target.parent.parent / f".building-{target.parent.name}"
+        staging.mkdir(exist_ok=True)
+        tmp = staging / target.name
         builder(tmp)
-        tmp.replace(target)  # never leave a half-written artifact behind
+        tmp.replace(target)
+        staging.rmdir()
         report.append((rel, f"built ({target.stat().st_size:,} bytes)"))
     return report
 

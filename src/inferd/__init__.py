@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 def serve(
     model_repository: str | Path | None = None,
     models: dict[str, Any] | None = None,
-    host: str = "127.0.0.1",
-    http_port: int = 8000,
+    host: str | None = None,
+    http_port: int | None = None,
     block: bool = True,
     **settings: Any,
 ) -> RunningServer | None:
@@ -26,17 +26,22 @@ def serve(
     `{"model": obj, "inputs": [...], "outputs": [...], ...}` with `model.yaml` fields.
     With `block=False` the server runs on a background thread and a `RunningServer`
     (`.url`, `.engine`, `.stop()`) is returned once it is ready; `http_port=0` picks a free port.
-    Other keyword arguments are `Settings` fields (e.g. `log_level="warning"`).
+    Other keyword arguments are `Settings` fields (e.g. `log_level="warning"`,
+    `http={"max_body_bytes": 1 << 20}`); anything not given comes from `INFERD_*` variables.
     """
     from inferd.runner import run, start_in_thread
-    from inferd.settings import HttpSettings, Settings
+    from inferd.settings import Settings
 
-    http = HttpSettings(host=host, port=http_port, **settings.pop("http", {}))
-    config = Settings(
-        model_repository=Path(model_repository) if model_repository else None,
-        http=http,
-        **settings,
-    )
+    http = dict(settings.pop("http", {}))
+    if host is not None:
+        http["host"] = host
+    if http_port is not None:
+        http["port"] = http_port
+    if model_repository is not None:
+        settings["model_repository"] = Path(model_repository)
+    config = Settings(**settings)
+    if http:
+        config.http = config.http.model_validate({**config.http.model_dump(), **http})
     if block:
         run(config, models)
         return None

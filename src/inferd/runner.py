@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 import threading
@@ -29,7 +30,7 @@ def _config(server: Server, sock_port: int) -> uvicorn.Config:
         access_log=False,
         log_config=None,
         log_level=s.log_level,
-        timeout_graceful_shutdown=int(s.shutdown_grace_s),
+        timeout_graceful_shutdown=math.ceil(s.shutdown_grace_s),
         timeout_keep_alive=30,
         server_header=False,
         date_header=False,

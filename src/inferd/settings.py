@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class HttpSettings(BaseModel):
     """The REST listener."""
+
+    model_config = ConfigDict(validate_assignment=True)
 
     host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 unless told otherwise")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
@@ -24,7 +26,9 @@ class HttpSettings(BaseModel):
 class Settings(BaseSettings):
     """The root of inferd's configuration; `app.build()` turns it into a running server."""
 
-    model_config = SettingsConfigDict(env_prefix="INFERD_", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="INFERD_", env_nested_delimiter="__", validate_assignment=True
+    )
 
     model_repository: Path | None = Field(None, description="Folder of models to serve")
     http: HttpSettings = Field(default_factory=HttpSettings)

@@ -140,3 +140,31 @@ def test_repository_control(client: httpclient.InferenceServerClient) -> None:
     assert not client.is_model_ready("iris_lightgbm")
     client.load_model("iris_lightgbm")
     assert client.is_model_ready("iris_lightgbm")
+
+
+def test_load_with_config_override(client: httpclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}')
+    assert "failed to load" in err.value.message()
+    assert client.is_model_ready("simple")  # a refused override leaves the model serving
+    client.load_model("simple", config='{"max_batch_size":"16"}')
+    assert client.get_model_config("simple")["max_batch_size"] == 16
+    client.load_model("simple")  # without an override the repository config applies again
+    assert client.get_model_config("simple")["max_batch_size"] == 8
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("wrong_model_name")
+    assert "failed to load" in err.value.message()
+    assert len(client.get_model_repository_index()) >= 7
+
+
+def test_cli_refuses_bad_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "inferd.cli.main", "serve", "--model-repository", str(tmp_path),
+         "--http-port", "70000"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "port" in proc.stderr and "Traceback" not in proc.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from inferd.core.datatypes import config_type
-from inferd.core.spec import TensorSpec
+from inferd.core.spec import TensorSpec, version_key
 from inferd.serving.engine import ServedModel, ServedVersion
 
 
@@ -13,7 +13,7 @@ def metadata(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
     """V2 model metadata: name, served versions, platform, inputs and outputs (full shapes)."""
     return {
         "name": model.name,
-        "versions": sorted(model.versions, key=lambda v: (0, int(v)) if v.isdigit() else (1, v)),
+        "versions": sorted(model.versions, key=version_key),
         "platform": sv.platform,
         "inputs": [t.to_dict() for t in sv.inputs],
         "outputs": [t.to_dict() for t in sv.outputs],

@@ -37,26 +37,40 @@ def serve(
     no_access_log: bool,
 ) -> None:
     """Serve every model in a model repository."""
+    from pydantic import ValidationError
+
     from inferd.runner import run
     from inferd.settings import Settings
 
-    settings = Settings()
-    if model_repository is not None:
-        settings.model_repository = model_repository
-    http = settings.http
-    if host is not None:
-        http.host = host
-    if http_port is not None:
-        http.port = http_port
-    if max_body_bytes is not None:
-        http.max_body_bytes = max_body_bytes
-    if server_name is not None:
-        http.server_name = server_name
-    if log_level is not None:
-        settings.log_level = log_level
-    if no_access_log:
-        http.access_log = False
+    try:
+        settings = Settings()
+        if model_repository is not None:
+            settings.model_repository = model_repository
+        http = settings.http
+        if host is not None:
+            http.host = host
+        if http_port is not None:
+            http.port = http_port
+        if max_body_bytes is not None:
+            http.max_body_bytes = max_body_bytes
+        if server_name is not None:
+            http.server_name = server_name
+        if log_level is not None:
+            settings.log_level = log_level
+        if no_access_log:
+            http.access_log = False
+    except ValidationError as e:
+        raise click.UsageError(_first_error(e)) from None
     run(settings)
+
+
+def _first_error(e: Exception) -> str:
+    errors = getattr(e, "errors", lambda: [])()
+    if not errors:
+        return str(e)
+    err = errors[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"invalid setting {where or 'value'}: {err.get('msg')}"
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ class VersionPolicy:
 
     def select(self, available: list[str]) -> list[str]:
         """Pick the served versions among those on disk (numeric order, as Triton)."""
-        ordered = sorted(available, key=_version_key)
+        ordered = sorted(available, key=version_key)
         if self.kind == "all":
             return ordered
         if self.kind == "specific":
@@ -53,7 +53,8 @@ class VersionPolicy:
         return ordered[-self.latest :] if ordered else []
 
 
-def _version_key(v: str) -> tuple[int, int | str]:
+def version_key(v: str) -> tuple[int, int | str]:
+    """Sort key for versions: numeric ones in numeric order, then the rest by name."""
     return (0, int(v)) if v.isdigit() else (1, v)
 
 
@@ -143,7 +144,7 @@ def _version_policy(raw: Any) -> VersionPolicy:
         if "latest" in raw:
             n = raw["latest"]
             n = n.get("num_versions", 1) if isinstance(n, dict) else n
-            if not isinstance(n, int) or n < 1:
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise InvalidInput("'version_policy.latest' must be a positive integer")
             return VersionPolicy(kind="latest", latest=n)
         if "all" in raw:

@@ -15,6 +15,8 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+#: Values of the `reason` label of inferd_inference_failures_total.
+FAILURE_REASONS = ("invalid_input", "model_error", "cancelled", "other")
 
 
 @dataclass(slots=True)
@@ -136,6 +138,11 @@ class ServingMetrics:
         ):  # fmt: skip
             try:
                 metric.remove(model, version)
+            except KeyError:
+                pass
+        for reason in FAILURE_REASONS:
+            try:
+                self.failures.remove(model, version, reason)
             except KeyError:
                 pass
 

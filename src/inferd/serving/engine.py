@@ -22,7 +22,7 @@ from inferd.core.errors import (
     ModelNotReady,
     ServerNotReady,
 )
-from inferd.core.spec import ModelSpec, TensorSpec, check_name
+from inferd.core.spec import ModelSpec, TensorSpec, check_name, version_key
 from inferd.core.tensors import InferenceRequest, InferenceResponse, Tensor
 from inferd.core.validation import check_inputs, check_outputs
 from inferd.observability.metrics import ServingMetrics, VersionMetrics
@@ -80,7 +80,7 @@ class ServedModel:
     default: ServedVersion | None = None
 
     def refresh_default(self) -> None:
-        ordered = sorted(self.versions, key=lambda v: (0, int(v)) if v.isdigit() else (1, v))
+        ordered = sorted(self.versions, key=version_key)
         self.default = self.versions[ordered[-1]] if ordered else None
 
 
@@ -151,16 +151,21 @@ class InferenceEngine:
             lock = self._locks[name] = asyncio.Lock()
         return lock
 
-    async def load(self, name: str) -> ServedModel:
-        """(Re)load a model from the repository. A failed reload keeps the old versions serving."""
+    async def load(self, name: str, config: dict[str, Any] | None = None) -> ServedModel:
+        """(Re)load a model from the repository. A failed reload keeps the old versions serving.
+
+        `config` overrides `model.yaml` fields for this load (Triton's load-time config).
+        """
         if self.repository is None:
             raise ModelNotFound(name)
         check_name(name)
         async with self._lock(name):
             model = self._models.get(name)
             try:
-                source = self.repository.source(name)
+                source = self.repository.source(name, config)
             except ModelNotFound:
+                if model is not None and not model.versions:
+                    del self._models[name]  # gone from the repository: stop reporting it
                 raise
             except InferdError as e:
                 self._failed(name, model, e.message)
@@ -253,6 +258,10 @@ class InferenceEngine:
         """Serve an already-constructed runtime (the Python API's path)."""
         async with self._lock(spec.name):
             sv = await self.add_runtime(spec, version, runtime.name, runtime)
+            old = self._models.get(spec.name)
+            if old is not None:
+                for stale in old.versions.values():
+                    await self._retire(stale)
             model = ServedModel(spec.name, spec, ModelState.READY, required=spec.required)
             model.versions = {version: sv}
             model.refresh_default()
@@ -313,7 +322,7 @@ class InferenceEngine:
         out: list[dict[str, Any]] = []
         for m in self.models():
             if m.versions:
-                for v in sorted(m.versions):
+                for v in sorted(m.versions, key=version_key):
                     out.append({"name": m.name, "version": v, "state": "READY", "reason": m.reason})
             elif not ready_only:
                 out.append(

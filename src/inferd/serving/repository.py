@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,8 +44,11 @@ class ModelRepository:
                     continue
         return out
 
-    def source(self, name: str) -> ModelSource:
-        """Parse `model.yaml` (if any) and list version folders; raises with a reason."""
+    def source(self, name: str, override: dict[str, Any] | None = None) -> ModelSource:
+        """Parse `model.yaml` (if any) and list version folders; raises with a reason.
+
+        `override` replaces top-level fields for this load only (Triton's load-time `config`).
+        """
         check_name(name)
         path = (self.root / name).resolve()
         if path.parent != self.root or not path.is_dir():
@@ -56,10 +60,16 @@ class ModelRepository:
                 raw = yaml.safe_load(cfg.read_text())
             except yaml.YAMLError as e:
                 raise ModelLoadError(f"model.yaml is not valid YAML: {e}") from None
+        where = "model.yaml"
+        if override:
+            if raw is not None and not isinstance(raw, dict):
+                raise ModelLoadError("model.yaml must be a mapping")
+            raw = {**(raw or {}), **_from_triton_config(override)}
+            where = "model configuration (with the load override)"
         try:
             spec = parse_model_config(name, raw)
         except InvalidInput as e:
-            raise ModelLoadError(f"invalid model.yaml: {e.message}") from None
+            raise ModelLoadError(f"invalid {where}: {e.message}") from None
         versions = tuple(
             p.name
             for p in path.iterdir()
@@ -68,3 +78,23 @@ class ModelRepository:
         if not versions:
             raise ModelLoadError("no version folders (e.g. 1/) with an artifact")
         return ModelSource(spec, path, versions)
+
+
+def _from_triton_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Triton's JSON ModelConfig spelling -> model.yaml fields (int64s may come as strings)."""
+    out = dict(config)
+    mbs = out.get("max_batch_size")
+    if isinstance(mbs, str) and mbs.isdigit():
+        out["max_batch_size"] = int(mbs)
+    params = out.get("parameters")
+    if isinstance(params, dict):
+        out["parameters"] = {
+            k: v["string_value"] if isinstance(v, dict) and "string_value" in v else v
+            for k, v in params.items()
+        }
+    for key in ("input", "output"):
+        for t in out.get(key) or []:
+            if isinstance(t, dict) and isinstance(t.get("dims"), list):
+                t["dims"] = [int(d) if isinstance(d, str) and d.lstrip("-").isdigit() else d
+                             for d in t["dims"]]  # fmt: skip
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.api.http import v1
 from inferd.api.http.body import ClientDisconnected, compress, decode_content, read_body
@@ -27,7 +27,13 @@ from inferd.api.http.v2codec import (
     parse_header_length,
 )
 from inferd.api.model_config import metadata, model_config
-from inferd.core.errors import InferdError, InvalidInput, ModelLoadError, ServerNotReady
+from inferd.core.errors import (
+    InferdError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ServerNotReady,
+)
 from inferd.core.tensors import InferenceRequest
 from inferd.observability.logs import ACCESS_LOGGER
 from inferd.observability.metrics import CONTENT_TYPE, ServingMetrics
@@ -156,7 +162,7 @@ class DataPlaneApp:
             req = Request(scope, receive)
             resp = await self._route(req, scope["path"])
             if resp is None:
-                await self.fallback(scope, receive, send)
+                await self._fallback(req, scope, receive, send, start)
                 return
         except InferdError as e:
             resp = _json(status_of(e), {"error": e.message})
@@ -173,6 +179,23 @@ class DataPlaneApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._access(req, scope, status, start)
+
+    async def _fallback(
+        self, req: Request, scope: Scope, receive: Receive, send: Send, start: int
+    ) -> None:
+        """Hand the request to the fallback app, still counting and logging it."""
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.fallback(scope, receive, send_and_watch)
+        finally:
+            self._access(req, scope, status, start)
 
     def _access(self, req: Request | None, scope: Scope, status: int, start: int) -> None:
         route = req.route if req else "other"
@@ -362,15 +385,18 @@ class DataPlaneApp:
             if params is not None and not isinstance(params, dict):
                 raise InvalidInput("'parameters' must be an object")
             if op == "load":
-                if params and any(k == "config" or k.startswith("file:") for k in params):
+                if params and any(k.startswith("file:") for k in params):
                     raise InvalidInput(
-                        "load overrides ('config', 'file:...') are not accepted over the API; "
+                        "file overrides ('file:...') are not accepted over the API; "
                         "change the model repository instead"
                     )
+                config = _load_config(name, (params or {}).get("config"))
                 try:
-                    await self.engine.load(name)
+                    await self.engine.load(name, config)
                 except ModelLoadError as e:
                     return _json(400, {"error": e.message})
+                except ModelNotFound as e:
+                    return _json(404, {"error": f"failed to load '{name}': {e.message}"})
                 return _json(200, {"name": name, "load": True})
             await self.engine.unload(name)
             return _json(200, {"name": name, "unload": True})
@@ -398,3 +424,19 @@ class DataPlaneApp:
         body = await self._body(req)
         response = await self.engine.infer_decoded(sv, lambda: v1.decode_predict(body, sv.inputs))
         return _json(200, v1.encode_predictions(response))
+
+
+def _load_config(name: str, raw: Any) -> dict[str, Any] | None:
+    """The `config` load parameter: a JSON object (or its text) overriding model.yaml fields."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(
+                f"failed to load '{name}': 'config' is not valid JSON: {e}"
+            ) from None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"failed to load '{name}': 'config' must be a JSON object")
+    return raw
