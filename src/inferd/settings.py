@@ -23,6 +23,19 @@ class HttpSettings(BaseModel):
     access_log: bool = Field(True, description="One JSON access-log line per request")
 
 
+class GrpcSettings(BaseModel):
+    """The gRPC listener (`inference.GRPCInferenceService` + `grpc.health.v1.Health`)."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    enabled: bool = Field(True, description="Serve gRPC next to REST")
+    host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 unless told otherwise")
+    port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    max_message_bytes: int = Field(
+        2**31 - 1, gt=0, description="Largest gRPC message sent or received (as tritonclient)"
+    )
+
+
 class Settings(BaseSettings):
     """The root of inferd's configuration; `app.build()` turns it into a running server."""
 
@@ -32,5 +45,6 @@ class Settings(BaseSettings):
 
     model_repository: Path | None = Field(None, description="Folder of models to serve")
     http: HttpSettings = Field(default_factory=HttpSettings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_grace_s: float = Field(30.0, ge=0, description="Time in-flight requests get to finish")
