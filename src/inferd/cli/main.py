@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,6 +24,11 @@ def cli() -> None:
 )
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8000).")
+@click.option(
+    "--grpc-host", default=None, help="Interface gRPC binds (default: --host, else 127.0.0.1)."
+)
+@click.option("--grpc-port", type=int, default=None, help="gRPC port (default 8001; 0 = any).")
+@click.option("--no-grpc", is_flag=True, help="Do not serve gRPC.")
 @click.option("--max-body-bytes", type=int, default=None, help="Largest request body (bytes).")
 @click.option("--server-name", default=None, help="Name GET /v2 reports (default inferd).")
 @click.option("--log-level", default=None, help="debug, info, warning, error.")
@@ -31,6 +37,9 @@ def serve(
     model_repository: Path | None,
     host: str | None,
     http_port: int | None,
+    grpc_host: str | None,
+    grpc_port: int | None,
+    no_grpc: bool,
     max_body_bytes: int | None,
     server_name: str | None,
     log_level: str | None,
@@ -51,6 +60,13 @@ def serve(
             http.host = host
         if http_port is not None:
             http.port = http_port
+        grpc = settings.grpc
+        if grpc_host is not None or host is not None:
+            grpc.host = grpc_host if grpc_host is not None else host
+        if grpc_port is not None:
+            grpc.port = grpc_port
+        if no_grpc:
+            grpc.enabled = False
         if max_body_bytes is not None:
             http.max_body_bytes = max_body_bytes
         if server_name is not None:
@@ -65,7 +81,7 @@ def serve(
 
 
 def _first_error(e: Exception) -> str:
-    errors = getattr(e, "errors", lambda: [])()
+    errors: list[dict[str, Any]] = getattr(e, "errors", lambda: [])()
     if not errors:
         return str(e)
     err = errors[0]

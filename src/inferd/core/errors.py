@@ -55,3 +55,23 @@ class UntrustedArtifact(ModelLoadError):
 
 class Unsupported(InferdError):
     """A feature the model or runtime does not offer (HTTP 501)."""
+
+
+class Overloaded(InferdError):
+    """The model's queue is full: refused at once (HTTP 503 + Retry-After, gRPC UNAVAILABLE)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(InferdError):
+    """The request's timeout passed before it finished (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
+
+
+class ReplicaFailed(InferdError):
+    """The replica running the request died or hung; it is being replaced (HTTP 503)."""
+
+
+class Cancelled(InferdError):
+    """The client went away; the request was dropped (HTTP 499 in logs, gRPC CANCELLED)."""

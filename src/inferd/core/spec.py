@@ -59,6 +59,14 @@ def version_key(v: str) -> tuple[int, int | str]:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchingPolicy:
+    """Dynamic batching (Triton semantics): wait up to `max_queue_delay_us` to fill a batch."""
+
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """Everything the server knows about a model before loading it."""
 
@@ -74,6 +82,15 @@ class ModelSpec:
     trusted: bool = False
     required: bool = True
     labels: tuple[str, ...] = ()
+    #: Replicas of each version, and where they run: worker "process"es or in-process "thread"s.
+    instances: int = 1
+    instance_kind: str = "process"
+    #: None = no dynamic batching (each request runs alone).
+    batching: BatchingPolicy | None = None
+    #: Requests waiting beyond this are refused at once with 503 (0 = unbounded).
+    max_queue_size: int = 0
+    #: A single execution running longer than this marks its replica hung (it is replaced).
+    execution_timeout_s: float = 60.0
 
     def with_io(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> ModelSpec:
         return replace(self, inputs=inputs, outputs=outputs)
@@ -96,8 +113,12 @@ _KNOWN_KEYS = {
     "required",
     "labels",
     "instances",
+    "instance_kind",
     "dynamic_batching",
+    "max_queue_size",
+    "execution_timeout_s",
 }
+INSTANCE_KINDS = ("process", "thread")
 
 
 def _tensor_specs(raw: Any, field_name: str) -> tuple[TensorSpec, ...]:
@@ -158,6 +179,66 @@ def _version_policy(raw: Any) -> VersionPolicy:
     raise InvalidInput("'version_policy' must be latest, all, a list, or {latest|specific: ...}")
 
 
+def _int_field(raw: dict[str, Any], key: str, default: int, minimum: int) -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidInput(f"'{key}' must be an integer >= {minimum}")
+    return value
+
+
+_DELAY_UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
+
+
+def _delay_us(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s)\s*", value)
+        if m:
+            return int(float(m.group(1)) * _DELAY_UNITS[m.group(2)])
+    raise InvalidInput("'dynamic_batching.max_queue_delay' must be like '500us', '2ms' or '0.1s'")
+
+
+def _batching(raw: Any, max_batch_size: int) -> BatchingPolicy | None:
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("'dynamic_batching' must be a mapping (or true)")
+    unknown = sorted(
+        set(raw) - {"max_queue_delay", "max_queue_delay_microseconds", "preferred_batch_sizes",
+                    "preferred_batch_size"}
+    )  # fmt: skip
+    if unknown:
+        raise InvalidInput(f"unknown field(s) in 'dynamic_batching': {', '.join(unknown)}")
+    if max_batch_size <= 0:
+        raise InvalidInput("'dynamic_batching' needs 'max_batch_size' > 0")
+    delay = raw.get("max_queue_delay", raw.get("max_queue_delay_microseconds", 0))
+    preferred = raw.get("preferred_batch_sizes", raw.get("preferred_batch_size", []))
+    if not isinstance(preferred, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 0 < p <= max_batch_size
+        for p in preferred
+    ):
+        raise InvalidInput(
+            "'dynamic_batching.preferred_batch_sizes' must be integers in 1..max_batch_size"
+        )
+    return BatchingPolicy(_delay_us(delay), tuple(sorted(set(preferred))))
+
+
+def _instances(raw: dict[str, Any]) -> tuple[int, str]:
+    value = raw.get("instances", 1)
+    kind = raw.get("instance_kind", "process")
+    if isinstance(value, dict):
+        kind = value.get("kind", kind)
+        value = value.get("count", 1)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
+        raise InvalidInput("'instances' must be an integer between 1 and 64")
+    if kind not in INSTANCE_KINDS:
+        raise InvalidInput(f"'instance_kind' must be one of {', '.join(INSTANCE_KINDS)}")
+    return value, kind
+
+
 def parse_model_config(name: str, raw: Any) -> ModelSpec:
     """Build a ModelSpec from a parsed `model.yaml`; every error names the offending field."""
     check_name(name)
@@ -185,6 +266,10 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     labels = raw.get("labels") or []
     if not isinstance(labels, list):
         raise InvalidInput("'labels' must be a list of class names")
+    instances, kind = _instances(raw)
+    timeout = raw.get("execution_timeout_s", 60.0)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise InvalidInput("'execution_timeout_s' must be a positive number of seconds")
     return ModelSpec(
         name=name,
         runtime=runtime,
@@ -198,4 +283,42 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         trusted=bool(raw.get("trusted", False)),
         required=bool(raw.get("required", True)),
         labels=tuple(str(x) for x in labels),
+        instances=instances,
+        instance_kind=kind,
+        batching=_batching(raw.get("dynamic_batching"), mbs),
+        max_queue_size=_int_field(raw, "max_queue_size", 0, 0),
+        execution_timeout_s=float(timeout),
     )
+
+
+def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
+    """The `model.yaml` form of a spec: `parse_model_config(name, spec_to_config(s)) == s`."""
+    policy = spec.version_policy
+    vp: Any = (
+        "all" if policy.kind == "all"
+        else list(policy.versions) if policy.kind == "specific"
+        else {"latest": policy.latest}
+    )  # fmt: skip
+    out: dict[str, Any] = {
+        "runtime": spec.runtime,
+        "task": spec.task,
+        "platform": spec.platform,
+        "max_batch_size": spec.max_batch_size,
+        "inputs": [t.to_dict() | {"optional": t.optional} for t in spec.inputs],
+        "outputs": [t.to_dict() | {"optional": t.optional} for t in spec.outputs],
+        "version_policy": vp,
+        "parameters": dict(spec.parameters),
+        "trusted": spec.trusted,
+        "required": spec.required,
+        "labels": list(spec.labels),
+        "instances": spec.instances,
+        "instance_kind": spec.instance_kind,
+        "max_queue_size": spec.max_queue_size,
+        "execution_timeout_s": spec.execution_timeout_s,
+    }
+    if spec.batching is not None:
+        out["dynamic_batching"] = {
+            "max_queue_delay_microseconds": spec.batching.max_queue_delay_us,
+            "preferred_batch_sizes": list(spec.batching.preferred_batch_sizes),
+        }
+    return {k: v for k, v in out.items() if v is not None}

@@ -40,6 +40,8 @@ class InferenceRequest:
     id: str | None = None
     parameters: Parameters | None = None
     outputs: list[RequestedOutput] | None = None
+    #: Seconds the client allows (from a header or gRPC deadline); None = no limit.
+    timeout_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -16,7 +16,15 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 #: Values of the `reason` label of inferd_inference_failures_total.
-FAILURE_REASONS = ("invalid_input", "model_error", "cancelled", "other")
+FAILURE_REASONS = (
+    "invalid_input",
+    "model_error",
+    "overloaded",
+    "timeout",
+    "replica_failed",
+    "cancelled",
+    "other",
+)
 
 
 @dataclass(slots=True)
@@ -31,6 +39,9 @@ class VersionMetrics:
     queue_seconds: Histogram
     compute_seconds: Histogram
     batch_size: Histogram
+    restarts: Counter
+    replicas_healthy: Gauge
+    pending: Gauge
     _failures: Counter
     _model: str
     _version: str
@@ -97,6 +108,21 @@ class ServingMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.replica_restarts = Counter(
+            "inferd_replica_restarts",
+            "Replicas replaced after dying, hanging or failing health checks",
+            mv,
+            registry=registry,
+        )
+        self.replicas_healthy = Gauge(
+            "inferd_replicas_healthy", "Replicas currently healthy", mv, registry=registry
+        )
+        self.queue_size = Gauge(
+            "inferd_inference_pending_requests",
+            "Requests queued or running, per model version",
+            mv,
+            registry=registry,
+        )
         self.model_ready = Gauge(
             "inferd_model_ready", "1 when the model version is ready", mv, registry=registry
         )
@@ -124,6 +150,9 @@ class ServingMetrics:
             queue_seconds=self.queue_seconds.labels(*labels),
             compute_seconds=self.compute_seconds.labels(*labels),
             batch_size=self.batch_size.labels(*labels),
+            restarts=self.replica_restarts.labels(*labels),
+            replicas_healthy=self.replicas_healthy.labels(*labels),
+            pending=self.queue_size.labels(*labels),
             _failures=self.failures,
             _model=model,
             _version=version,
@@ -134,7 +163,7 @@ class ServingMetrics:
         for metric in (
             self.requests, self.success, self.inferences, self.executions,
             self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size,
-            self.model_ready,
+            self.model_ready, self.replica_restarts, self.replicas_healthy, self.queue_size,
         ):  # fmt: skip
             try:
                 metric.remove(model, version)

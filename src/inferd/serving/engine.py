@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -14,12 +14,15 @@ import numpy as np
 
 from inferd.core.datatypes import NUMPY_DTYPES
 from inferd.core.errors import (
+    DeadlineExceeded,
     InferdError,
     InvalidInput,
     ModelExecutionError,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
+    Overloaded,
+    ReplicaFailed,
     ServerNotReady,
 )
 from inferd.core.spec import ModelSpec, TensorSpec, check_name, version_key
@@ -30,12 +33,11 @@ from inferd.runtimes import detect_runtime, runtime_class
 from inferd.runtimes.base import Runtime
 from inferd.serving.classification import classify
 from inferd.serving.repository import ModelRepository, ModelSource
+from inferd.serving.scheduler import ReplicaMaker, Scheduler
 from inferd.serving.stats import VersionStats
-from inferd.workers import InProcessReplica, Replica
+from inferd.workers import InProcessReplica, Loaded, ProcessReplica, Replica
 
 log = logging.getLogger("inferd.engine")
-
-ReplicaFactory = Callable[[Runtime, str], Replica]
 
 
 class ModelState(StrEnum):
@@ -47,14 +49,14 @@ class ModelState(StrEnum):
 
 @dataclass(eq=False)
 class ServedVersion:
-    """A loaded version: its replica, effective signature, stats and metric children."""
+    """A loaded version: its scheduler (queue + replicas), signature, stats and metrics."""
 
     name: str
     version: str
     spec: ModelSpec
     runtime_name: str
     platform: str
-    replica: Replica
+    scheduler: Scheduler
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     metrics: VersionMetrics
@@ -97,12 +99,13 @@ class InferenceEngine:
         self,
         metrics: ServingMetrics,
         repository: ModelRepository | None = None,
-        replica_factory: ReplicaFactory = InProcessReplica,
+        health_interval_s: float = 5.0,
         drain_timeout_s: float = 30.0,
     ) -> None:
         self.metrics = metrics
         self.repository = repository
-        self._replica_factory = replica_factory
+        self._health_interval_s = health_interval_s
+        self.inflight = 0
         self._models: dict[str, ServedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._drain_timeout_s = drain_timeout_s
@@ -228,36 +231,67 @@ class InferenceEngine:
     ) -> ServedVersion:
         path = source.version_path(version)
         runtime_name = spec.runtime or detect_runtime(path)
-        runtime = runtime_class(runtime_name)(spec, version, path)
-        return await self.add_runtime(spec, version, runtime_name, runtime)
+        label = f"{spec.name}-{version}"
+        if spec.instance_kind == "thread":
+            cls = runtime_class(runtime_name)
 
-    async def add_runtime(
-        self, spec: ModelSpec, version: str, runtime_name: str, runtime: Runtime
+            def make(i: int) -> Replica:
+                runtime = cls(spec, version, path)
+                return InProcessReplica(runtime, f"{label}-{i}", spec.execution_timeout_s)
+        else:
+
+            def make(i: int) -> Replica:
+                return ProcessReplica(spec, version, path, runtime_name, f"{label}-{i}")
+
+        return await self._start_version(spec, version, runtime_name, make)
+
+    async def _start_version(
+        self, spec: ModelSpec, version: str, runtime_name: str, make: ReplicaMaker
     ) -> ServedVersion:
-        """Start a replica for `runtime` and work out its effective signature."""
-        replica = self._replica_factory(runtime, f"{spec.name}-{version}")
-        sig_in, sig_out = await replica.load()
-        inputs = _full_shape(spec.inputs, spec.max_batch_size) if spec.inputs else sig_in
-        outputs = _full_shape(spec.outputs, spec.max_batch_size) if spec.outputs else sig_out
+        """Start `spec.instances` replicas and work out the effective signature."""
+        replicas = [make(i) for i in range(spec.instances)]
+        results = await asyncio.gather(*(r.load() for r in replicas), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        loaded = results[0]
+        if failure is not None or not isinstance(loaded, Loaded):
+            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
+            if isinstance(failure, InferdError):
+                raise failure
+            raise ModelLoadError(f"{type(failure).__name__}: {failure}")
+        inputs = _full_shape(spec.inputs, spec.max_batch_size) if spec.inputs else loaded.inputs
+        outputs = _full_shape(spec.outputs, spec.max_batch_size) if spec.outputs else loaded.outputs
         if not inputs or not outputs:
-            await replica.unload()
+            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
             raise ModelLoadError("the model declares no inputs or outputs; list them in model.yaml")
+        metrics = self.metrics.for_version(spec.name, version)
+        stats = VersionStats()
+        scheduler = Scheduler.create(
+            spec, f"{spec.name}-{version}", list(replicas), make, stats, metrics,
+            self._health_interval_s,
+        )  # fmt: skip
+        scheduler.start()
         return ServedVersion(
             name=spec.name,
             version=version,
             spec=spec,
             runtime_name=runtime_name,
-            platform=spec.platform or runtime.platform,
-            replica=replica,
+            platform=spec.platform or loaded.platform,
+            scheduler=scheduler,
             inputs=inputs,
             outputs=outputs,
-            metrics=self.metrics.for_version(spec.name, version),
+            metrics=metrics,
+            stats=stats,
         )
 
     async def add_model(self, spec: ModelSpec, runtime: Runtime, version: str = "1") -> ServedModel:
-        """Serve an already-constructed runtime (the Python API's path)."""
+        """Serve an already-constructed runtime (the Python API's path): one thread replica."""
         async with self._lock(spec.name):
-            sv = await self.add_runtime(spec, version, runtime.name, runtime)
+            label = f"{spec.name}-{version}"
+
+            def make(i: int) -> Replica:
+                return InProcessReplica(runtime, f"{label}-{i}", spec.execution_timeout_s)
+
+            sv = await self._start_version(replace(spec, instances=1), version, runtime.name, make)
             old = self._models.get(spec.name)
             if old is not None:
                 for stale in old.versions.values():
@@ -287,7 +321,7 @@ class InferenceEngine:
         deadline = time.monotonic() + self._drain_timeout_s
         while sv.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        await sv.replica.unload()
+        await sv.scheduler.stop()
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -364,13 +398,18 @@ class InferenceEngine:
         t0 = time.perf_counter_ns()
         m = sv.metrics
         m.requests.inc()
+        m.pending.inc()
         sv.inflight += 1
+        self.inflight += 1
         try:
             request = decode()
             arrays = check_inputs(sv.name, request, sv.input_map, sv.spec.max_batch_size)
             wanted = check_outputs(sv.name, request.outputs, sv.output_map)
+            rows = next(iter(arrays.values())).shape[0] if sv.spec.max_batch_size > 0 else 1
             t1 = time.perf_counter_ns()
-            result = await sv.replica.infer(arrays, wanted, request.parameters)
+            result = await sv.scheduler.submit(
+                arrays, wanted, request.parameters, rows, request_timeout(request)
+            )
             t2 = time.perf_counter_ns()
             outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)
         except BaseException as e:
@@ -380,14 +419,13 @@ class InferenceEngine:
             raise
         finally:
             sv.inflight -= 1
+            self.inflight -= 1
+            m.pending.dec()
         t3 = time.perf_counter_ns()
-        batch = next(iter(arrays.values())).shape[0] if sv.spec.max_batch_size > 0 else 1
         total = t3 - t0
-        sv.stats.record_success(batch, total, result.queue_ns, t1 - t0, result.compute_ns, t3 - t2)
+        sv.stats.record_success(rows, total, result.queue_ns, t1 - t0, result.compute_ns, t3 - t2)
         m.success.inc()
-        m.inferences.inc(batch)
-        m.executions.inc()
-        m.batch_size.observe(batch)
+        m.inferences.inc(rows)
         m.request_seconds.observe(total / 1e9)
         m.queue_seconds.observe(result.queue_ns / 1e9)
         m.compute_seconds.observe(result.compute_ns / 1e9)
@@ -429,11 +467,30 @@ def _as_bytes_array(arr: np.ndarray) -> np.ndarray:
     return res.reshape(arr.shape)
 
 
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (InvalidInput, "invalid_input"),
+    (ModelExecutionError, "model_error"),
+    (Overloaded, "overloaded"),
+    (DeadlineExceeded, "timeout"),
+    (ReplicaFailed, "replica_failed"),
+    (asyncio.CancelledError, "cancelled"),
+)
+
+
 def _reason(e: BaseException) -> str:
-    if isinstance(e, InvalidInput):
-        return "invalid_input"
-    if isinstance(e, ModelExecutionError):
-        return "model_error"
-    if isinstance(e, asyncio.CancelledError):
-        return "cancelled"
+    for cls, reason in _REASONS:
+        if isinstance(e, cls):
+            return reason
     return "other"
+
+
+def request_timeout(request: InferenceRequest) -> float | None:
+    """Seconds the request may take: its own `timeout_s`, else Triton's `timeout` parameter (µs)."""
+    if request.timeout_s is not None:
+        return request.timeout_s
+    raw = (request.parameters or {}).get("timeout")
+    if raw is None:
+        return None
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0:
+        raise InvalidInput("parameter 'timeout' must be a positive integer of microseconds")
+    return raw / 1e6

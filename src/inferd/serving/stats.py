@@ -43,22 +43,24 @@ class VersionStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)
 
     def record_success(
-        self, batch: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
+        self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
     ) -> None:
-        self.inference_count += batch
-        self.execution_count += 1
+        """One request done (`rows` inferences; with batching it shared an execution)."""
+        self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)
         self.success.add(total_ns)
         self.queue.add(queue_ns)
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)
         self.compute_output.add(output_ns)
-        b = self.batches.get(batch)
+
+    def record_execution(self, batch_size: int, infer_ns: int) -> None:
+        """One model execution of `batch_size` rows (counted once per batch)."""
+        self.execution_count += 1
+        b = self.batches.get(batch_size)
         if b is None:
-            b = self.batches[batch] = BatchStats()
-        b.compute_input.add(input_ns)
+            b = self.batches[batch_size] = BatchStats()
         b.compute_infer.add(infer_ns)
-        b.compute_output.add(output_ns)
 
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)

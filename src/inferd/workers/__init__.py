@@ -1,5 +1,6 @@
-"""Replicas: where a loaded runtime runs, behind one interface (in-process threads for now)."""
+"""Replicas: where a loaded runtime runs (worker processes or in-process threads)."""
 
-from inferd.workers.inprocess import InProcessReplica, Replica, ReplicaResult
+from inferd.workers.inprocess import InProcessReplica, Loaded, Replica, ReplicaResult
+from inferd.workers.process import ProcessReplica
 
-__all__ = ["InProcessReplica", "Replica", "ReplicaResult"]
+__all__ = ["InProcessReplica", "Loaded", "ProcessReplica", "Replica", "ReplicaResult"]

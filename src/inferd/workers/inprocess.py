@@ -1,4 +1,4 @@
-"""In-process replica: the runtime runs on a dedicated thread, never on the event loop."""
+"""Replica interface, and the in-process replica (the runtime on a dedicated thread)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inferd.core.errors import InferdError, ModelExecutionError, ModelLoadError
+from inferd.core.errors import InferdError, ModelExecutionError, ModelLoadError, ReplicaFailed
 from inferd.core.spec import TensorSpec
 from inferd.runtimes.base import Runtime
 
-Signature = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What a replica reports once its model is loaded: signature (full shapes) and platform."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    platform: str
 
 
 @dataclass(slots=True)
@@ -28,9 +35,14 @@ class ReplicaResult:
 
 
 class Replica(Protocol):
-    """One running copy of a model version."""
+    """One running copy of a model version; runs one execution at a time."""
 
-    async def load(self) -> Signature: ...
+    label: str
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def load(self) -> Loaded: ...
 
     async def infer(
         self,
@@ -39,17 +51,34 @@ class Replica(Protocol):
         parameters: dict[str, Any] | None,
     ) -> ReplicaResult: ...
 
+    async def ping(self, timeout_s: float) -> None: ...
+
+    async def wait_exit(self) -> str:
+        """Return (with a reason) when the replica died on its own; never for threads."""
+        ...
+
     async def unload(self) -> None: ...
 
 
 class InProcessReplica:
-    """Runs a `Runtime` on its own single thread: calls are serialised per replica."""
+    """Runs a `Runtime` on its own single thread: lowest latency, no isolation.
 
-    def __init__(self, runtime: Runtime, label: str) -> None:
+    A hung model cannot be killed: after `execution_timeout_s` the call fails with
+    ReplicaFailed and the replica is replaced (the stuck thread is abandoned).
+    """
+
+    def __init__(self, runtime: Runtime, label: str, execution_timeout_s: float = 60.0) -> None:
         self.runtime = runtime
+        self.label = label
+        self._timeout = execution_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{label}")
+        self._alive = True
 
-    async def load(self) -> Signature:
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    async def load(self) -> Loaded:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, self._load)
@@ -58,9 +87,10 @@ class InProcessReplica:
         except Exception as e:  # a framework's own error: keep its message, not its trace
             raise ModelLoadError(f"{type(e).__name__}: {e}") from e
 
-    def _load(self) -> Signature:
+    def _load(self) -> Loaded:
         self.runtime.load()
-        return self.runtime.signature()
+        inputs, outputs = self.runtime.signature()
+        return Loaded(inputs, outputs, self.runtime.platform)
 
     async def infer(
         self,
@@ -70,10 +100,14 @@ class InProcessReplica:
     ) -> ReplicaResult:
         submitted = time.perf_counter_ns()
         loop = asyncio.get_running_loop()
-        result: ReplicaResult = await loop.run_in_executor(
-            self._pool, self._infer, inputs, outputs, parameters, submitted
-        )
-        return result
+        fut = loop.run_in_executor(self._pool, self._infer, inputs, outputs, parameters, submitted)
+        try:
+            return await asyncio.wait_for(fut, self._timeout)
+        except TimeoutError:
+            self._alive = False
+            raise ReplicaFailed(
+                f"replica {self.label} did not finish within {self._timeout:g} s; replacing it"
+            ) from None
 
     def _infer(
         self,
@@ -91,9 +125,20 @@ class InProcessReplica:
             raise ModelExecutionError(f"model raised {type(e).__name__}: {e}") from e
         return ReplicaResult(out, start - submitted, time.perf_counter_ns() - start)
 
+    async def ping(self, timeout_s: float) -> None:
+        if not self._alive:
+            raise ReplicaFailed(f"replica {self.label} is not healthy")
+
+    async def wait_exit(self) -> str:
+        await asyncio.Event().wait()  # a thread replica never dies on its own
+        return ""
+
     async def unload(self) -> None:
+        self._alive = False
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, self.runtime.unload)
+            await asyncio.wait_for(loop.run_in_executor(self._pool, self.runtime.unload), 5)
+        except TimeoutError:
+            pass
         finally:
             self._pool.shutdown(wait=False)

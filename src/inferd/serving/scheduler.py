@@ -1,0 +1,346 @@
+"""Per-version request queue: admission, deadlines, dynamic batching, replica dispatch, healing.
+
+Every replica of a version runs one loop that takes the next batch from the shared queue, so
+the least-loaded (free) replica always takes the next request, and requests that had not
+started when a replica died simply run on another (or on its replacement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from inferd.core.errors import (
+    DeadlineExceeded,
+    InferdError,
+    ModelExecutionError,
+    ModelNotReady,
+    Overloaded,
+    ReplicaFailed,
+)
+from inferd.core.spec import ModelSpec
+from inferd.observability.metrics import VersionMetrics
+from inferd.serving.batching import RESERVED_PARAMETERS, Pending, plan_batch, restart_delay
+from inferd.serving.stats import VersionStats
+from inferd.workers import Replica, ReplicaResult
+
+log = logging.getLogger("inferd.scheduler")
+
+ReplicaMaker = Callable[[int], Replica]
+
+
+@dataclass(eq=False, slots=True)
+class WorkItem:
+    """One validated request waiting for (or running on) a replica."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    parameters: dict[str, Any] | None
+    pending: Pending
+    future: asyncio.Future[ReplicaResult]
+    started: bool = False
+
+
+@dataclass(eq=False)
+class Slot:
+    """A replica position: its current replica and its failure history."""
+
+    index: int
+    replica: Replica | None
+    failures: int = 0
+    restarts: int = 0
+    watcher: asyncio.Task[None] | None = None
+    loop: asyncio.Task[None] | None = None
+    last_error: str = ""
+
+
+def batch_key(arrays: dict[str, np.ndarray], outputs: list[str] | None,
+              parameters: dict[str, Any] | None) -> Hashable:  # fmt: skip
+    """Requests batch together only with the same inputs, per-row shapes, outputs and params."""
+    params = {k: v for k, v in (parameters or {}).items() if k not in RESERVED_PARAMETERS}
+    return (
+        tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(arrays.items())),
+        tuple(outputs) if outputs else None,
+        orjson.dumps(params, option=orjson.OPT_SORT_KEYS) if params else None,
+    )
+
+
+@dataclass
+class ReplicaHealth:
+    """Counts reported by the repository index and metrics."""
+
+    total: int
+    healthy: int
+    restarts: int
+    queued: int
+    last_error: str = ""
+
+
+@dataclass(eq=False)
+class Scheduler:
+    """Queue + replica loops for one served version."""
+
+    spec: ModelSpec
+    label: str
+    slots: list[Slot]
+    make_replica: ReplicaMaker
+    stats: VersionStats
+    metrics: VersionMetrics
+    health_interval_s: float = 5.0
+    queue: deque[WorkItem] = field(default_factory=deque)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _unloading: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopping: bool = False
+
+    @classmethod
+    def create(cls, spec: ModelSpec, label: str, replicas: list[Replica],
+               make_replica: ReplicaMaker, stats: VersionStats, metrics: VersionMetrics,
+               health_interval_s: float = 5.0) -> Scheduler:  # fmt: skip
+        slots = [Slot(i, r) for i, r in enumerate(replicas)]
+        return cls(spec, label, slots, make_replica, stats, metrics, health_interval_s)
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._watch(slot)
+            slot.loop = asyncio.create_task(self._run(slot), name=f"{self.label}-{slot.index}")
+        self._publish()
+
+    # ---- submission ------------------------------------------------------------------------
+
+    def health(self) -> ReplicaHealth:
+        healthy = sum(1 for s in self.slots if s.replica is not None and s.replica.alive)
+        errors = [s.last_error for s in self.slots if s.last_error]
+        return ReplicaHealth(len(self.slots), healthy, sum(s.restarts for s in self.slots),
+                             len(self.queue), errors[-1] if errors else "")  # fmt: skip
+
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None,
+        parameters: dict[str, Any] | None,
+        rows: int,
+        timeout_s: float | None,
+    ) -> ReplicaResult:
+        if self._stopping:
+            raise ModelNotReady(f"model '{self.spec.name}' is unloading")
+        cap = self.spec.max_queue_size
+        if cap and len(self.queue) >= cap:
+            raise Overloaded(
+                f"model '{self.spec.name}' has {len(self.queue)} requests queued "
+                f"(max_queue_size {cap}); retry later"
+            )
+        key = batch_key(inputs, outputs, parameters) if self.spec.batching else None
+        loop = asyncio.get_running_loop()
+        item = WorkItem(inputs, outputs, parameters, Pending(rows, key, time.monotonic_ns()),
+                        loop.create_future())  # fmt: skip
+        self.queue.append(item)
+        self._wake.set()
+        try:
+            if timeout_s is None:
+                return await asyncio.shield(item.future)
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except TimeoutError:
+            state = "while running" if item.started else "before it started; it was dropped"
+            raise DeadlineExceeded(
+                f"request to '{self.spec.name}' exceeded its timeout of {timeout_s:g} s {state}"
+            ) from None
+        finally:
+            if not item.future.done():
+                item.future.cancel()  # not started: the loops skip it; started: result dropped
+
+    # ---- replica loops ---------------------------------------------------------------------
+
+    async def _take(self) -> list[WorkItem] | None:
+        """The next batch, or None after `health_interval_s` without work."""
+        idle_until = time.monotonic() + self.health_interval_s
+        while True:
+            self._wake.clear()
+            while self.queue and self.queue[0].future.done():
+                self.queue.popleft()  # cancelled or timed out before it started
+            if self.queue:
+                live = [it for it in self.queue if not it.future.done()]
+                if len(live) != len(self.queue):
+                    self.queue = deque(live)
+                picks, wait = plan_batch(
+                    [it.pending for it in self.queue], time.monotonic_ns(), self.spec.batching,
+                    self.spec.max_batch_size,
+                )  # fmt: skip
+                if picks:
+                    chosen = [self.queue[i] for i in picks]
+                    for i in reversed(picks):
+                        del self.queue[i]
+                    return chosen
+            else:
+                wait = idle_until - time.monotonic()
+                if wait <= 0:
+                    return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _run(self, slot: Slot) -> None:
+        while not self._stopping:
+            if slot.replica is None or not slot.replica.alive:
+                await self._revive(slot)
+                continue
+            batch = await self._take()
+            if self._stopping:
+                self._requeue(batch or [])
+                return
+            replica = slot.replica
+            if batch is None:
+                try:
+                    await replica.ping(min(self.health_interval_s, 10.0))
+                except InferdError as e:
+                    self._mark_dead(slot, e.message)
+                continue
+            if not replica.alive:  # died while we waited: nothing started, run elsewhere
+                self._requeue(batch)
+                continue
+            await self._execute(slot, replica, batch)
+
+    def _requeue(self, batch: list[WorkItem]) -> None:
+        for item in reversed(batch):
+            self.queue.appendleft(item)
+        self._wake.set()
+
+    async def _execute(self, slot: Slot, replica: Replica, batch: list[WorkItem]) -> None:
+        for item in batch:
+            item.started = True
+        first = batch[0]
+        try:
+            if len(batch) == 1:
+                inputs = first.inputs
+            else:
+                inputs = {n: np.concatenate([it.inputs[n] for it in batch]) for n in first.inputs}
+            result = await replica.infer(inputs, first.outputs, first.parameters)
+        except ReplicaFailed as e:
+            self._mark_dead(slot, e.message)
+            _fail(batch, e)
+            return
+        except InferdError as e:
+            if len(batch) > 1 and isinstance(e, ModelExecutionError):
+                for item in batch:  # isolate the request that broke the batch
+                    await self._execute(slot, replica, [item])
+                return
+            _fail(batch, e)
+            return
+        except Exception as e:
+            _fail(batch, ModelExecutionError(f"{type(e).__name__}: {e}"))
+            return
+        rows = sum(it.pending.rows for it in batch) if self.spec.max_batch_size > 0 else 1
+        self.stats.record_execution(rows, result.compute_ns)
+        self.metrics.executions.inc()
+        self.metrics.batch_size.observe(rows)
+        if len(batch) == 1:
+            if not first.future.done():
+                first.future.set_result(result)
+            return
+        start = 0
+        for item in batch:
+            end = start + item.pending.rows
+            try:
+                outs = {n: _rows(n, a, start, end, rows) for n, a in result.outputs.items()}
+            except ModelExecutionError as e:
+                _fail(batch, e)
+                return
+            if not item.future.done():
+                item.future.set_result(ReplicaResult(outs, result.queue_ns, result.compute_ns))
+            start = end
+
+    # ---- healing ---------------------------------------------------------------------------
+
+    def _watch(self, slot: Slot) -> None:
+        replica = slot.replica
+        if replica is None:
+            return
+
+        async def watch() -> None:
+            reason = await replica.wait_exit()
+            if slot.replica is replica and not self._stopping:
+                self._mark_dead(slot, reason)
+
+        slot.watcher = asyncio.create_task(watch())
+
+    def _mark_dead(self, slot: Slot, reason: str) -> None:
+        if slot.replica is None:
+            return
+        log.warning("replica %s-%d failed: %s", self.label, slot.index, reason)
+        slot.last_error = reason
+        dead, slot.replica = slot.replica, None
+        self._unloading.add(task := asyncio.create_task(_quietly_unload(dead)))
+        task.add_done_callback(self._unloading.discard)
+        self._publish()
+        self._wake.set()
+
+    async def _revive(self, slot: Slot) -> None:
+        await asyncio.sleep(restart_delay(slot.failures))
+        if self._stopping:
+            return
+        replica = self.make_replica(slot.index)
+        try:
+            await replica.load()
+        except InferdError as e:
+            slot.failures += 1
+            slot.last_error = f"restart failed: {e.message}"
+            log.warning("replica %s-%d %s", self.label, slot.index, slot.last_error)
+            await _quietly_unload(replica)
+            if not any(s.replica is not None and s.replica.alive for s in self.slots):
+                why = f"model '{self.spec.name}' has no healthy replica: {slot.last_error}"
+                _fail(list(self.queue), ReplicaFailed(why))
+                self.queue.clear()
+            return
+        slot.replica, slot.failures = replica, 0
+        slot.restarts += 1
+        self.metrics.restarts.inc()
+        self._watch(slot)
+        self._publish()
+        log.info("replica %s-%d restarted", self.label, slot.index)
+
+    def _publish(self) -> None:
+        self.metrics.replicas_healthy.set(self.health().healthy)
+
+    async def stop(self) -> None:
+        """Stop the loops (a running execution finishes first), fail what is queued, unload."""
+        self._stopping = True
+        self._wake.set()
+        loops = [s.loop for s in self.slots if s.loop is not None]
+        if loops:
+            await asyncio.wait(loops, timeout=self.spec.execution_timeout_s)
+        for task in loops:
+            task.cancel()
+        for slot in self.slots:
+            if slot.watcher is not None:
+                slot.watcher.cancel()
+        _fail(list(self.queue), ModelNotReady(f"model '{self.spec.name}' was unloaded"))
+        self.queue.clear()
+        await asyncio.gather(*(_quietly_unload(s.replica) for s in self.slots if s.replica))
+
+
+def _rows(name: str, arr: np.ndarray, start: int, end: int, total: int) -> np.ndarray:
+    if arr.ndim == 0 or arr.shape[0] != total:
+        raise ModelExecutionError(
+            f"output '{name}' has {arr.shape[0] if arr.ndim else 0} rows for a batch of {total}"
+        )
+    return arr[start:end]
+
+
+def _fail(items: list[WorkItem], error: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
+async def _quietly_unload(replica: Replica) -> None:
+    try:
+        await replica.unload()
+    except Exception:  # it is being discarded anyway
+        log.debug("unloading a discarded replica failed", exc_info=True)

@@ -1,0 +1,202 @@
+"""Process replica: the model runs in a worker process, reached over a Unix socket pair."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.core import errors
+from inferd.core.errors import InferdError, ModelLoadError, ReplicaFailed
+from inferd.core.spec import ModelSpec, TensorSpec, spec_to_config
+from inferd.workers.inprocess import Loaded, ReplicaResult
+from inferd.workers.protocol import (
+    Buffer,
+    discard_shm,
+    encode_frame,
+    pack_tensors,
+    read_frame,
+    shm_available,
+    unpack_tensors,
+)
+
+log = logging.getLogger("inferd.workers")
+
+#: Errors a worker may report by name; anything else becomes ModelExecutionError.
+_KINDS: dict[str, type[InferdError]] = {
+    name: cls
+    for name, cls in vars(errors).items()
+    if isinstance(cls, type) and issubclass(cls, InferdError) and cls is not errors.ModelNotFound
+}
+
+
+def _specs(raw: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(t["name"], t["datatype"], tuple(t["shape"]), bool(t.get("optional")))
+        for t in raw
+    )
+
+
+class ProcessReplica:
+    """One worker process. One execution at a time; typed frames and raw buffers, no pickle."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        version: str,
+        path: Path,
+        runtime: str,
+        label: str,
+        load_timeout_s: float = 300.0,
+    ) -> None:
+        self.spec = spec
+        self.version = version
+        self.path = path
+        self.runtime = runtime
+        self.label = label
+        self._load_timeout = load_timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        self._use_shm = shm_available()
+        self._closing = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None and not self._closing
+
+    async def load(self) -> Loaded:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "inferd.workers.worker_main", str(child.fileno()),
+                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            child.close()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        header = {
+            "op": "load",
+            "name": self.spec.name,
+            "config": spec_to_config(self.spec),
+            "version": self.version,
+            "path": str(self.path),
+            "runtime": self.runtime,
+        }
+        try:
+            reply, _ = await self._call(header, [], self._load_timeout, "loading")
+        except ReplicaFailed as e:
+            raise ModelLoadError(e.message) from None
+        except InferdError:
+            await self.kill()
+            raise
+        return Loaded(_specs(reply["inputs"]), _specs(reply["outputs"]), reply["platform"])
+
+    async def _call(
+        self, header: dict[str, Any], buffers: list[Buffer], timeout: float, what: str
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        assert self._reader is not None and self._writer is not None
+        async with self._lock:
+            if not self.alive:
+                raise ReplicaFailed(f"replica {self.label} is not running")
+            try:
+                self._writer.writelines(encode_frame(header, buffers))
+                await self._writer.drain()
+                reply, out = await asyncio.wait_for(read_frame(self._reader), timeout)
+            except TimeoutError:
+                await self.kill()
+                raise ReplicaFailed(
+                    f"replica {self.label} did not answer within {timeout:g} s while {what}; "
+                    "it was killed and is being replaced"
+                ) from None
+            except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
+                reason = await self._exit_reason()
+                raise ReplicaFailed(f"replica {self.label} failed while {what}: {reason}") from None
+        if not reply.get("ok"):
+            cls = _KINDS.get(reply.get("kind", ""), errors.ModelExecutionError)
+            raise cls(str(reply.get("message", "worker error")))
+        return reply, out
+
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        parameters: dict[str, Any] | None,
+    ) -> ReplicaResult:
+        submitted = time.perf_counter_ns()
+        buffers: list[Buffer] = []
+        metas = pack_tensors(inputs, self._use_shm, buffers)
+        header = {"op": "infer", "inputs": metas, "outputs": outputs, "parameters": parameters}
+        try:
+            reply, out = await self._call(
+                header, buffers, self.spec.execution_timeout_s, "running a request"
+            )
+        except ReplicaFailed:
+            discard_shm(metas)
+            raise
+        result = unpack_tensors(reply["outputs"], out)
+        compute = int(reply.get("compute_ns", 0))
+        total = time.perf_counter_ns() - submitted
+        return ReplicaResult(result, max(total - compute, 0), compute)
+
+    async def ping(self, timeout_s: float) -> None:
+        await self._call({"op": "ping"}, [], timeout_s, "answering a health check")
+
+    async def _exit_reason(self) -> str:
+        if self._proc is None:
+            return "not started"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), 2)
+        code = self._proc.returncode
+        if code is None:
+            return "connection lost"
+        if code < 0:
+            try:
+                return f"worker killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"worker killed by signal {-code}"
+        return f"worker exited with code {code}"
+
+    async def wait_exit(self) -> str:
+        assert self._proc is not None
+        await self._proc.wait()
+        return await self._exit_reason()
+
+    async def kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    async def unload(self) -> None:
+        """Ask the worker to unload and exit; kill it if it does not within 5 s."""
+        if self._proc is None:
+            return
+        if self.alive:
+            with contextlib.suppress(InferdError):
+                await self._call({"op": "unload"}, [], 5.0, "unloading")
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._proc.wait(), 5)
+        except TimeoutError:
+            await self.kill()
+        self._close_socket()

@@ -1,0 +1,176 @@
+"""Frames between the server and a worker process: a JSON header, then raw tensor buffers.
+
+Never pickle: the header is JSON (orjson) and tensors travel as their little-endian bytes
+(BYTES as 4-byte length-prefixed elements, as on the V2 wire). Tensors of at least
+`SHM_THRESHOLD` bytes go through a file in /dev/shm instead of the socket: the writer creates
+it, the reader copies it out and removes it.
+
+Frame: u32 header length, u32 buffer count, u64 length per buffer, header, buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import socket
+import struct
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from inferd.core.datatypes import NUMPY_DTYPES, WIRE_DTYPES, datatype_of
+
+_PREFIX = struct.Struct("<II")
+_LEN = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+SHM_DIR = Path("/dev/shm")
+SHM_THRESHOLD = 1 << 20
+MAX_HEADER = 64 << 20
+
+Buffer = bytes | memoryview
+
+
+def encode_frame(header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> list[Buffer]:
+    """The pieces of one frame, ready for `writelines` / `sendmsg`."""
+    head = orjson.dumps(header)
+    prefix = _PREFIX.pack(len(head), len(buffers)) + b"".join(
+        _LEN.pack(len(b) if isinstance(b, bytes) else b.nbytes) for b in buffers
+    )
+    return [prefix, head, *buffers]
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one frame (asyncio side). Raises IncompleteReadError on EOF."""
+    head_len, count = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
+    if head_len > MAX_HEADER or count > 4096:
+        raise ValueError("corrupt frame from worker")
+    lengths = [_LEN.unpack(await reader.readexactly(8))[0] for _ in range(count)]
+    header = orjson.loads(await reader.readexactly(head_len))
+    buffers = [await reader.readexactly(n) for n in lengths]
+    return header, buffers
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("server closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def read_frame_sync(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one frame (worker side, blocking)."""
+    head_len, count = _PREFIX.unpack(_recv_exactly(sock, _PREFIX.size))
+    if head_len > MAX_HEADER or count > 4096:
+        raise ValueError("corrupt frame from server")
+    lengths = [_LEN.unpack(_recv_exactly(sock, 8))[0] for _ in range(count)]
+    header = orjson.loads(_recv_exactly(sock, head_len))
+    return header, [_recv_exactly(sock, n) for n in lengths]
+
+
+def write_frame_sync(
+    sock: socket.socket, header: dict[str, Any], buffers: Sequence[Buffer] = ()
+) -> None:
+    for piece in encode_frame(header, buffers):
+        sock.sendall(piece)
+
+
+def _array_bytes(datatype: str, arr: np.ndarray) -> Buffer:
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for item in arr.ravel().tolist():
+            b = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(_U32.pack(len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    wire = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[datatype])
+    return memoryview(wire).cast("B")  # type: ignore[arg-type]
+
+
+def _shm_write(data: Buffer) -> str:
+    name = f"inferd-{os.getpid()}-{uuid.uuid4().hex}"
+    path = SHM_DIR / name
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as mm:
+            mm[:] = data
+    finally:
+        os.close(fd)
+    return name
+
+
+def _shm_take(name: str, size: int) -> bytes:
+    if "/" in name or not name.startswith("inferd-"):
+        raise ValueError("bad shared-memory name")
+    path = SHM_DIR / name
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
+            return mm[:size]
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+def shm_available() -> bool:
+    return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
+
+
+def pack_tensors(
+    arrays: dict[str, np.ndarray], use_shm: bool, buffers: list[Buffer]
+) -> list[dict[str, Any]]:
+    """Describe `arrays` in header entries; their bytes go to `buffers` or to /dev/shm files."""
+    metas = []
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        datatype = datatype_of(arr)
+        data = _array_bytes(datatype, arr)
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        meta: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if use_shm and size >= SHM_THRESHOLD:
+            meta["shm"], meta["size"] = _shm_write(data), size
+        else:
+            meta["buf"] = len(buffers)
+            buffers.append(data)
+        metas.append(meta)
+    return metas
+
+
+def unpack_tensors(metas: list[dict[str, Any]], buffers: list[bytes]) -> dict[str, np.ndarray]:
+    """Rebuild arrays from header entries (removing any /dev/shm files they name)."""
+    out: dict[str, np.ndarray] = {}
+    for meta in metas:
+        raw = _shm_take(meta["shm"], meta["size"]) if "shm" in meta else buffers[meta["buf"]]
+        datatype, shape = meta["datatype"], tuple(meta["shape"])
+        if datatype == "BYTES":
+            items: list[bytes] = []
+            pos = 0
+            while pos < len(raw):
+                (n,) = _U32.unpack_from(raw, pos)
+                items.append(raw[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+            arr = np.empty(len(items), dtype=object)
+            arr[:] = items
+            out[meta["name"]] = arr.reshape(shape)
+        else:
+            arr = np.frombuffer(raw, dtype=WIRE_DTYPES[datatype]).reshape(shape)
+            out[meta["name"]] = arr.astype(NUMPY_DTYPES[datatype], copy=False)
+    return out
+
+
+def discard_shm(metas: list[dict[str, Any]]) -> None:
+    """Remove /dev/shm files of a frame that will never be read (the reader died)."""
+    for meta in metas:
+        if "shm" in meta:
+            (SHM_DIR / meta["shm"]).unlink(missing_ok=True)

@@ -1,0 +1,120 @@
+"""The worker process: loads one model version and runs it for the server, frame by frame.
+
+Started by `ProcessReplica` as `python -m inferd.workers.worker_main FD` with one end of a
+Unix socket pair. It exits when the server goes away: on EOF, on the parent-death signal
+(Linux), or when its parent process changes (checked by a watchdog thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from inferd.core.errors import InferdError
+from inferd.core.spec import parse_model_config
+from inferd.runtimes import runtime_class
+from inferd.runtimes.base import Runtime
+from inferd.workers.protocol import (
+    Buffer,
+    pack_tensors,
+    read_frame_sync,
+    shm_available,
+    unpack_tensors,
+    write_frame_sync,
+)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the server dies, and watch the parent pid as a fallback."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _error(e: BaseException, loading: bool) -> dict[str, Any]:
+    if isinstance(e, InferdError):
+        return {"ok": False, "kind": type(e).__name__, "message": e.message}
+    kind = "ModelLoadError" if loading else "ModelExecutionError"
+    prefix = "" if loading else "model raised "
+    return {"ok": False, "kind": kind, "message": f"{prefix}{type(e).__name__}: {e}"}
+
+
+def serve(sock: socket.socket) -> None:
+    runtime: Runtime | None = None
+    use_shm = shm_available()
+    while True:
+        try:
+            header, buffers = read_frame_sync(sock)
+        except (EOFError, ConnectionError, OSError):
+            return
+        op = header.get("op")
+        reply: dict[str, Any]
+        out_buffers: list[Buffer] = []
+        try:
+            if op == "infer" and runtime is not None:
+                inputs = unpack_tensors(header["inputs"], buffers)
+                start = time.perf_counter_ns()
+                outputs = runtime.infer(inputs, header.get("outputs"), header.get("parameters"))
+                compute = time.perf_counter_ns() - start
+                metas = pack_tensors(outputs, use_shm, out_buffers)
+                reply = {"ok": True, "outputs": metas, "compute_ns": compute}
+            elif op == "ping":
+                reply = {"ok": True, "pid": os.getpid()}
+            elif op == "load":
+                spec = parse_model_config(header["name"], header["config"])
+                cls = runtime_class(header["runtime"])
+                runtime = cls(spec, header["version"], Path(header["path"]))
+                runtime.load()
+                inputs_sig, outputs_sig = runtime.signature()
+                reply = {
+                    "ok": True,
+                    "platform": runtime.platform,
+                    "inputs": [t.to_dict() | {"optional": t.optional} for t in inputs_sig],
+                    "outputs": [t.to_dict() | {"optional": t.optional} for t in outputs_sig],
+                }
+            elif op == "unload":
+                if runtime is not None:
+                    runtime.unload()
+                write_frame_sync(sock, {"ok": True})
+                return
+            else:
+                reply = {"ok": False, "kind": "InvalidInput", "message": f"bad op {op!r}"}
+        except BaseException as e:  # reported to the server; the worker keeps serving
+            if isinstance(e, KeyboardInterrupt | SystemExit):
+                raise
+            reply = _error(e, loading=op == "load")
+            out_buffers = []
+        write_frame_sync(sock, reply, out_buffers)
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+    _die_with_parent()
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        serve(sock)
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
