@@ -26,6 +26,7 @@ from inferd.serving.repository import ModelRepository
 YAML = textwrap.dedent(
     """
     runtime: python
+    instance_kind: thread
     version_policy: {policy}
     inputs: [{{name: X, datatype: FP32, shape: [-1]}}]
     outputs: [{{name: Y, datatype: FP32, shape: [-1]}}]

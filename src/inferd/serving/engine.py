@@ -357,7 +357,12 @@ class InferenceEngine:
         for m in self.models():
             if m.versions:
                 for v in sorted(m.versions, key=version_key):
-                    out.append({"name": m.name, "version": v, "state": "READY", "reason": m.reason})
+                    h = m.versions[v].scheduler.health()
+                    reason = m.reason or h.last_error
+                    replicas = {"total": h.total, "healthy": h.healthy, "restarts": h.restarts,
+                                "queued": h.queued}  # fmt: skip
+                    out.append({"name": m.name, "version": v, "state": "READY", "reason": reason,
+                                "replicas": replicas})  # fmt: skip
             elif not ready_only:
                 out.append(
                     {"name": m.name, "version": "", "state": m.state.value, "reason": m.reason}

@@ -162,7 +162,7 @@ class Scheduler:
     async def _take(self) -> list[WorkItem] | None:
         """The next batch, or None after `health_interval_s` without work."""
         idle_until = time.monotonic() + self.health_interval_s
-        while True:
+        while not self._stopping:
             self._wake.clear()
             while self.queue and self.queue[0].future.done():
                 self.queue.popleft()  # cancelled or timed out before it started
@@ -185,6 +185,7 @@ class Scheduler:
                     return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+        return None
 
     async def _run(self, slot: Slot) -> None:
         while not self._stopping:
