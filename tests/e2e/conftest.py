@@ -44,12 +44,16 @@ class Process:
     host_port: str
     proc: subprocess.Popen[bytes]
     log: Path
+    grpc_host_port: str | None = None  # None when started with grpc=False
 
 
-def start_server(repo: Path, log: Path, *args: str) -> Process:
+def start_server(repo: Path, log: Path, *args: str, grpc: bool = True) -> Process:
+    """`inferd serve` on free ports (gRPC too unless `grpc=False`); waits until ready."""
     port = free_port()
+    grpc_port = free_port() if grpc else None
+    grpc_args = ["--grpc-port", str(grpc_port)] if grpc_port else ["--no-grpc"]
     cmd = [sys.executable, "-m", "inferd.cli.main", "serve", "--model-repository", str(repo),
-           "--http-port", str(port), *args]  # fmt: skip
+           "--http-port", str(port), *grpc_args, *args]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -59,7 +63,8 @@ def start_server(repo: Path, log: Path, *args: str) -> Process:
             raise RuntimeError(f"inferd exited early:\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return Process(url, f"127.0.0.1:{port}", proc, log)
+                grpc_at = f"127.0.0.1:{grpc_port}" if grpc_port else None
+                return Process(url, f"127.0.0.1:{port}", proc, log, grpc_at)
         except httpx.TransportError:
             pass
         time.sleep(0.2)

@@ -80,6 +80,7 @@ def server(scratch_repo: Path) -> Iterator[RunningServer]:
         http_port=0,
         block=False,
         http={"max_body_bytes": 1024 * 1024},
+        grpc={"port": 0},
     )
     assert running is not None
     with running:

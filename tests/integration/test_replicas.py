@@ -1,4 +1,4 @@
-"""Replicas in real worker processes: batching, isolation, self-healing, deadlines, back-pressure."""
+"""Replicas in real worker processes: batching, isolation, healing, deadlines, back-pressure."""
 
 from __future__ import annotations
 

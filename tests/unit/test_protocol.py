@@ -23,7 +23,7 @@ from inferd.workers.protocol import (
 def sample(datatype: str) -> np.ndarray:
     if datatype == "BYTES":
         arr = np.empty(4, dtype=object)
-        arr[:] = [b"a", b"", b"\x00\xff", "text".encode()]
+        arr[:] = [b"a", b"", b"\x00\xff", b"text"]
         return arr.reshape(2, 2)
     if datatype == "BOOL":
         return np.array([[True, False], [False, True]])
