@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from inferd._version import __version__
+from inferd.api.grpc import GrpcServer
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.observability.metrics import ServingMetrics
 from inferd.serving.engine import InferenceEngine
@@ -29,6 +30,7 @@ class Server:
     engine: InferenceEngine
     metrics: ServingMetrics
     asgi: DataPlaneApp
+    grpc: GrpcServer | None = None
 
 
 def _docs_app() -> FastAPI:
@@ -59,6 +61,12 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     repository = ModelRepository(settings.model_repository) if settings.model_repository else None
     engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s)
     http = settings.http
+    g = settings.grpc
+    grpc = (
+        GrpcServer(engine, g.host, g.port, g.max_message_bytes, http.server_name, __version__)
+        if g.enabled
+        else None
+    )
     asgi = DataPlaneApp(
         engine,
         metrics,
@@ -66,12 +74,28 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
         limits=HttpLimits(max_body_bytes=http.max_body_bytes, max_chunks=http.max_chunks),
         server_name=http.server_name,
         server_version=__version__,
-        on_startup=partial(_start, engine, models or {}),
-        on_shutdown=engine.stop,
+        on_startup=partial(_start, engine, models or {}, grpc),
+        on_shutdown=partial(_stop, engine, grpc, settings.shutdown_grace_s),
     )
-    return Server(settings, engine, metrics, asgi)
+    return Server(settings, engine, metrics, asgi, grpc)
 
 
-async def _start(engine: InferenceEngine, models: Mapping[str, Any]) -> None:
-    await engine.start()
-    await add_objects(engine, models)
+async def _start(
+    engine: InferenceEngine, models: Mapping[str, Any], grpc: GrpcServer | None
+) -> None:
+    # gRPC binds first: a busy port fails fast, and probes see NOT_SERVING while models load.
+    if grpc is not None:
+        await grpc.start()
+    try:
+        await engine.start()
+        await add_objects(engine, models)
+    except BaseException:
+        if grpc is not None:
+            await grpc.stop(0)
+        raise
+
+
+async def _stop(engine: InferenceEngine, grpc: GrpcServer | None, grace_s: float) -> None:
+    if grpc is not None:
+        await grpc.stop(grace_s)
+    await engine.stop()

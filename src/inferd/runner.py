@@ -54,7 +54,8 @@ def run(settings: Settings, models: dict[str, Any] | None = None) -> None:
 
 
 class RunningServer:
-    """A server on a background thread: `url`, `engine`, and `stop()`."""
+    """A server on a background thread: `url`, `grpc_port` (None without gRPC), `engine`,
+    and `stop()`."""
 
     def __init__(self, server: Server, uv: uvicorn.Server, thread: threading.Thread, port: int):
         self.server = server
@@ -63,6 +64,7 @@ class RunningServer:
         self._thread = thread
         self.port = port
         self.url = f"http://{server.settings.http.host}:{port}"
+        self.grpc_port = server.grpc.port if server.grpc else None
 
     def stop(self, timeout: float = 30.0) -> None:
         self._uv.should_exit = True

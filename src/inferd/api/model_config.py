@@ -1,12 +1,27 @@
-"""Triton's ModelConfig and model metadata as plain dicts, shared by the REST and gRPC adapters."""
+"""Server and model metadata, Triton's ModelConfig and load-time config overrides as plain
+values, shared by the REST and gRPC adapters."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from inferd.core.datatypes import config_type
+from inferd.core.errors import InvalidInput
 from inferd.core.spec import TensorSpec, version_key
 from inferd.serving.engine import ServedModel, ServedVersion
+
+#: Protocol extensions reported by server metadata (GET /v2 and gRPC ServerMetadata).
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+    "model_configuration",
+    "classification",
+    "parameters",
+]
 
 
 def metadata(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
@@ -60,3 +75,19 @@ def model_config(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
         "parameters": {k: {"string_value": str(v)} for k, v in spec.parameters.items()},
         "model_transaction_policy": {"decoupled": False},
     }
+
+
+def load_config(name: str, raw: Any) -> dict[str, Any] | None:
+    """The `config` load parameter: a JSON object (or its text) overriding model.yaml fields."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(
+                f"failed to load '{name}': 'config' is not valid JSON: {e}"
+            ) from None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"failed to load '{name}': 'config' must be a JSON object")
+    return raw

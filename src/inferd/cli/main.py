@@ -61,8 +61,9 @@ def serve(
         if http_port is not None:
             http.port = http_port
         grpc = settings.grpc
-        if grpc_host is not None or host is not None:
-            grpc.host = grpc_host if grpc_host is not None else host
+        grpc_host = grpc_host if grpc_host is not None else host
+        if grpc_host is not None:
+            grpc.host = grpc_host
         if grpc_port is not None:
             grpc.port = grpc_port
         if no_grpc:

@@ -26,7 +26,7 @@ from inferd.api.http.v2codec import (
     loads,
     parse_header_length,
 )
-from inferd.api.model_config import metadata, model_config
+from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
 from inferd.core.errors import (
     InferdError,
     InvalidInput,
@@ -43,15 +43,6 @@ log = logging.getLogger("inferd.http")
 access = logging.getLogger(ACCESS_LOGGER)
 
 JSON = b"application/json"
-EXTENSIONS = [
-    "binary_tensor_data",
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "statistics",
-    "model_configuration",
-    "classification",
-    "parameters",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +381,7 @@ class DataPlaneApp:
                         "file overrides ('file:...') are not accepted over the API; "
                         "change the model repository instead"
                     )
-                config = _load_config(name, (params or {}).get("config"))
+                config = load_config(name, (params or {}).get("config"))
                 try:
                     await self.engine.load(name, config)
                 except ModelLoadError as e:
@@ -424,19 +415,3 @@ class DataPlaneApp:
         body = await self._body(req)
         response = await self.engine.infer_decoded(sv, lambda: v1.decode_predict(body, sv.inputs))
         return _json(200, v1.encode_predictions(response))
-
-
-def _load_config(name: str, raw: Any) -> dict[str, Any] | None:
-    """The `config` load parameter: a JSON object (or its text) overriding model.yaml fields."""
-    if raw is None:
-        return None
-    if isinstance(raw, str):
-        try:
-            raw = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise InvalidInput(
-                f"failed to load '{name}': 'config' is not valid JSON: {e}"
-            ) from None
-    if not isinstance(raw, dict):
-        raise InvalidInput(f"failed to load '{name}': 'config' must be a JSON object")
-    return raw

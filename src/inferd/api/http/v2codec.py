@@ -1,19 +1,20 @@
 """Open Inference Protocol V2 wire codec: JSON and the binary tensor extension, both ways.
 
 Decoding never allocates from a declared size: every element count is checked against the
-data actually received before an array is built.
+data actually received before an array is built. Raw tensor bytes (shared with gRPC) live in
+`inferd.api.tensor_codec`.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from inferd.core.datatypes import DATATYPES, ITEMSIZE, NUMPY_DTYPES, WIRE_DTYPES, datatype_of
+from inferd.api.tensor_codec import decode_binary, element_count, tensor_bytes
+from inferd.core.datatypes import DATATYPES, ITEMSIZE, NUMPY_DTYPES, datatype_of
 from inferd.core.errors import InvalidInput
 from inferd.core.spec import TensorSpec
 from inferd.core.tensors import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
@@ -21,7 +22,6 @@ from inferd.core.tensors import InferenceRequest, InferenceResponse, RequestedOu
 HEADER_LENGTH = "inference-header-content-length"
 _INT_INFO = {k: np.iinfo(v) for k, v in NUMPY_DTYPES.items() if v.kind in "iu"}
 _NUMERIC_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
-_U32 = struct.Struct("<I")
 
 
 def loads(body: bytes | memoryview) -> Any:
@@ -56,13 +56,6 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
         if d < 0:
             raise InvalidInput(f"input '{name}': shape dimension {d} is negative")
     return tuple(raw)
-
-
-def _count(shape: Iterable[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d  # Python ints: no overflow; compared with data actually received
-    return n
 
 
 def decode_json_data(
@@ -116,7 +109,7 @@ def decode_json_data(
             raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
     if shape is None:
         return arr
-    expected = _count(shape)
+    expected = element_count(shape)
     if arr.size != expected:
         raise InvalidInput(
             f"input '{name}': unexpected number of elements; shape {list(shape)} expects "
@@ -164,41 +157,6 @@ def _flatten_bytes(name: str, data: list[Any], out: list[bytes], depth: int) -> 
             _flatten_bytes(name, item, out, depth + 1)
         else:
             raise InvalidInput(f"input '{name}': BYTES 'data' elements must be strings")
-
-
-def decode_binary(name: str, datatype: str, buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode one tensor from the binary extension (little-endian; BYTES length-prefixed)."""
-    expected = _count(shape)
-    if datatype == "BYTES":
-        items: list[bytes] = []
-        pos, end = 0, len(buf)
-        while pos < end:
-            if pos + 4 > end:
-                raise InvalidInput(f"input '{name}': truncated BYTES element length")
-            (n,) = _U32.unpack_from(buf, pos)
-            pos += 4
-            if pos + n > end:
-                raise InvalidInput(f"input '{name}': BYTES element runs past its binary data")
-            items.append(bytes(buf[pos : pos + n]))
-            pos += n
-            if len(items) > expected:
-                break
-        if len(items) != expected:
-            raise InvalidInput(
-                f"input '{name}': unexpected number of BYTES elements; shape {list(shape)} "
-                f"expects {expected}, got {len(items)}"
-            )
-        arr = np.empty(expected, dtype=object)
-        arr[:] = items
-        return arr.reshape(shape)
-    size = expected * ITEMSIZE[datatype]
-    if size != len(buf):
-        raise InvalidInput(
-            f"input '{name}': input byte size mismatch; shape {list(shape)} of {datatype} "
-            f"expects {size} bytes, got {len(buf)}"
-        )
-    arr = np.frombuffer(buf, dtype=WIRE_DTYPES[datatype]).reshape(shape)
-    return arr.astype(NUMPY_DTYPES[datatype], copy=False)
 
 
 def decode_request(body: bytes, header_length: int | None) -> InferenceRequest:
@@ -274,7 +232,7 @@ def decode_raw(body: bytes, inputs: Sequence[TensorSpec]) -> InferenceRequest:
                 f"raw body of {len(body)} bytes is not a whole number of {spec.datatype}"
             )
         n = len(body) // item
-        known = _count(d for d in spec.shape if d != -1)
+        known = element_count(d for d in spec.shape if d != -1)
         free = sum(1 for d in spec.shape if d == -1)
         if free > 1 or (known and n % known) or (free == 0 and n != known):
             raise InvalidInput(
@@ -312,18 +270,6 @@ def _binary_flags(request: InferenceRequest, names: list[str]) -> list[bool]:
         if o.parameters and "binary_data" in o.parameters:
             per[o.name] = bool(o.parameters["binary_data"])
     return [per.get(n, default) for n in names]
-
-
-def tensor_bytes(t: Tensor) -> bytes:
-    """Binary-extension bytes of a tensor (little-endian; BYTES with uint32 length prefixes)."""
-    if t.datatype == "BYTES":
-        parts = []
-        for item in t.data.ravel():
-            b = item if isinstance(item, bytes) else str(item).encode()
-            parts.append(_U32.pack(len(b)))
-            parts.append(b)
-        return b"".join(parts)
-    return np.ascontiguousarray(t.data, dtype=WIRE_DTYPES[t.datatype]).tobytes()
 
 
 def _json_data(t: Tensor) -> Any:

@@ -1,0 +1,86 @@
+"""The gRPC listener: Triton's `inference.GRPCInferenceService` and `grpc.health.v1.Health`.
+
+A `grpc.aio` server on the app's event loop, started and stopped by the app's lifespan hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from tritonclient.grpc import service_pb2_grpc
+
+from inferd.api.grpc.health import HealthService
+from inferd.api.grpc.servicer import InferenceServicer
+from inferd.serving.engine import InferenceEngine
+
+log = logging.getLogger("inferd.grpc")
+
+#: grpcio takes message limits as C ints.
+_MAX_LIMIT = 2**31 - 1
+
+
+def address(host: str, port: int) -> str:
+    """host:port, with brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class GrpcServer:
+    """Owns the grpc.aio server; `port` is the bound port once started (useful with port 0)."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        max_message_bytes: int = _MAX_LIMIT,
+        server_name: str = "inferd",
+        server_version: str = "0",
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.max_message_bytes = max_message_bytes
+        self.servicer = InferenceServicer(engine, server_name, server_version)
+        self.health = HealthService(lambda: engine.not_ready_reason() is None)
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving (on the running event loop); a busy port is an error."""
+        limit = min(self.max_message_bytes, _MAX_LIMIT)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # grpcio sets SO_REUSEPORT by default: two servers would share a port silently.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((self.health.handler(),))
+        where = address(self.host, self.requested_port)
+        try:
+            port = server.add_insecure_port(where)
+        except RuntimeError as e:
+            await server.stop(None)
+            raise RuntimeError(f"gRPC cannot listen on {where}: {e}") from None
+        if not port:
+            await server.stop(None)
+            raise RuntimeError(f"gRPC cannot listen on {where}")
+        await server.start()
+        self._server, self.port = server, port
+        log.info(
+            "gRPC listening on %s",
+            address(self.host, port),
+            extra={"fields": {"host": self.host, "port": port}},
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new RPCs, let running ones finish within `grace_s`, then cancel the rest."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.health.shutdown()
+        self.servicer.drain()
+        await server.stop(grace_s)
+        log.info("gRPC stopped")

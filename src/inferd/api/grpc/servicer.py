@@ -1,0 +1,308 @@
+"""`inference.GRPCInferenceService` (Triton's layout) over the one inference engine.
+
+Every RPC decodes, makes one engine call and encodes; errors become status codes through
+`errors.code_of`, and each RPC writes one access-log line. The infer path builds protobuf
+messages directly (no json_format) and moves tensor data as raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+
+from inferd.api.grpc.access import log_rpc
+from inferd.api.grpc.codec import from_core, to_core
+from inferd.api.grpc.errors import INTERNAL_MESSAGE, GrpcStatus, code_of
+from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
+from inferd.core.errors import (
+    InferdError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotReady,
+)
+from inferd.serving.engine import InferenceEngine
+
+log = logging.getLogger("inferd.grpc")
+
+OK = grpc.StatusCode.OK
+#: Requests of one ModelStreamInfer stream running at once; more wait (flow control).
+MAX_STREAM_INFLIGHT = 128
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def rpc(fn: Handler) -> Handler:
+    """Run a unary RPC: map errors to status codes (never a traceback) and log access."""
+    method = fn.__name__
+
+    @functools.wraps(fn)
+    async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter_ns()
+        try:
+            response = await fn(self, request, context)
+        except InferdError as e:
+            code, message = code_of(e), e.message
+        except asyncio.CancelledError:
+            log_rpc(method, request, grpc.StatusCode.CANCELLED, start)
+            raise
+        except Exception:
+            log.exception("unhandled error in gRPC %s", method)
+            code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+        else:
+            log_rpc(method, request, OK, start)
+            return response
+        log_rpc(method, request, code, start)
+        await context.abort(code, message)
+
+    return handle
+
+
+def _unimplemented(method: str, what: str) -> Handler:
+    async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise GrpcStatus(
+            grpc.StatusCode.UNIMPLEMENTED, f"inferd does not implement {method} ({what})"
+        )
+
+    handle.__name__ = method
+    return rpc(handle)
+
+
+_SHM = "shared-memory tensors; send tensor data in the request"
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Triton's GRPCInferenceService: health, metadata, infer (unary and stream), config,
+    statistics and repository control."""
+
+    def __init__(
+        self, engine: InferenceEngine, server_name: str = "inferd", server_version: str = "0"
+    ) -> None:
+        self.engine = engine
+        self.server_name = server_name
+        self.server_version = server_version
+        self._streams: set[_Stream] = set()
+
+    # ---- health and metadata -----------------------------------------------------------
+
+    @rpc
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self.engine.live())
+
+    @rpc
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.engine.not_ready_reason() is None)
+
+    @rpc
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # As Triton: an unknown or unready model is `ready: false` with status OK.
+        try:
+            self.engine.version(request.name, request.version or None)
+        except (ModelNotFound, ModelNotReady):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @rpc
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(
+            name=self.server_name, version=self.server_version, extensions=EXTENSIONS
+        )
+
+    @rpc
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = self.engine.model(request.name)
+        sv = self.engine.version(request.name, request.version or None)
+        doc = metadata(model, sv)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=doc["name"],
+            versions=doc["versions"],
+            platform=doc["platform"],
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in sv.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in sv.outputs],
+        )
+
+    @rpc
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = self.engine.model(request.name)
+        doc = model_config(model, self.engine.version(request.name, request.version or None))
+        config = json_format.ParseDict(
+            doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    @rpc
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        stats = self.engine.stats(request.name or None, request.version or None)
+        return json_format.ParseDict(
+            {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
+        )
+
+    # ---- inference -----------------------------------------------------------------------
+
+    async def infer(self, request: Any, timeout_s: float | None = None) -> Any:
+        """One ModelInferRequest -> ModelInferResponse (raises InferdError)."""
+        engine = self.engine
+        if engine.stopping:
+            raise ServerNotReady("server is shutting down")
+        sv = engine.version(request.model_name, request.model_version or None)
+        return from_core(await engine.infer_decoded(sv, lambda: to_core(request, timeout_s)))
+
+    @rpc
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self.infer(request, context.time_remaining())
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Answer each request as it completes; errors travel in-band, the stream stays open."""
+        stream = _Stream(self, requests)
+        self._streams.add(stream)
+        try:
+            while (response := await stream.out.get()) is not None:
+                yield response
+        finally:
+            self._streams.discard(stream)
+            stream.close()
+
+    async def stream_one(self, request: Any) -> Any:
+        """One request of a stream -> ModelStreamInferResponse (never raises InferdError)."""
+        start = time.perf_counter_ns()
+        try:
+            response = pb.ModelStreamInferResponse(infer_response=await self.infer(request))
+            code = OK
+        except InferdError as e:
+            code, message = code_of(e), e.message
+        except Exception:
+            log.exception("unhandled error in gRPC ModelStreamInfer")
+            code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+        if code != OK:
+            response = pb.ModelStreamInferResponse(
+                error_message=message,
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
+        log_rpc("ModelStreamInfer", request, code, start)
+        return response
+
+    def drain(self) -> None:
+        """Stop reading new stream requests; open streams end once their requests are done."""
+        for stream in list(self._streams):
+            stream.stop_reading()
+
+    # ---- repository ----------------------------------------------------------------------
+
+    @rpc
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=m["name"], version=m["version"], state=m["state"], reason=m["reason"])
+                for m in self.engine.index(ready_only=request.ready)
+            ]
+        )
+
+    @rpc
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        name = request.model_name
+        raw_config = None
+        for key, param in request.parameters.items():
+            if key.startswith("file:"):
+                raise InvalidInput(
+                    "file overrides ('file:...') are not accepted over the API; "
+                    "change the model repository instead"
+                )
+            if key == "config":
+                if param.WhichOneof("parameter_choice") != "string_param":
+                    raise InvalidInput(
+                        f"failed to load '{name}': 'config' must be a JSON string (string_param)"
+                    )
+                raw_config = param.string_param
+        config = load_config(name, raw_config)
+        try:
+            await self.engine.load(name, config)
+        except ModelNotFound as e:
+            raise GrpcStatus(
+                grpc.StatusCode.NOT_FOUND, f"failed to load '{name}': {e.message}"
+            ) from None
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.engine.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---- not offered ---------------------------------------------------------------------
+
+    SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus", _SHM)
+    SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister", _SHM)
+    SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister", _SHM)
+    CudaSharedMemoryStatus = _unimplemented("CudaSharedMemoryStatus", _SHM)
+    CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister", _SHM)
+    CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister", _SHM)
+    TraceSetting = _unimplemented("TraceSetting", "tracing")
+    LogSettings = _unimplemented("LogSettings", "log settings; use --log-level")
+
+
+class _Stream:
+    """One ModelStreamInfer call: a reader task spawns a task per request; responses are
+    queued as they complete and `None` marks the end (input closed and nothing in flight)."""
+
+    def __init__(self, servicer: InferenceServicer, requests: AsyncIterator[Any]) -> None:
+        self.servicer = servicer
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(MAX_STREAM_INFLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = 0
+        self._reading = True
+        self._reader = asyncio.create_task(self._read(requests))
+        self._reader.add_done_callback(_retrieve)
+
+    async def _read(self, requests: AsyncIterator[Any]) -> None:
+        try:
+            async for request in requests:
+                await self._slots.acquire()
+                self._inflight += 1
+                task = asyncio.create_task(self._one(request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            self._reading = False
+            if self._inflight == 0:
+                self.out.put_nowait(None)
+
+    async def _one(self, request: Any) -> None:
+        try:
+            self.out.put_nowait(await self.servicer.stream_one(request))
+        finally:
+            self._slots.release()
+            self._inflight -= 1
+            if not self._reading and self._inflight == 0:
+                self.out.put_nowait(None)
+
+    def stop_reading(self) -> None:
+        self._reader.cancel()
+
+    def close(self) -> None:
+        """The call is over (finished or cancelled by the client): drop what is left."""
+        self._reader.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Consume a reader's exception (a client gone mid-read) so asyncio does not warn."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("stream reader ended: %r", task.exception())
