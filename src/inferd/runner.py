@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import signal
 import socket
@@ -38,19 +39,39 @@ def _config(server: Server, sock_port: int) -> uvicorn.Config:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises a caught SIGTERM after shutting down; a drained shutdown exits 0."""
+    """Graceful shutdown on SIGTERM: readiness turns 503 and new requests are refused at once,
+    while the listeners stay open; once in-flight requests finish (or the grace passes) the
+    server stops and the process exits 0. A second signal, or SIGINT, stops at once."""
+
+    def __init__(self, config: uvicorn.Config, server: Server) -> None:
+        super().__init__(config)
+        self.inferd = server
+        self._draining: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self._draining is None and not self.should_exit:
+            loop = asyncio.get_event_loop()
+            self.inferd.engine.begin_drain()
+            self._draining = loop.create_task(self._drain())
+            return
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM and sig in self._captured_signals:
-            self._captured_signals.remove(sig)
+            self._captured_signals.remove(sig)  # a drained shutdown is a clean exit (0)
+
+    async def _drain(self) -> None:
+        grace = self.inferd.settings.shutdown_grace_s
+        drained = await self.inferd.engine.drained(grace)
+        logging.getLogger("inferd.runner").info(
+            "SIGTERM: %s, stopping", "in-flight requests done" if drained else "grace period over"
+        )
+        self.should_exit = True
 
 
 def run(settings: Settings, models: dict[str, Any] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (the `inferd serve` command)."""
     configure_logging(settings.log_level, settings.http.access_log)
     server = build(settings, models)
-    _Server(_config(server, settings.http.port)).run()
+    _Server(_config(server, settings.http.port), server).run()
 
 
 class RunningServer:

@@ -39,6 +39,26 @@ RAISER_YAML = textwrap.dedent(
 )
 
 
+SLEEPER = textwrap.dedent(
+    """
+    import time
+
+    class Model:
+        def infer(self, inputs, parameters):
+            time.sleep(float(parameters.get("sleep", 0)))
+            return {"Y": inputs["X"] + 1}
+    """
+)
+SLEEPER_YAML = textwrap.dedent(
+    """
+    runtime: python
+    max_queue_size: 1
+    inputs: [{name: X, datatype: FP32, shape: [-1]}]
+    outputs: [{name: Y, datatype: FP32, shape: [-1]}]
+    """
+)
+
+
 class Identity:
     """Returns its one input as its one output (every datatype)."""
 
@@ -66,6 +86,9 @@ def scratch_repo(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -
     (root / "raiser" / "1").mkdir(parents=True)
     (root / "raiser" / "1" / "model.py").write_text(RAISER)
     (root / "raiser" / "model.yaml").write_text(RAISER_YAML)
+    (root / "sleeper" / "1").mkdir(parents=True)
+    (root / "sleeper" / "1" / "model.py").write_text(SLEEPER)
+    (root / "sleeper" / "model.yaml").write_text(SLEEPER_YAML)
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
     (root / "broken" / "model.yaml").write_text("required: false\n")

@@ -132,6 +132,17 @@ class InferenceEngine:
         self.stopping = True
         await asyncio.gather(*(self.unload(n) for n in list(self._models)), return_exceptions=True)
 
+    def begin_drain(self) -> None:
+        """Stop taking new requests (readiness turns false); in-flight ones carry on."""
+        self.stopping = True
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight (True) or `timeout_s` passed (False)."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.inflight == 0
+
     def live(self) -> bool:
         return not self.stopping
 

@@ -7,11 +7,12 @@ A hand-written router on raw ASGI keeps per-request framework cost off the infer
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +41,7 @@ from inferd.observability.metrics import CONTENT_TYPE, ServingMetrics
 from inferd.serving.engine import InferenceEngine
 
 log = logging.getLogger("inferd.http")
+T = TypeVar("T")
 access = logging.getLogger(ACCESS_LOGGER)
 
 JSON = b"application/json"
@@ -59,7 +61,7 @@ class Request:
 
     __slots__ = (
         "accept_encoding", "content_encoding", "content_length", "header_length", "method",
-        "model", "receive", "request_id", "route", "version",
+        "model", "receive", "request_id", "route", "timeout_s", "version",
     )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
@@ -73,6 +75,7 @@ class Request:
         self.model: str | None = None
         self.version: str | None = None
         self.route = "other"
+        self.timeout_s: float | None = None
         for k, v in scope["headers"]:
             if k == b"content-length":
                 try:
@@ -87,9 +90,33 @@ class Request:
                 self.accept_encoding = v.decode("latin-1")
             elif k == b"x-request-id":
                 self.request_id = v.decode("latin-1")[:128]
+            elif k == TIMEOUT_HEADER:
+                self.timeout_s = _timeout(v)
 
 
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+#: Per-request time limit in milliseconds (V2's `timeout` parameter, in µs, works too).
+TIMEOUT_HEADER = b"x-request-timeout-ms"
+
+
+def _timeout(raw: bytes) -> float:
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = -1.0
+    if not 0 < ms < 1e10:
+        raise InvalidInput("X-Request-Timeout-Ms must be a positive number of milliseconds")
+    return ms / 1000
+
+
+async def _until_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
+    """Cancel `task` (the request's handler) if its client goes away first."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return
 
 
 def _json(status: int, doc: Any) -> Response:
@@ -338,10 +365,12 @@ class DataPlaneApp:
                 request = decode_request(body, header_length)
             if request.id is not None:
                 req.request_id = request.id
+            if req.timeout_s is not None:
+                request.timeout_s = req.timeout_s
             decoded.append(request)
             return request
 
-        response = await self.engine.infer_decoded(sv, decode)
+        response = await self._cancellable(req, self.engine.infer_decoded(sv, decode))
         request = decoded[0]
         out, json_len = encode_response(response, request)
         headers = [(b"content-type", JSON if json_len is None else b"application/octet-stream")]
@@ -352,6 +381,21 @@ class DataPlaneApp:
             if enc:
                 headers.append((b"content-encoding", enc.encode()))
         return 200, out, headers
+
+    async def _cancellable(self, req: Request, call: Awaitable[T]) -> T:
+        """Await an engine call; a client that disconnects meanwhile cancels it."""
+        me = asyncio.current_task()
+        assert me is not None
+        watcher = asyncio.create_task(_until_disconnect(req.receive, me))
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if watcher.done() and me.cancelling():
+                me.uncancel()
+                raise ClientDisconnected() from None
+            raise
+        finally:
+            watcher.cancel()
 
     async def _repository(self, req: Request, parts: list[str]) -> Response | None:
         n = len(parts)
@@ -413,5 +457,11 @@ class DataPlaneApp:
         self._method(req, "POST")
         sv = self.engine.version(name)
         body = await self._body(req)
-        response = await self.engine.infer_decoded(sv, lambda: v1.decode_predict(body, sv.inputs))
+
+        def decode() -> InferenceRequest:
+            request = v1.decode_predict(body, sv.inputs)
+            request.timeout_s = req.timeout_s
+            return request
+
+        response = await self._cancellable(req, self.engine.infer_decoded(sv, decode))
         return _json(200, v1.encode_predictions(response))
