@@ -52,7 +52,8 @@ async def test_frames_over_a_socket_pair() -> None:
     big = np.arange(300_000, dtype=np.float32)
     buffers: list[protocol.Buffer] = []
     metas = pack_tensors({"x": big}, False, buffers)
-    reading = asyncio.create_task(asyncio.to_thread(read_frame_sync, b))
+    stream = b.makefile("rb")
+    reading = asyncio.create_task(asyncio.to_thread(read_frame_sync, stream))
     writer.writelines(encode_frame({"op": "infer", "inputs": metas}, buffers))
     await writer.drain()
     header, got = await asyncio.wait_for(reading, 10)

@@ -58,6 +58,7 @@ class Slot:
     replica: Replica | None
     failures: int = 0
     restarts: int = 0
+    busy: bool = False
     watcher: asyncio.Task[None] | None = None
     loop: asyncio.Task[None] | None = None
     last_error: str = ""
@@ -138,6 +139,10 @@ class Scheduler:
                 f"model '{self.spec.name}' has {len(self.queue)} requests queued "
                 f"(max_queue_size {cap}); retry later"
             )
+        if self.spec.batching is None and not self.queue:
+            slot = self._idle_slot()
+            if slot is not None:  # fast path: a free replica and nobody waiting
+                return await self._direct(slot, inputs, outputs, parameters, timeout_s)
         key = batch_key(inputs, outputs, parameters) if self.spec.batching else None
         loop = asyncio.get_running_loop()
         item = WorkItem(inputs, outputs, parameters, Pending(rows, key, time.monotonic_ns()),
@@ -146,16 +151,61 @@ class Scheduler:
         self._wake.set()
         try:
             if timeout_s is None:
-                return await asyncio.shield(item.future)
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+                return await item.future
+            async with asyncio.timeout(timeout_s):
+                return await item.future
         except TimeoutError:
-            state = "while running" if item.started else "before it started; it was dropped"
-            raise DeadlineExceeded(
-                f"request to '{self.spec.name}' exceeded its timeout of {timeout_s:g} s {state}"
-            ) from None
+            raise self._deadline(timeout_s, item.started) from None
         finally:
             if not item.future.done():
                 item.future.cancel()  # not started: the loops skip it; started: result dropped
+
+    def _deadline(self, timeout_s: float | None, started: bool) -> DeadlineExceeded:
+        state = "while running" if started else "before it started; it was dropped"
+        return DeadlineExceeded(
+            f"request to '{self.spec.name}' exceeded its timeout of {timeout_s:g} s {state}"
+        )
+
+    def _idle_slot(self) -> Slot | None:
+        for slot in self.slots:
+            if not slot.busy and slot.replica is not None and slot.replica.alive:
+                return slot
+        return None
+
+    async def _direct(
+        self,
+        slot: Slot,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None,
+        parameters: dict[str, Any] | None,
+        timeout_s: float | None,
+    ) -> ReplicaResult:
+        """Run on `slot`'s replica in the caller's task: no queue hop, no extra task switch."""
+        replica = slot.replica
+        assert replica is not None
+        slot.busy = True
+        try:
+            if timeout_s is None:
+                result = await replica.infer(inputs, outputs, parameters)
+            else:
+                async with asyncio.timeout(timeout_s):
+                    result = await replica.infer(inputs, outputs, parameters)
+        except TimeoutError:
+            raise self._deadline(timeout_s, True) from None
+        except ReplicaFailed as e:
+            self._mark_dead(slot, e.message)
+            raise
+        finally:
+            slot.busy = False
+            if self.queue:
+                self._wake.set()
+        self._executed(1, result)
+        return result
+
+    def _executed(self, rows: int, result: ReplicaResult) -> None:
+        self.stats.record_execution(rows, result.compute_ns)
+        self.metrics.executions.inc()
+        self.metrics.batch_size.observe(rows)
 
     # ---- replica loops ---------------------------------------------------------------------
 
@@ -192,6 +242,11 @@ class Scheduler:
             if slot.replica is None or not slot.replica.alive:
                 await self._revive(slot)
                 continue
+            if slot.busy:  # a direct call is using this replica; wait until it is done
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.health_interval_s)
+                continue
             batch = await self._take()
             if self._stopping:
                 self._requeue(batch or [])
@@ -203,10 +258,14 @@ class Scheduler:
                 except InferdError as e:
                     self._mark_dead(slot, e.message)
                 continue
-            if not replica.alive:  # died while we waited: nothing started, run elsewhere
+            if not replica.alive or slot.busy:  # nothing started: leave it to another replica
                 self._requeue(batch)
                 continue
-            await self._execute(slot, replica, batch)
+            slot.busy = True
+            try:
+                await self._execute(slot, replica, batch)
+            finally:
+                slot.busy = False
 
     def _requeue(self, batch: list[WorkItem]) -> None:
         for item in reversed(batch):
@@ -238,9 +297,7 @@ class Scheduler:
             _fail(batch, ModelExecutionError(f"{type(e).__name__}: {e}"))
             return
         rows = sum(it.pending.rows for it in batch) if self.spec.max_batch_size > 0 else 1
-        self.stats.record_execution(rows, result.compute_ns)
-        self.metrics.executions.inc()
-        self.metrics.batch_size.observe(rows)
+        self._executed(rows, result)
         if len(batch) == 1:
             if not first.future.done():
                 first.future.set_result(result)

@@ -70,6 +70,7 @@ class ProcessReplica:
         self._lock = asyncio.Lock()
         self._use_shm = shm_available()
         self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -110,13 +111,16 @@ class ProcessReplica:
         self, header: dict[str, Any], buffers: list[Buffer], timeout: float, what: str
     ) -> tuple[dict[str, Any], list[bytes]]:
         assert self._reader is not None and self._writer is not None
-        async with self._lock:
+        await self._lock.acquire()
+        handed_off = False
+        try:
             if not self.alive:
                 raise ReplicaFailed(f"replica {self.label} is not running")
+            self._writer.writelines(encode_frame(header, buffers))
             try:
-                self._writer.writelines(encode_frame(header, buffers))
-                await self._writer.drain()
-                reply, out = await asyncio.wait_for(read_frame(self._reader), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._writer.drain()
+                    reply, out = await read_frame(self._reader)
             except TimeoutError:
                 await self.kill()
                 raise ReplicaFailed(
@@ -126,10 +130,32 @@ class ProcessReplica:
             except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
                 reason = await self._exit_reason()
                 raise ReplicaFailed(f"replica {self.label} failed while {what}: {reason}") from None
+            except asyncio.CancelledError:
+                # The caller gave up (deadline, disconnect) after the request was sent: read and
+                # drop the reply in the background so the next frame pairs with its request.
+                handed_off = True
+                task = asyncio.create_task(self._discard_reply(timeout))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                raise
+        finally:
+            if not handed_off:
+                self._lock.release()
         if not reply.get("ok"):
             cls = _KINDS.get(reply.get("kind", ""), errors.ModelExecutionError)
             raise cls(str(reply.get("message", "worker error")))
         return reply, out
+
+    async def _discard_reply(self, timeout: float) -> None:
+        assert self._reader is not None
+        try:
+            async with asyncio.timeout(timeout):
+                reply, _ = await read_frame(self._reader)
+            discard_shm(reply.get("outputs") or [])
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
+            await self.kill()
+        finally:
+            self._lock.release()
 
     async def infer(
         self,

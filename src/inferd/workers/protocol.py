@@ -18,7 +18,7 @@ import struct
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -55,32 +55,32 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], list
     return header, buffers
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise EOFError("server closed the connection")
-        got += k
-    return bytes(buf)
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError("server closed the connection")
+    return data
 
 
-def read_frame_sync(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
-    """Read one frame (worker side, blocking)."""
-    head_len, count = _PREFIX.unpack(_recv_exactly(sock, _PREFIX.size))
+def read_frame_sync(stream: BinaryIO) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one frame (worker side, blocking) from a buffered socket file: few syscalls."""
+    head_len, count = _PREFIX.unpack(_read_exactly(stream, _PREFIX.size))
     if head_len > MAX_HEADER or count > 4096:
         raise ValueError("corrupt frame from server")
-    lengths = [_LEN.unpack(_recv_exactly(sock, 8))[0] for _ in range(count)]
-    header = orjson.loads(_recv_exactly(sock, head_len))
-    return header, [_recv_exactly(sock, n) for n in lengths]
+    lengths = _read_exactly(stream, 8 * count)
+    sizes = [_LEN.unpack_from(lengths, 8 * i)[0] for i in range(count)]
+    header = orjson.loads(_read_exactly(stream, head_len))
+    return header, [_read_exactly(stream, n) for n in sizes]
 
 
 def write_frame_sync(
     sock: socket.socket, header: dict[str, Any], buffers: Sequence[Buffer] = ()
 ) -> None:
-    for piece in encode_frame(header, buffers):
+    pieces = encode_frame(header, buffers)
+    if sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces) <= 1 << 16:
+        sock.sendall(b"".join(pieces))  # one syscall for the common small reply
+        return
+    for piece in pieces:
         sock.sendall(piece)
 
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from inferd.core.errors import InferdError
 from inferd.core.spec import parse_model_config
@@ -61,9 +61,10 @@ def _error(e: BaseException, loading: bool) -> dict[str, Any]:
 def serve(sock: socket.socket) -> None:
     runtime: Runtime | None = None
     use_shm = shm_available()
+    stream: BinaryIO = sock.makefile("rb", buffering=1 << 16)  # type: ignore[assignment]
     while True:
         try:
-            header, buffers = read_frame_sync(sock)
+            header, buffers = read_frame_sync(stream)
         except (EOFError, ConnectionError, OSError):
             return
         op = header.get("op")
