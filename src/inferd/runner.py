@@ -34,6 +34,7 @@ def _config(server: Server, sock_port: int) -> uvicorn.Config:
         timeout_graceful_shutdown=math.ceil(s.shutdown_grace_s),
         timeout_keep_alive=30,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-* are not trusted unless a proxy is configured
         date_header=False,
     )
 

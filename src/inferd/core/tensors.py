@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,9 @@ class InferenceRequest:
     outputs: list[RequestedOutput] | None = None
     #: Seconds the client allows (from a header or gRPC deadline); None = no limit.
     timeout_s: float | None = None
+    #: Called (in the request's task) if the request has to wait in a queue; adapters use it
+    #: to start watching for a client disconnect only when that can save work.
+    on_queued: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

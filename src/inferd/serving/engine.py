@@ -424,7 +424,12 @@ class InferenceEngine:
             rows = next(iter(arrays.values())).shape[0] if sv.spec.max_batch_size > 0 else 1
             t1 = time.perf_counter_ns()
             result = await sv.scheduler.submit(
-                arrays, wanted, request.parameters, rows, request_timeout(request)
+                arrays,
+                wanted,
+                request.parameters,
+                rows,
+                request_timeout(request),
+                request.on_queued,
             )
             t2 = time.perf_counter_ns()
             outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)

@@ -130,6 +130,7 @@ class Scheduler:
         parameters: dict[str, Any] | None,
         rows: int,
         timeout_s: float | None,
+        on_queued: Callable[[], None] | None = None,
     ) -> ReplicaResult:
         if self._stopping:
             raise ModelNotReady(f"model '{self.spec.name}' is unloading")
@@ -149,6 +150,8 @@ class Scheduler:
                         loop.create_future())  # fmt: skip
         self.queue.append(item)
         self._wake.set()
+        if on_queued is not None:
+            on_queued()
         try:
             if timeout_s is None:
                 return await item.future

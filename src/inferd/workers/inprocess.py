@@ -102,7 +102,8 @@ class InProcessReplica:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, self._infer, inputs, outputs, parameters, submitted)
         try:
-            return await asyncio.wait_for(fut, self._timeout)
+            async with asyncio.timeout(self._timeout):
+                return await fut
         except TimeoutError:
             self._alive = False
             raise ReplicaFailed(

@@ -61,11 +61,12 @@ class Request:
 
     __slots__ = (
         "accept_encoding", "content_encoding", "content_length", "header_length", "method",
-        "model", "receive", "request_id", "route", "timeout_s", "version",
+        "model", "receive", "request_id", "route", "timeout_s", "version", "watcher",
     )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
+        self.watcher: asyncio.Task[None] | None = None
         self.receive = receive
         self.content_length: int | None = None
         self.content_encoding: str | None = None
@@ -92,6 +93,12 @@ class Request:
                 self.request_id = v.decode("latin-1")[:128]
             elif k == TIMEOUT_HEADER:
                 self.timeout_s = _timeout(v)
+
+    def watch_disconnect(self) -> None:
+        """Start cancelling the current task if the client disconnects (idempotent)."""
+        task = asyncio.current_task()
+        if self.watcher is None and task is not None:
+            self.watcher = asyncio.create_task(_until_disconnect(self.receive, task))
 
 
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -367,6 +374,7 @@ class DataPlaneApp:
                 req.request_id = request.id
             if req.timeout_s is not None:
                 request.timeout_s = req.timeout_s
+            request.on_queued = req.watch_disconnect
             decoded.append(request)
             return request
 
@@ -383,19 +391,20 @@ class DataPlaneApp:
         return 200, out, headers
 
     async def _cancellable(self, req: Request, call: Awaitable[T]) -> T:
-        """Await an engine call; a client that disconnects meanwhile cancels it."""
-        me = asyncio.current_task()
-        assert me is not None
-        watcher = asyncio.create_task(_until_disconnect(req.receive, me))
+        """Await an engine call; a client that disconnects while its request waits in a queue
+        cancels it. The watcher starts only when the request is queued (`req.watch_disconnect`,
+        called by the scheduler), so requests that run at once pay nothing for it."""
         try:
             return await call
         except asyncio.CancelledError:
-            if watcher.done() and me.cancelling():
+            me = asyncio.current_task()
+            if req.watcher is not None and req.watcher.done() and me and me.cancelling():
                 me.uncancel()
                 raise ClientDisconnected() from None
             raise
         finally:
-            watcher.cancel()
+            if req.watcher is not None:
+                req.watcher.cancel()
 
     async def _repository(self, req: Request, parts: list[str]) -> Response | None:
         n = len(parts)
@@ -461,6 +470,7 @@ class DataPlaneApp:
         def decode() -> InferenceRequest:
             request = v1.decode_predict(body, sv.inputs)
             request.timeout_s = req.timeout_s
+            request.on_queued = req.watch_disconnect
             return request
 
         response = await self._cancellable(req, self.engine.infer_decoded(sv, decode))
