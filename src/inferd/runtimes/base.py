@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,3 +66,35 @@ class Runtime(ABC):
             names = ", ".join(p.name for p in found)
             raise ModelLoadError(f"several candidate artifacts in version {self.version}: {names}")
         return found[0]
+
+
+def int_parameter(params: dict[str, Any], key: str, default: int = 0) -> int:
+    """A non-negative integer runtime parameter from `model.yaml` (which may give "4")."""
+    from inferd.core.errors import ModelLoadError
+
+    value = params.get(key, default)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"parameter '{key}' must be an integer") from None
+    if number < 0:
+        raise ModelLoadError(f"parameter '{key}' must be >= 0")
+    return number
+
+
+def framework_message(exc: BaseException, path: Path) -> str:
+    """A framework's error message with the server's model-repository directory cut out."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.replace(str(path.absolute().parent.parent).rstrip("/") + "/", "")
+
+
+def check_output_names(model: str, wanted: Sequence[str] | None, known: Iterable[str]) -> None:
+    """Refuse requested outputs the model does not have (InvalidInput names the first)."""
+    from inferd.core.errors import InvalidInput
+
+    names = set(known)
+    for name in wanted or ():
+        if name not in names:
+            raise InvalidInput(f"unknown output '{name}' for model '{model}'")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError
+from inferd.core.errors import ModelExecutionError, ModelLoadError
 from inferd.core.spec import TensorSpec
-from inferd.runtimes.base import Runtime
+from inferd.runtimes.base import (
+    Runtime,
+    check_output_names,
+    framework_message,
+    int_parameter,
+)
 
 
 class LightGBMRuntime(Runtime):
@@ -40,7 +44,7 @@ class LightGBMRuntime(Runtime):
                 "the lightgbm runtime needs lightgbm: pip install 'inferd[lightgbm]'"
             ) from None
         artifact = self.find_artifact(".txt", ".lgb", ".model").absolute()
-        self._num_threads = _int_param(self.spec.parameters, "num_threads", 1)
+        self._num_threads = int_parameter(self.spec.parameters, "num_threads", 1)
         try:
             booster = lightgbm.Booster(model_file=str(artifact))
             n_features = int(booster.num_feature())
@@ -49,7 +53,7 @@ class LightGBMRuntime(Runtime):
             )
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {artifact.name}: {_reason(exc, self.path)}"
+                f"cannot load {artifact.name}: {framework_message(exc, self.path)}"
             ) from None
         if self.spec.inputs:
             declared = self.spec.inputs[0]
@@ -71,35 +75,14 @@ class LightGBMRuntime(Runtime):
     ) -> dict[str, np.ndarray]:
         if self._booster is None:
             raise ModelExecutionError(f"model '{self.spec.name}' is not loaded")
-        for name in outputs or ():
-            if name != "predict":
-                raise InvalidInput(f"unknown output '{name}' for model '{self.spec.name}'")
+        check_output_names(self.spec.name, outputs, ["predict"])
         try:
             value = self._booster.predict(
                 inputs[self._inputs[0].name], num_threads=self._num_threads
             )
         except Exception as exc:
-            raise ModelExecutionError(_reason(exc, self.path)) from None
+            raise ModelExecutionError(framework_message(exc, self.path)) from None
         return {"predict": np.asarray(value, dtype=np.float64)}
 
     def unload(self) -> None:
         self._booster = None
-
-
-def _int_param(params: dict[str, Any], key: str, default: int) -> int:
-    value = params.get(key, default)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value)  # model.yaml may give "4"
-    except (TypeError, ValueError):
-        raise ModelLoadError(f"parameter '{key}' must be an integer") from None
-    if number < 0:
-        raise ModelLoadError(f"parameter '{key}' must be >= 0")
-    return number
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The framework's message with the server's model-repository directory cut out."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.replace(str(path.absolute().parent.parent).rstrip("/") + "/", "")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError
 from inferd.core.spec import TensorSpec
-from inferd.runtimes.base import Runtime
+from inferd.runtimes.base import Runtime, framework_message, int_parameter
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -77,7 +76,7 @@ class OnnxRuntime(Runtime):
             session = ort.InferenceSession(str(artifact), sess_options=options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {artifact.name}: {_reason(exc, self.path)}"
+                f"cannot load {artifact.name}: {framework_message(exc, self.path)}"
             ) from None
         self._inputs = tuple(_tensor_spec(arg, "input") for arg in session.get_inputs())
         self._outputs = tuple(_tensor_spec(arg, "output") for arg in session.get_outputs())
@@ -93,7 +92,7 @@ class OnnxRuntime(Runtime):
             ("inter_op_threads", "inter_op_num_threads"),
         ):
             if params.get(key) is not None:
-                setattr(options, attr, _int_param(params, key))
+                setattr(options, attr, int_parameter(params, key))
         level = str(params.get("graph_optimization_level", "all")).lower()
         if level not in _OPT_LEVELS:
             raise ModelLoadError(
@@ -130,7 +129,7 @@ class OnnxRuntime(Runtime):
         try:
             results = self._session.run(names, feed)
         except Exception as exc:
-            raise ModelExecutionError(_reason(exc, self.path)) from None
+            raise ModelExecutionError(framework_message(exc, self.path)) from None
         return {
             name: _to_bytes(np.asarray(value)) if name in self._bytes_outputs else np.asarray(value)
             for name, value in zip(names, results, strict=True)
@@ -173,22 +172,3 @@ def _to_ort_strings(array: np.ndarray) -> np.ndarray:
 def _to_bytes(array: np.ndarray) -> np.ndarray:
     flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in array.ravel()]
     return np.array(flat, dtype=object).reshape(array.shape)
-
-
-def _int_param(params: dict[str, Any], key: str, default: int = 0) -> int:
-    value = params.get(key, default)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value)  # model.yaml may give "4"
-    except (TypeError, ValueError):
-        raise ModelLoadError(f"parameter '{key}' must be an integer") from None
-    if number < 0:
-        raise ModelLoadError(f"parameter '{key}' must be >= 0")
-    return number
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The framework's message with the server's model-repository directory cut out."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.replace(str(path.absolute().parent.parent).rstrip("/") + "/", "")

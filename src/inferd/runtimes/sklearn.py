@@ -11,7 +11,7 @@ import numpy as np
 from inferd.core.datatypes import NUMPY_DTYPES
 from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError, UntrustedArtifact
 from inferd.core.spec import ModelSpec, TensorSpec
-from inferd.runtimes.base import Runtime
+from inferd.runtimes.base import Runtime, framework_message
 
 _PICKLES = (".joblib", ".pkl", ".pickle")
 
@@ -88,7 +88,7 @@ class SklearnRuntime(Runtime):
             raise
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {artifact.name}: {_reason(exc, self.path)}"
+                f"cannot load {artifact.name}: {framework_message(exc, self.path)}"
             ) from None
 
     def _load_pickle(self, artifact: Path) -> Any:
@@ -108,7 +108,7 @@ class SklearnRuntime(Runtime):
             return joblib.load(artifact)
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {artifact.name}: {_reason(exc, self.path)}"
+                f"cannot load {artifact.name}: {framework_message(exc, self.path)}"
             ) from None
 
     def _input_spec(self, model: Any) -> TensorSpec:
@@ -142,7 +142,9 @@ class SklearnRuntime(Runtime):
                 value = np.asarray(getattr(self._model, name)(x))
                 result[name] = _as_datatype(value, specs[name].datatype)
         except Exception as exc:
-            raise ModelExecutionError(f"{type(exc).__name__}: {_reason(exc, self.path)}") from None
+            raise ModelExecutionError(
+                f"{type(exc).__name__}: {framework_message(exc, self.path)}"
+            ) from None
         return result
 
     def unload(self) -> None:
@@ -192,9 +194,3 @@ def _as_datatype(value: np.ndarray, datatype: str) -> np.ndarray:
         flat = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in value.ravel()]
         return np.array(flat, dtype=object).reshape(value.shape)
     return value.astype(NUMPY_DTYPES[datatype], copy=False)
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The framework's message with the server's model-repository directory cut out."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.replace(str(path.absolute().parent.parent).rstrip("/") + "/", "")

@@ -11,7 +11,7 @@ import numpy as np
 from inferd.core.datatypes import NUMPY_DTYPES, datatype_of
 from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError
 from inferd.core.spec import TensorSpec
-from inferd.runtimes.base import Runtime
+from inferd.runtimes.base import Runtime, framework_message
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +97,7 @@ class TorchRuntime(Runtime):
                     " (not a TorchScript archive: save with torch.jit.save, or torch.export.save "
                     "to a .pt2 file; pickled modules from torch.save are not loaded)"
                 )
-            reason = _reason(exc, self.path).splitlines()[0]
+            reason = framework_message(exc, self.path).splitlines()[0]
             raise ModelLoadError(f"cannot load {artifact.name}: {reason}{hint}") from None
         return module
 
@@ -108,7 +108,7 @@ class TorchRuntime(Runtime):
         except Exception as exc:
             raise ModelLoadError(
                 f"a forward on zero tensors shaped as the declared inputs failed: "
-                f"{_last_line(_reason(exc, self.path))}"
+                f"{_last_line(framework_message(exc, self.path))}"
             ) from None
         try:
             # A second probe with variable dims at 2 tells which output dims follow them.
@@ -205,7 +205,7 @@ class TorchRuntime(Runtime):
         except KeyError as exc:
             raise ModelExecutionError(f"the model did not return output {exc}") from None
         except Exception as exc:
-            raise ModelExecutionError(_last_line(_reason(exc, self.path))) from None
+            raise ModelExecutionError(_last_line(framework_message(exc, self.path))) from None
 
     def unload(self) -> None:
         self._module = None
@@ -226,9 +226,3 @@ def _last_line(text: str) -> str:
     """TorchScript errors end with the real cause after an interpreter traceback."""
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The framework's message with the server's model-repository directory cut out."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.replace(str(path.absolute().parent.parent).rstrip("/") + "/", "")

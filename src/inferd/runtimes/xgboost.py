@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError
+from inferd.core.errors import ModelExecutionError, ModelLoadError
 from inferd.core.spec import TensorSpec
-from inferd.runtimes.base import Runtime
+from inferd.runtimes.base import (
+    Runtime,
+    check_output_names,
+    framework_message,
+    int_parameter,
+)
 
 
 class XGBoostRuntime(Runtime):
@@ -40,7 +43,7 @@ class XGBoostRuntime(Runtime):
                 "the xgboost runtime needs xgboost: pip install 'inferd[xgboost]'"
             ) from None
         artifact = self.find_artifact(".json", ".ubj").absolute()
-        nthread = _int_param(self.spec.parameters, "nthread", 1)
+        nthread = int_parameter(self.spec.parameters, "nthread", 1)
         try:
             booster = xgboost.Booster(model_file=str(artifact))
             booster.set_param({"nthread": nthread})
@@ -48,7 +51,7 @@ class XGBoostRuntime(Runtime):
             probe = np.asarray(booster.inplace_predict(np.zeros((1, n_features), np.float32)))
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {artifact.name}: {_reason(exc, self.path)}"
+                f"cannot load {artifact.name}: {framework_message(exc, self.path)}"
             ) from None
         name = self.spec.inputs[0].name if self.spec.inputs else "input"
         self._inputs = (TensorSpec(name, "FP32", (-1, n_features)),)
@@ -66,35 +69,12 @@ class XGBoostRuntime(Runtime):
     ) -> dict[str, np.ndarray]:
         if self._booster is None:
             raise ModelExecutionError(f"model '{self.spec.name}' is not loaded")
-        for name in outputs or ():
-            if name != "predict":
-                raise InvalidInput(f"unknown output '{name}' for model '{self.spec.name}'")
+        check_output_names(self.spec.name, outputs, ["predict"])
         try:
             value = self._booster.inplace_predict(inputs[self._inputs[0].name])
         except Exception as exc:
-            raise ModelExecutionError(_reason(exc, self.path)) from None
+            raise ModelExecutionError(framework_message(exc, self.path)) from None
         return {"predict": np.asarray(value, dtype=np.float32)}
 
     def unload(self) -> None:
         self._booster = None
-
-
-def _int_param(params: dict[str, Any], key: str, default: int) -> int:
-    value = params.get(key, default)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value)  # model.yaml may give "4"
-    except (TypeError, ValueError):
-        raise ModelLoadError(f"parameter '{key}' must be an integer") from None
-    if number < 0:
-        raise ModelLoadError(f"parameter '{key}' must be >= 0")
-    return number
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The framework's message with the server's model-repository directory cut out."""
-    text = str(exc).strip() or type(exc).__name__
-    # XGBoost errors read "[12:00:00] /src/file.cc:123: reason" followed by a C++ stack trace.
-    text = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", text.splitlines()[0])
-    return text.replace(str(path.absolute().parent.parent).rstrip("/") + "/", "")
