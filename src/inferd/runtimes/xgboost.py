@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +53,7 @@ class XGBoostRuntime(Runtime):
             probe = np.asarray(booster.inplace_predict(np.zeros((1, n_features), np.float32)))
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {artifact.name}: {framework_message(exc, self.path)}"
+                f"cannot load {artifact.name}: {_xgboost_message(exc, self.path)}"
             ) from None
         name = self.spec.inputs[0].name if self.spec.inputs else "input"
         self._inputs = (TensorSpec(name, "FP32", (-1, n_features)),)
@@ -73,8 +75,14 @@ class XGBoostRuntime(Runtime):
         try:
             value = self._booster.inplace_predict(inputs[self._inputs[0].name])
         except Exception as exc:
-            raise ModelExecutionError(framework_message(exc, self.path)) from None
+            raise ModelExecutionError(_xgboost_message(exc, self.path)) from None
         return {"predict": np.asarray(value, dtype=np.float32)}
 
     def unload(self) -> None:
         self._booster = None
+
+
+def _xgboost_message(exc: BaseException, path: Path) -> str:
+    """XGBoost errors read "[12:00:00] /src/file.cc:123: reason" then a C++ stack trace."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return framework_message(RuntimeError(re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", first)), path)
