@@ -35,6 +35,12 @@ def test_preferred_size_runs_at_once() -> None:
     assert picks == [] and wait > 0
 
 
+def test_largest_preferred_size_the_queue_can_form_runs_at_once() -> None:
+    policy = BatchingPolicy(max_queue_delay_us=10_000_000, preferred_batch_sizes=(2, 4))
+    assert plan_batch(q(1, 1, 1, 1, 1, 1), 0, policy, 8) == ([0, 1, 2, 3], 0.0)
+    assert plan_batch(q(1, 1, 1), 0, policy, 8) == ([0, 1], 0.0)
+
+
 def test_incompatible_and_oversized_requests_wait_their_turn() -> None:
     policy = BatchingPolicy(max_queue_delay_us=0)
     queue = [Pending(2, "a", 0), Pending(2, "b", 1), Pending(7, "a", 2), Pending(3, "a", 3)]

@@ -29,7 +29,8 @@ def plan_batch(
     """Decide what to run now: (indices into `queue`, 0) or ([], seconds to wait for more).
 
     The oldest request leads; later requests join when compatible (same key) and when they fit
-    in `max_rows`. The batch runs at once when full or at a preferred size, else when the
+    in `max_rows`. The batch runs at once when full; else, if the queue can form a batch of a
+    preferred size, the largest such batch runs at once; else everything gathered runs when the
     oldest request has waited `max_queue_delay`.
     """
     if not queue:
@@ -37,8 +38,10 @@ def plan_batch(
     first = queue[0]
     if policy is None or max_rows <= 0:
         return [0], 0.0
+    preferred = policy.preferred_batch_sizes
     take = [0]
     rows = first.rows
+    at_preferred = 1 if rows in preferred else 0  # longest prefix of `take` at a preferred size
     for i in range(1, len(queue)):
         if rows >= max_rows:
             break
@@ -46,8 +49,12 @@ def plan_batch(
         if item.key == first.key and rows + item.rows <= max_rows:
             take.append(i)
             rows += item.rows
-    if rows >= max_rows or rows in policy.preferred_batch_sizes:
+            if rows in preferred:
+                at_preferred = len(take)
+    if rows >= max_rows:
         return take, 0.0
+    if at_preferred:
+        return take[:at_preferred], 0.0
     remaining_ns = policy.max_queue_delay_us * 1000 - (now_ns - first.enqueued_ns)
     if remaining_ns <= 0:
         return take, 0.0
