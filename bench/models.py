@@ -19,6 +19,10 @@ Models:
   Gemm -> FP32 ``output`` [N,10]; weights from a fixed seed, built with ``onnx.helper``.
 - ``iris``: ``LogisticRegression`` on the iris data set that scikit-learn ships; one trained
   estimator is written as skops (inferd) and joblib (MLServer, KServe).
+- ``wide`` (dynamic batching benchmark, inferd only): FP32 ``input`` [N,256] -> 3 x (Gemm 2048 +
+  ReLU) -> Gemm -> FP32 ``output`` [N,10], ~36 MB of weights, so one row costs ~1.3 ms on one
+  core (memory-bound) while 32 rows cost ~5 ms. Written as two inferd models,
+  ``models/batching/wide_unbatched`` and ``models/batching/wide_batched`` (``bench/batching.py``).
 """
 
 from __future__ import annotations
@@ -44,12 +48,27 @@ SEED = 20240601
 ORT_THREADS = 1
 
 
+WIDE_IN = 256
+WIDE_HIDDEN = 2048
+WIDE_LAYERS = 3
+
+
 def build_mlp_onnx() -> bytes:
     """The 4x512 ReLU MLP as serialized ONNX bytes (opset 17, IR 8 for older runtimes)."""
+    return _relu_mlp_onnx([MLP_IN] + [MLP_HIDDEN] * MLP_LAYERS + [MLP_OUT], "mlp_4x512", SEED)
+
+
+def build_wide_onnx() -> bytes:
+    """The batching benchmark's 3x2048 ReLU MLP (input 256 wide) as serialized ONNX bytes."""
+    dims = [WIDE_IN] + [WIDE_HIDDEN] * WIDE_LAYERS + [MLP_OUT]
+    return _relu_mlp_onnx(dims, "wide_3x2048", SEED + 2)
+
+
+def _relu_mlp_onnx(dims: list[int], graph_name: str, seed: int) -> bytes:
+    """Gemm+ReLU layers of widths ``dims``, He-initialised from ``seed``."""
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(SEED)
-    dims = [MLP_IN] + [MLP_HIDDEN] * MLP_LAYERS + [MLP_OUT]
+    rng = np.random.default_rng(seed)
     nodes = []
     inits = []
     prev = "input"
@@ -66,9 +85,9 @@ def build_mlp_onnx() -> bytes:
             prev = f"r{i}"
     graph = helper.make_graph(
         nodes,
-        "mlp_4x512",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", MLP_IN])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", MLP_OUT])],
+        graph_name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", dims[0]])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", dims[-1]])],
         initializer=inits,
     )
     model = helper.make_model(
@@ -97,6 +116,28 @@ def mlp_row() -> list[float]:
 
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def wide_row() -> list[float]:
+    """The one input row sent to the ``wide`` model."""
+    rng = np.random.default_rng(SEED + 3)
+    return [round(float(v), 4) for v in rng.standard_normal(WIDE_IN)]
+
+
+def grpc_request(model: str) -> bytes:
+    """A serialized ``inference.ModelInferRequest`` for one row, as tritonclient sends it
+    (tensor bytes in ``raw_input_contents``); the same inputs and outputs as the V2 JSON body."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    body = v2_body(model)
+    req = pb.ModelInferRequest(model_name=model)
+    for t in body["inputs"]:
+        tensor = req.inputs.add(name=t["name"], datatype=t["datatype"])
+        tensor.shape.extend(t["shape"])
+        req.raw_input_contents.append(np.asarray(t["data"], dtype="<f4").tobytes())
+    for o in body.get("outputs", []):
+        req.outputs.add(name=o["name"])
+    return bytes(req.SerializeToString())
 
 
 def v2_body(model: str) -> dict[str, Any]:
@@ -194,9 +235,31 @@ def build(out: Path = DEFAULT_OUT) -> Path:
     for m in MODELS:
         _write(bodies / f"{m}.v2.json", json.dumps(v2_body(m), separators=(",", ":")))
         _write(bodies / f"{m}.v1.json", json.dumps(v1_body(m), separators=(",", ":")))
+        _write(bodies / f"{m}.grpc.bin", grpc_request(m))
         exp = expected_outputs(m, onnx_bytes, est)
         _write(bodies / f"{m}.expected.json", json.dumps(exp))
+    build_wide(out)
     return models
+
+
+def build_wide(out: Path = DEFAULT_OUT) -> Path:
+    """The ``wide`` model (ONNX), its one-row V2 body and reference output; returns the file.
+
+    ``bench/batching.py`` writes the two inferd model folders (with their ``model.yaml``) that
+    serve this file.
+    """
+    import onnxruntime as ort
+
+    onnx_bytes = build_wide_onnx()
+    path = out / "models" / "wide" / "model.onnx"
+    _write(path, onnx_bytes)
+    row = wide_row()
+    tensor = {"name": "input", "shape": [1, WIDE_IN], "datatype": "FP32", "data": row}
+    _write(out / "bodies" / "wide.v2.json", json.dumps({"inputs": [tensor]}, separators=(",", ":")))
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": np.asarray([row], dtype=np.float32)})[0]
+    _write(out / "bodies" / "wide.expected.json", json.dumps({"output": got.ravel().tolist()}))
+    return path
 
 
 def main() -> None:

@@ -54,6 +54,13 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     return {"inprocess_us": inproc, "overhead_c1": overhead, "inferd_vs_best_peer": ratios}
 
 
+def proto_label(protocol: str, rest: bool = True) -> str:
+    """``v2`` -> ``V2 REST``, ``grpc`` -> ``gRPC``."""
+    if protocol == "grpc":
+        return "gRPC"
+    return protocol.upper() + (" REST" if rest else "")
+
+
 def _fmt_load(load: list[float] | None) -> str:
     return "/".join(f"{x:.2f}" for x in load) if load else "?"
 
@@ -78,7 +85,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             else "per server (one server up at a time)"
         )
         + ", "
-        "median of each column over the rounds; one JSON request (one row) per call"
+        "median of each column over the rounds; "
+        + results.get("request_desc", "one JSON request (one row) per call")
         + (f"; niceness {s['nice']}" if s.get("nice") else "")
         + f"; onnxruntime intra-op threads {s.get('ort_threads', 'default')} (0 = ORT default)"
         + ".",
@@ -92,7 +100,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     for r in results["rows"]:
         lines.append(
-            f"| {r['server']} | {r['protocol'].upper()} REST | {r['model']} | {r['concurrency']} | "
+            f"| {r['server']} | {proto_label(r['protocol'])} | {r['model']} | {r['concurrency']} | "
             f"{r['infer_per_s']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} |"
         )
     if summ["inprocess_us"]:
@@ -107,7 +115,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             "|---|---|---|---:|---:|",
         ]
         lines += [
-            f"| {o['server']} | {o['protocol'].upper()} | {o['model']} | {o['p50_ms']:.3f} | "
+            f"| {o['server']} | {proto_label(o['protocol'], False)} | {o['model']} | "
+            f"{o['p50_ms']:.3f} | "
             f"{o['overhead_us']:,.0f} |"
             for o in summ["overhead_c1"]
         ]
@@ -121,7 +130,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             "|---|---|---:|---|---:|---:|",
         ]
         lines += [
-            f"| {x['protocol'].upper()} | {x['model']} | {x['inferd_infer_per_s']:,.0f} | "
+            f"| {proto_label(x['protocol'], False)} | {x['model']} | "
+            f"{x['inferd_infer_per_s']:,.0f} | "
             f"{x['peer']} | {x['peer_infer_per_s']:,.0f} | **{x['ratio']:.2f}x** |"
             for x in summ["inferd_vs_best_peer"]
         ]

@@ -43,6 +43,8 @@ class ServerSpec:
     versions: dict[str, str] = field(default_factory=dict)
     check_outputs: bool = True
     unavailable: str | None = None
+    #: Where the server's gRPC listener is (None: gRPC off).
+    grpc_port: int | None = None
 
     def url(self, protocol: str, model: str) -> str:
         """The infer URL of ``model`` over ``protocol`` (``v2`` or ``v1``)."""
@@ -91,12 +93,20 @@ def describe_source(src: Path) -> str:
     return f"{ident} @ {res.stdout.strip()}" if res.returncode == 0 else ident
 
 
-def inferd_spec(models: Path, port: int, src: Path | None = None) -> ServerSpec:
-    """inferd's CLI ``serve`` command, with ``src`` (default: this checkout's) on PYTHONPATH."""
+def inferd_spec(
+    models: Path, port: int, src: Path | None = None, grpc_port: int | None = None
+) -> ServerSpec:
+    """inferd's CLI ``serve`` command, with ``src`` (default: this checkout's) on PYTHONPATH.
+
+    gRPC listens on ``grpc_port`` (default ``port + 1``, so that it never collides with another
+    inferd on the default 8001 on a shared machine).
+    """
+    grpc_port = port + 1 if grpc_port is None else grpc_port
     argv = [str(MAIN_PY), "-m", "inferd.cli.main", "serve", "--model-repository", str(models)]
-    argv += ["--host", "127.0.0.1", "--http-port", str(port)]
+    argv += ["--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(grpc_port)]
     env = {"PYTHONPATH": str((src or ROOT / "src").resolve())}
     spec = ServerSpec("inferd", argv, port, "", ("v2", "v1"), env, python=MAIN_PY)
+    spec.grpc_port = grpc_port
     try:
         help_text = subprocess.run(
             [*argv[:4], "--help"],
@@ -152,6 +162,7 @@ def mlserver_spec(models: Path, port: int, parallel_workers: int = 0) -> ServerS
     )
     cwd = BENCH / "out" / "run" / "mlserver"  # MLServer writes .metrics/.envs into its cwd
     spec = ServerSpec("mlserver", argv, port, config, ("v2",), env, cwd, py)
+    spec.grpc_port = port + 1
     if not py.exists():
         spec.unavailable = f"{py} missing: run bench/setup.sh"
     else:
@@ -161,18 +172,23 @@ def mlserver_spec(models: Path, port: int, parallel_workers: int = 0) -> ServerS
     return spec
 
 
-def kserve_spec(models: Path, port: int) -> ServerSpec:
-    """KServe ``ModelServer`` with the custom models in ``bench/peers/kserve_server.py``."""
+def kserve_spec(models: Path, port: int, grpc: bool = False) -> ServerSpec:
+    """KServe ``ModelServer`` with the custom models in ``bench/peers/kserve_server.py``.
+
+    ``grpc``: also serve KServe's gRPC (``--enable_grpc true``) on ``port + 1``.
+    """
     py = VENVS / "kserve" / "bin" / "python"
     argv = [str(py), str(BENCH / "peers" / "kserve_server.py"), "--model_dir", str(models)]
     argv += ["--http_port", str(port), "--grpc_port", str(port + 1), "--workers", "1"]
-    argv += ["--enable_grpc", "false", "--enable_latency_logging", "false"]
+    on = "true" if grpc else "false"
+    argv += ["--enable_grpc", on, "--enable_latency_logging", "false"]
     config = (
-        "--workers 1 --enable_grpc false --enable_latency_logging false; uvicorn access log "
+        f"--workers 1 --enable_grpc {on} --enable_latency_logging false; uvicorn access log "
         "and kserve.trace per-request timing logs off; custom kserve.Model classes "
         "(bench/peers/kserve_server.py)"
     )
     spec = ServerSpec("kserve", argv, port, config, ("v2", "v1"), {}, BENCH, py)
+    spec.grpc_port = port + 1 if grpc else None
     if not py.exists():
         spec.unavailable = f"{py} missing: run bench/setup.sh"
     else:
@@ -199,8 +215,9 @@ def port_free(port: int) -> bool:
 
 def start(spec: ServerSpec, cpu: int | None, log_dir: Path) -> subprocess.Popen[bytes]:
     """Start the server pinned to ``cpu`` in a new process group, logging to a file."""
-    if not port_free(spec.port):
-        raise RuntimeError(f"port {spec.port} is already in use")
+    for port in {spec.port, spec.grpc_port or spec.port}:
+        if not port_free(port):
+            raise RuntimeError(f"port {port} is already in use")
     log_dir.mkdir(parents=True, exist_ok=True)
     spec.cwd.mkdir(parents=True, exist_ok=True)
     pin = ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []

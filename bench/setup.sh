@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Set up the benchmark: wrk, the peer servers' virtual environments, the models.
+# Set up the benchmark: wrk, h2load, the peer servers' virtual environments, the models.
 #
 #   bash bench/setup.sh            # idempotent: skips what is already in place
 #   FORCE=1 bash bench/setup.sh    # recreate the peer venvs
 #
 # - wrk (Debian package) drives the load; without it bench/loadgen.py falls back to Python.
+# - h2load (Debian package nghttp2-client) drives the gRPC load (bench/grpc_load.py); without
+#   it bench/grpc_load.py falls back to grpc.aio (several times more CPU per request).
 # - bench/.venvs/mlserver: Seldon MLServer 1.7.1 + mlserver-sklearn + onnxruntime.
 # - bench/.venvs/kserve:   KServe 0.21.0 + scikit-learn + onnxruntime.
 #   Top-level pins below; every transitive version is held by bench/peers/constraints-*.txt
@@ -28,21 +30,23 @@ KSERVE_PINS=(kserve==0.21.0 onnxruntime==1.32.0 scikit-learn==1.9.1 joblib)
 
 log() { printf '[bench/setup] %s\n' "$*"; }
 
-install_wrk() {
-  if command -v wrk >/dev/null 2>&1; then
-    log "wrk: $(command -v wrk)"
+# install_deb CMD PACKAGE: install a Debian package unless CMD is already on PATH.
+install_deb() {
+  local cmd="$1" pkg="$2"
+  if command -v "$cmd" >/dev/null 2>&1; then
+    log "$cmd: $(command -v "$cmd")"
     return
   fi
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-      log "WARNING: wrk missing and not root: loadgen will use its (slower) Python engine"
+      log "WARNING: $cmd missing and not root: the load generator falls back to Python"
       return
     fi
   fi
-  log "installing wrk (apt-get)"
-  if ! { $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk; } >/dev/null; then
-    log "WARNING: apt-get install wrk failed: loadgen will use its (slower) Python engine"
+  log "installing $pkg (apt-get)"
+  if ! { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$pkg"; } >/dev/null; then
+    log "WARNING: apt-get install $pkg failed: the load generator falls back to Python"
   fi
 }
 
@@ -80,7 +84,8 @@ check_main_venv() {
 }
 
 mkdir -p "$BENCH/.venvs"
-install_wrk
+install_deb wrk wrk
+install_deb h2load nghttp2-client
 make_venv mlserver "${MLSERVER_PINS[@]}"
 make_venv kserve "${KSERVE_PINS[@]}"
 "$BENCH/.venvs/mlserver/bin/python" -c "import mlserver, mlserver_sklearn, onnxruntime"
