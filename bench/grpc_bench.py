@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import time
@@ -79,7 +78,9 @@ def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers
     if name == "inferd":
         repo = models_root / "inferd"
         if args.inferd_instance_kind != "process":
-            repo = _inferd_repo_with(models_root, f"instance_kind: {args.inferd_instance_kind}")
+            repo = servers.inferd_repo_with(
+                models_root, f"instance_kind: {args.inferd_instance_kind}"
+            )
         spec = servers.inferd_spec(repo, port, args.inferd_src, port + 1)
         if args.inferd_instance_kind != "process":
             spec.config += f"; instance_kind: {args.inferd_instance_kind} in every model.yaml"
@@ -96,18 +97,6 @@ def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers
         spec.grpc_port, spec.check_outputs = port + 1, False
         return spec
     raise SystemExit(f"unknown server {name!r}")
-
-
-def _inferd_repo_with(models_root: Path, line: str) -> Path:
-    """A copy of inferd's repository (``models/inferd-variant``) with ``line`` added to every
-    model.yaml, leaving ``models/inferd`` (which run.py uses) as it is."""
-    src, dst = models_root / "inferd", models_root / "inferd-variant"
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
-    for model in (p for p in dst.iterdir() if p.is_dir()):
-        yaml = model / "model.yaml"
-        yaml.write_text((yaml.read_text() if yaml.exists() else "") + line + "\n")
-    return dst
 
 
 def grpc_call(port: int, method: str, request: bytes, timeout: float = 10) -> bytes:

@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--mlserver-parallel-workers", type=int, default=0)
     ap.add_argument(
+        "--inferd-instance-kind",
+        choices=["process", "thread"],
+        default="process",
+        help="inferd's replicas (default: its own default, a worker process per model)",
+    )
+    ap.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -97,7 +103,14 @@ def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers
     """The ServerSpec for ``name``."""
     port = PORTS[name]
     if name == "inferd":
-        return servers.inferd_spec(models_root / "inferd", port, args.inferd_src)
+        if args.inferd_instance_kind == "process":
+            return servers.inferd_spec(models_root / "inferd", port, args.inferd_src)
+        line = f"instance_kind: {args.inferd_instance_kind}"
+        spec = servers.inferd_spec(
+            servers.inferd_repo_with(models_root, line), port, args.inferd_src
+        )
+        spec.config += f"; {line} in every model.yaml"
+        return spec
     if name == "mlserver":
         return servers.mlserver_spec(models_root / "mlserver", port, args.mlserver_parallel_workers)
     if name == "kserve":

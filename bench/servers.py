@@ -347,3 +347,15 @@ def check(spec: ServerSpec, protocol: str, model: str, body: Path, expected: Pat
         if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-6):
             return f"output {name!r} differs: {got[name][:4]} vs {values[:4]}"
     return None
+
+
+def inferd_repo_with(models_root: Path, line: str) -> Path:
+    """A copy of inferd's repository (``models/inferd-variant``) with ``line`` added to every
+    model.yaml, leaving ``models/inferd`` (which run.py uses) as it is."""
+    src, dst = models_root / "inferd", models_root / "inferd-variant"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    for model in (p for p in dst.iterdir() if p.is_dir()):
+        yaml = model / "model.yaml"
+        yaml.write_text((yaml.read_text() if yaml.exists() else "") + line + "\n")
+    return dst
