@@ -92,6 +92,12 @@ class ModelSpec:
     #: A single execution running longer than this marks its replica hung (it is replaced).
     execution_timeout_s: float = 60.0
 
+    def batched(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        """Declared shapes as full shapes: the batch dimension (-1) in front when batching."""
+        if self.max_batch_size <= 0:
+            return specs
+        return tuple(TensorSpec(t.name, t.datatype, (-1, *t.shape), t.optional) for t in specs)
+
     def with_io(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> ModelSpec:
         return replace(self, inputs=inputs, outputs=outputs)
 

@@ -39,9 +39,13 @@ class Runtime(ABC):
     def load(self) -> None:
         """Import the framework and load the artifact."""
 
-    @abstractmethod
+    #: Set by `load()`: the signature `signature()` reports.
+    _inputs: tuple[TensorSpec, ...] = ()
+    _outputs: tuple[TensorSpec, ...] = ()
+
     def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         """Inputs and outputs as the artifact describes them (full shapes)."""
+        return self._inputs, self._outputs
 
     @abstractmethod
     def infer(

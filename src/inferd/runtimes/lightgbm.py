@@ -64,9 +64,6 @@ class LightGBMRuntime(Runtime):
         self._outputs = (TensorSpec("predict", "FP64", (-1, *probe.shape[1:])),)
         self._booster = booster
 
-    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        return self._inputs, self._outputs
-
     def infer(
         self,
         inputs: dict[str, np.ndarray],

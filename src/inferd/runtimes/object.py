@@ -13,12 +13,6 @@ from inferd.core.spec import ModelSpec, TensorSpec
 from inferd.runtimes.base import Runtime
 
 
-def _full(specs: tuple[TensorSpec, ...], mbs: int) -> tuple[TensorSpec, ...]:
-    if mbs <= 0:
-        return specs
-    return tuple(TensorSpec(t.name, t.datatype, (-1, *t.shape), t.optional) for t in specs)
-
-
 class ObjectRuntime(Runtime):
     """Wraps an object with `infer(inputs, parameters) -> dict`, or a scikit-learn estimator."""
 
@@ -53,8 +47,7 @@ class ObjectRuntime(Runtime):
     def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         if self._delegate is not None:
             return self._delegate.signature()
-        mbs = self.spec.max_batch_size
-        return _full(self.spec.inputs, mbs), _full(self.spec.outputs, mbs)
+        return self.spec.batched(self.spec.inputs), self.spec.batched(self.spec.outputs)
 
     def infer(
         self,

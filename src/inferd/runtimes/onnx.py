@@ -106,9 +106,6 @@ class OnnxRuntime(Runtime):
             options.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[mode])
         return options
 
-    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        return self._inputs, self._outputs
-
     def infer(
         self,
         inputs: dict[str, np.ndarray],

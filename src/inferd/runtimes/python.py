@@ -92,8 +92,8 @@ class PythonRuntime(Runtime):
         if not callable(getattr(model, "infer", None)):
             self._forget(module)
             raise ModelLoadError("the Model class in model.py has no infer(inputs, parameters)")
-        self._inputs = self._full(self.spec.inputs)
-        self._outputs = self._full(self.spec.outputs)
+        self._inputs = self.spec.batched(self.spec.inputs)
+        self._outputs = self.spec.batched(self.spec.outputs)
         self._module, self._model = module, model
 
     def _import(self, source: Path) -> ModuleType:
@@ -115,18 +115,9 @@ class PythonRuntime(Runtime):
             ) from None
         return module
 
-    def _full(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
-        """Declared shapes with the batch dim in front when the model batches."""
-        if self.spec.max_batch_size <= 0:
-            return specs
-        return tuple(TensorSpec(t.name, t.datatype, (-1, *t.shape), t.optional) for t in specs)
-
     @staticmethod
     def _forget(module: ModuleType) -> None:
         sys.modules.pop(module.__name__, None)
-
-    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        return self._inputs, self._outputs
 
     def infer(
         self,

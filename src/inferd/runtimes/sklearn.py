@@ -119,9 +119,6 @@ class SklearnRuntime(Runtime):
             return TensorSpec(declared.name, declared.datatype, (-1, width))
         return TensorSpec("input", "FP32", (-1, width))
 
-    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        return self._inputs, self._outputs
-
     def infer(
         self,
         inputs: dict[str, np.ndarray],

@@ -175,9 +175,6 @@ class TorchRuntime(Runtime):
             out[key] = _to_numpy(torch, value)
         return out
 
-    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        return self._inputs, self._outputs
-
     def infer(
         self,
         inputs: dict[str, np.ndarray],

@@ -60,9 +60,6 @@ class XGBoostRuntime(Runtime):
         self._outputs = (TensorSpec("predict", "FP32", (-1, *probe.shape[1:])),)
         self._booster = booster
 
-    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        return self._inputs, self._outputs
-
     def infer(
         self,
         inputs: dict[str, np.ndarray],

@@ -86,12 +86,6 @@ class ServedModel:
         self.default = self.versions[ordered[-1]] if ordered else None
 
 
-def _full_shape(specs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple[TensorSpec, ...]:
-    if max_batch_size <= 0:
-        return specs
-    return tuple(TensorSpec(t.name, t.datatype, (-1, *t.shape), t.optional) for t in specs)
-
-
 class InferenceEngine:
     """Owns served models; loads, unloads and runs them. Adapters make one call per request."""
 
@@ -269,8 +263,8 @@ class InferenceEngine:
             if isinstance(failure, InferdError):
                 raise failure
             raise ModelLoadError(f"{type(failure).__name__}: {failure}")
-        inputs = _full_shape(spec.inputs, spec.max_batch_size) if spec.inputs else loaded.inputs
-        outputs = _full_shape(spec.outputs, spec.max_batch_size) if spec.outputs else loaded.outputs
+        inputs = spec.batched(spec.inputs) if spec.inputs else loaded.inputs
+        outputs = spec.batched(spec.outputs) if spec.outputs else loaded.outputs
         if not inputs or not outputs:
             await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
             raise ModelLoadError("the model declares no inputs or outputs; list them in model.yaml")
