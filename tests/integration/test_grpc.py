@@ -273,3 +273,37 @@ def test_shutdown_ends_open_streams_without_waiting_the_grace() -> None:
         assert time.monotonic() - t0 < 5  # not the 20 s grace
         gate.set()
         stopper.join(30)
+
+
+def _sleeper_request(sleep: float) -> Any:
+    req = pb.ModelInferRequest(model_name="sleeper")
+    raw_input(req, "X", np.ones(1, np.float32), "FP32")
+    req.parameters["sleep"].double_param = sleep
+    return req
+
+
+def test_cancelled_call_drops_its_queued_request(stub: Any, client: httpx.Client) -> None:
+    def count() -> int:
+        stats = client.get("/v2/models/sleeper/stats").json()["model_stats"][0]
+        return int(stats["inference_count"])
+
+    before = count()
+    slow = stub.ModelInfer.future(_sleeper_request(0.8))
+    time.sleep(0.2)
+    queued = stub.ModelInfer.future(_sleeper_request(0))
+    time.sleep(0.2)
+    assert queued.cancel()  # the client gives up while its request waits behind the slow one
+    assert slow.result(timeout=10).model_name == "sleeper"
+    time.sleep(0.3)
+    assert count() == before + 1  # the cancelled request never ran
+    metrics = client.get("/metrics").text
+    assert 'model="sleeper",reason="cancelled"' in metrics
+
+
+def test_grpc_deadline_is_the_request_timeout(stub: Any) -> None:
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(_sleeper_request(1.0), timeout=0.2)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - start < 0.9
+    time.sleep(1.0)  # let the started execution finish before other tests use the model
