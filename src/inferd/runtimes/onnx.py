@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,11 @@ class OnnxRuntime(Runtime):
         ):
             if params.get(key) is not None:
                 setattr(options, attr, int_parameter(params, key))
+        if params.get("intra_op_threads") is None:
+            # Left at 0, onnxruntime sizes its pool by the machine and pins threads to cores
+            # outside this process's CPU set (taskset, cgroup cpusets); an explicit count stays
+            # inside it.
+            options.intra_op_num_threads = usable_cpus()
         level = str(params.get("graph_optimization_level", "all")).lower()
         if level not in _OPT_LEVELS:
             raise ModelLoadError(
@@ -169,3 +175,11 @@ def _to_ort_strings(array: np.ndarray) -> np.ndarray:
 def _to_bytes(array: np.ndarray) -> np.ndarray:
     flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in array.ravel()]
     return np.array(flat, dtype=object).reshape(array.shape)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
