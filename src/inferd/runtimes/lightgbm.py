@@ -33,8 +33,6 @@ class LightGBMRuntime(Runtime):
         super().__init__(*args, **kwargs)
         self._booster: Any = None
         self._num_threads = 1
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
 
     def load(self) -> None:
         try:

@@ -56,8 +56,6 @@ class OnnxRuntime(Runtime):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._session: onnxruntime.InferenceSession | None = None
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
         self._bytes_inputs: frozenset[str] = frozenset()
         self._bytes_outputs: frozenset[str] = frozenset()
 

@@ -36,7 +36,6 @@ import numpy as np
 
 from inferd.core.datatypes import NUMPY_DTYPES
 from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError
-from inferd.core.spec import TensorSpec
 from inferd.runtimes.base import Runtime
 
 
@@ -62,8 +61,6 @@ class PythonRuntime(Runtime):
         super().__init__(*args, **kwargs)
         self._model: Any = None
         self._module: ModuleType | None = None
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
 
     def load(self) -> None:
         if not self.spec.inputs or not self.spec.outputs:

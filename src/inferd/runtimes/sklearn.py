@@ -32,8 +32,6 @@ class SklearnRuntime(Runtime):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._model: Any = None
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
 
     def load(self) -> None:
         artifact = self.find_artifact(".skops", *_PICKLES).absolute()

@@ -36,8 +36,6 @@ class TorchRuntime(Runtime):
         super().__init__(*args, **kwargs)
         self._module: Any = None
         self._device = "cpu"
-        self._inputs: tuple[TensorSpec, ...] = ()
-        self._outputs: tuple[TensorSpec, ...] = ()
         self._keys: list[str] = []  # the forward's result keys, in `_outputs` order
 
     def load(self) -> None:
