@@ -78,3 +78,6 @@ def test_response_compression() -> None:
     body, enc = compress(b"a" * 100, "deflate")
     assert enc == "deflate" and zlib.decompress(body) == b"a" * 100
     assert compress(b"a", "br") == (b"a", None)
+    assert compress(b"a", "gzip;q=0, br") == (b"a", None)
+    body, enc = compress(b"a" * 100, "gzip;q=0, deflate;q=0.5")
+    assert enc == "deflate" and zlib.decompress(body) == b"a" * 100

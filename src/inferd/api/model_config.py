@@ -71,7 +71,7 @@ def model_config(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
             {"name": t.name, "data_type": config_type(t.datatype), "dims": _dims(t, batched)}
             for t in sv.outputs
         ],
-        "instance_group": [{"name": model.name, "kind": "KIND_CPU", "count": 1}],
+        "instance_group": [{"name": model.name, "kind": "KIND_CPU", "count": spec.instances}],
         "parameters": {k: {"string_value": str(v)} for k, v in spec.parameters.items()},
         "model_transaction_policy": {"decoupled": False},
     }

@@ -78,10 +78,26 @@ def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | Non
     """Compress a response when the client asked for gzip or deflate."""
     if not accept_encoding:
         return body, None
-    accepted = accept_encoding.lower()
+    accepted = _accepted_codings(accept_encoding)
     if "gzip" in accepted:
         c = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         return c.compress(body) + c.flush(), "gzip"
     if "deflate" in accepted:
         return zlib.compress(body, 1), "deflate"
     return body, None
+
+
+def _accepted_codings(header: str) -> set[str]:
+    """Codings an Accept-Encoding header allows (`q=0` refuses one)."""
+    out = set()
+    for item in header.lower().split(","):
+        coding, _, params = item.partition(";")
+        q = params.strip()
+        if q.startswith("q="):
+            try:
+                if float(q[2:]) <= 0:
+                    continue
+            except ValueError:
+                continue
+        out.add(coding.strip())
+    return out
