@@ -13,17 +13,8 @@ from pathlib import Path
 import httpx
 
 from tests.e2e.conftest import start_server
+from tests.integration.conftest import SLEEPER
 
-SLEEPER = textwrap.dedent(
-    """
-    import time
-
-    class Model:
-        def infer(self, inputs, parameters):
-            time.sleep(float(parameters.get("sleep", 0)))
-            return {"Y": inputs["X"] + 1}
-    """
-)
 YAML = textwrap.dedent(
     """
     runtime: python

@@ -56,6 +56,14 @@ class Runtime(ABC):
     ) -> dict[str, np.ndarray]:
         """Run the model."""
 
+    def requested_outputs(self, outputs: Sequence[str] | None) -> list[str]:
+        """The output names to compute: all when `outputs` is None, else `outputs` (checked)."""
+        names = [t.name for t in self._outputs]
+        if outputs is None:
+            return names
+        check_output_names(self.spec.name, outputs, names)
+        return list(outputs)
+
     def unload(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default drops references."""
 

@@ -118,11 +118,7 @@ class OnnxRuntime(Runtime):
     ) -> dict[str, np.ndarray]:
         if self._session is None:
             raise ModelExecutionError(f"model '{self.spec.name}' is not loaded")
-        names = [t.name for t in self._outputs] if outputs is None else list(outputs)
-        known = {t.name for t in self._outputs}
-        for name in names:
-            if name not in known:
-                raise InvalidInput(f"unknown output '{name}' for model '{self.spec.name}'")
+        names = self.requested_outputs(outputs)
         feed = {
             name: _to_ort_strings(array) if name in self._bytes_inputs else array
             for name, array in inputs.items()

@@ -125,10 +125,7 @@ class PythonRuntime(Runtime):
         if self._model is None:
             raise ModelExecutionError(f"model '{self.spec.name}' is not loaded")
         specs = {t.name: t for t in self._outputs}
-        wanted = list(specs) if outputs is None else list(outputs)
-        for name in wanted:
-            if name not in specs:
-                raise InvalidInput(f"unknown output '{name}' for model '{self.spec.name}'")
+        wanted = self.requested_outputs(outputs)
         try:
             result = self._model.infer(inputs, parameters or {})
         except (InvalidInput, ModelExecutionError):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from inferd.core.datatypes import NUMPY_DTYPES
-from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError, UntrustedArtifact
+from inferd.core.errors import ModelExecutionError, ModelLoadError, UntrustedArtifact
 from inferd.core.spec import ModelSpec, TensorSpec
 from inferd.runtimes.base import Runtime, framework_message
 
@@ -126,10 +126,7 @@ class SklearnRuntime(Runtime):
         if self._model is None:
             raise ModelExecutionError(f"model '{self.spec.name}' is not loaded")
         specs = {t.name: t for t in self._outputs}
-        names = list(specs) if outputs is None else list(outputs)
-        for name in names:
-            if name not in specs:
-                raise InvalidInput(f"unknown output '{name}' for model '{self.spec.name}'")
+        names = self.requested_outputs(outputs)
         x = inputs[self._inputs[0].name]
         result: dict[str, np.ndarray] = {}
         try:

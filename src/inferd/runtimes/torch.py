@@ -184,10 +184,7 @@ class TorchRuntime(Runtime):
         import torch
 
         names = {t.name: key for t, key in zip(self._outputs, self._keys, strict=True)}
-        wanted = list(names) if outputs is None else list(outputs)
-        for name in wanted:
-            if name not in names:
-                raise InvalidInput(f"unknown output '{name}' for model '{self.spec.name}'")
+        wanted = self.requested_outputs(outputs)
         try:
             arrays = [inputs[t.name] for t in self._inputs]
         except KeyError as exc:
