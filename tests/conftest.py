@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import os
 import socket
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,70 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# ---- external services (PostgreSQL, Redis) ---------------------------------------------------
+# On a laptop without them these tests skip with the reason; CI sets INFERD_TEST_REQUIRE_SERVICES=1
+# so a missing service fails the run instead of skipping.
+
+POSTGRES_DSN = os.environ.get(
+    "INFERD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("INFERD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _unavailable(what: str, error: BaseException) -> None:
+    reason = f"{what} is not reachable ({type(error).__name__}: {error})"
+    if os.environ.get("INFERD_TEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; INFERD_TEST_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (SQLAlchemy asyncpg URL), dropped afterwards."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = f"inferd_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as e:
+        _unavailable("PostgreSQL", e)
+    base = POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """Redis URL; the test must use `redis_prefix` for its keys (removed afterwards)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        _unavailable("Redis", e)
+    yield REDIS_URL
+    client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to the test; every key under it is deleted afterwards."""
+    import redis
+
+    prefix = f"inferd-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+    client.close()

@@ -75,3 +75,49 @@ class ReplicaFailed(InferdError):
 
 class Cancelled(InferdError):
     """The client went away; the request was dropped (HTTP 499 in logs, gRPC CANCELLED)."""
+
+
+# ---- control plane ---------------------------------------------------------------------------
+
+
+class Unauthenticated(InferdError):
+    """No credentials, or credentials that do not verify (HTTP 401, gRPC UNAUTHENTICATED)."""
+
+
+class PermissionDenied(InferdError):
+    """Known caller, but not allowed to do this (HTTP 403, gRPC PERMISSION_DENIED).
+
+    Never used for someone else's private object: that is `NotFound`, so nothing leaks.
+    """
+
+
+class NotFound(InferdError):
+    """No such object, or one the caller may not see (HTTP 404)."""
+
+
+class Conflict(InferdError):
+    """The object exists already or is in a state that forbids the change (HTTP 409)."""
+
+
+class Unprocessable(InferdError):
+    """Well-formed but unusable content, e.g. an artifact of an unknown format (HTTP 422)."""
+
+
+class UnsafeArtifact(Unprocessable):
+    """A code-executing format (pickle) from an owner an admin has not marked trusted (422)."""
+
+
+class RateLimited(InferdError):
+    """A rate, concurrency or storage quota is used up (HTTP 429 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(InferdError):
+    """A dependency (database, Redis, object store) is down; try again (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,1 @@
+"""Credentials and access: passwords, JWTs, API keys, principals, policies, rate limits."""

@@ -1,0 +1,172 @@
+"""Control-plane records (users, keys, models, versions, deployments, audit) as plain frozen types.
+
+The registry stores them and returns these, never ORM rows; auth policies and the API read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class Scope(StrEnum):
+    """What an API key may do: `infer` calls models, `manage` changes them, `admin` all."""
+
+    INFER = "infer"
+    MANAGE = "manage"
+    ADMIN = "admin"
+
+
+class Visibility(StrEnum):
+    PRIVATE = "private"
+    PUBLIC = "public"
+
+
+class VersionStatus(StrEnum):
+    IMPORTING = "importing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class DeploymentStatus(StrEnum):
+    DEPLOYING = "deploying"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An account. `trusted` lets the user's models use code-executing formats (admin-set)."""
+
+    id: str
+    username: str
+    role: Role
+    created_at: datetime
+    trusted: bool = False
+    disabled: bool = False
+    #: Per-user quotas; None means the server default.
+    rpm_limit: int | None = None
+    concurrency_limit: int | None = None
+    storage_quota_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's public record. The secret is shown once at creation and stored hashed."""
+
+    id: str
+    user_id: str
+    name: str
+    #: The recognisable, non-secret start of the key (e.g. `inferd_ab12cd34`), used for lookup.
+    prefix: str
+    scopes: frozenset[Scope]
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+    rpm_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A registered model. `name` is unique and is the name the data plane serves it under."""
+
+    id: str
+    name: str
+    owner_id: str
+    visibility: Visibility
+    created_at: datetime
+    updated_at: datetime
+    description: str = ""
+    framework: str = ""
+    model_type: str = ""
+    task_type: str = ""
+    tags: tuple[str, ...] = ()
+    #: Models from a `--model-repository` folder: public, owned by the system, read-only here.
+    system: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One immutable artifact of a model, numbered 1, 2, … per model."""
+
+    id: str
+    model_id: str
+    version: int
+    status: VersionStatus
+    created_at: datetime
+    reason: str = ""
+    #: Key of the artifact in the artifact store ("" while importing).
+    artifact_key: str = ""
+    #: Detected format: onnx, skops, pickle, xgboost, lightgbm, torchscript, torch_export, …
+    artifact_format: str = ""
+    sha256: str = ""
+    size_bytes: int = 0
+    #: Where it came from: "upload:<filename>", "url:<url>", "repository:<path>".
+    source: str = ""
+    inputs: tuple[dict[str, Any], ...] = ()
+    outputs: tuple[dict[str, Any], ...] = ()
+    #: A V2 inference request body and the response expected for it (the "test" call).
+    sample_input: dict[str, Any] | None = None
+    sample_output: dict[str, Any] | None = None
+    created_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """How a deployed version runs. Maps onto `model.yaml` fields for the data plane."""
+
+    runtime: str | None = None
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_concurrency: int = 4
+    #: Idle seconds before scaling to zero replicas (None: never).
+    scale_to_zero_after_s: float | None = None
+    #: max_batch_size + `dynamic_batching` as in model.yaml (max_queue_delay, preferred sizes).
+    batching: dict[str, Any] = field(default_factory=dict)
+    #: cpu (cores), memory (bytes), gpu (count).
+    resources: dict[str, Any] = field(default_factory=dict)
+    #: Runtime parameters (model.yaml `parameters`).
+    parameters: dict[str, Any] = field(default_factory=dict)
+    instance_kind: str = "process"
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model version the data plane should serve. One deployment per model."""
+
+    id: str
+    model_id: str
+    version: int
+    config: DeploymentConfig
+    status: DeploymentStatus
+    created_at: datetime
+    updated_at: datetime
+    reason: str = ""
+    created_by: str | None = None
+    #: Bumped on every change; the reconciler records the generation it last applied.
+    generation: int = 1
+    observed_generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One management action: who, what, on which object, when, from where, and the outcome."""
+
+    id: str
+    at: datetime
+    actor_id: str | None
+    actor_name: str
+    action: str
+    target_type: str
+    target_id: str
+    outcome: str = "ok"
+    ip: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)

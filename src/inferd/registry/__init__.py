@@ -1,0 +1,1 @@
+"""The model registry: database (users, keys, models, versions, deployments, audit), artifacts."""
