@@ -7,6 +7,7 @@ import importlib.util
 import os
 import socket
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "models"
+
+#: The admin API key every test server starts with (tests that need their own users and state
+#: use their own data directory). A well-formed inferd key, not a secret of any real server.
+ADMIN_KEY = "inferd_TestAdmn_" + "t" * 43
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+# Servers started by tests (in this process or as `inferd serve` subprocesses) keep their
+# registry in a scratch directory, never in ~/.inferd, and hash passwords cheaply.
+_SCRATCH = tempfile.mkdtemp(prefix="inferd-tests-")
+os.environ["INFERD_DATA_DIR"] = _SCRATCH
+os.environ["INFERD_AUTH__BOOTSTRAP_KEY"] = ADMIN_KEY
+os.environ["INFERD_AUTH__ARGON2_TIME_COST"] = "1"
+os.environ["INFERD_AUTH__ARGON2_MEMORY_KIB"] = "1024"
 
 
 def _load_builder():  # type: ignore[no-untyped-def]

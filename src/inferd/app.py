@@ -7,14 +7,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+import orjson
 from prometheus_client import CollectorRegistry
-from starlette.exceptions import HTTPException
 
 from inferd._version import __version__
+from inferd.api.admin.app import management_app
 from inferd.api.grpc import GrpcServer
 from inferd.api.http.server import DataPlaneApp, HttpLimits
+from inferd.api.http.v2codec import decode_request, encode_response
+from inferd.control.catalog import SampleCodec
+from inferd.control.plane import ControlPlane, build_control_plane
+from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.metrics import ServingMetrics
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.objects import add_objects
@@ -30,26 +33,18 @@ class Server:
     engine: InferenceEngine
     metrics: ServingMetrics
     asgi: DataPlaneApp
+    control: ControlPlane
     grpc: GrpcServer | None = None
 
 
-def _docs_app() -> FastAPI:
-    app = FastAPI(
-        title="inferd",
-        version=__version__,
-        description="Model serving: Open Inference Protocol V2, KServe V1. "
-        "The data-plane routes are described in docs/http-api.md.",
-        docs_url="/docs",
-        openapi_url="/openapi.json",
-        redoc_url=None,
-    )
+def _decode_sample(doc: dict[str, Any]) -> InferenceRequest:
+    return decode_request(orjson.dumps(doc), None)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    app.add_exception_handler(HTTPException, http_error)
-    return app
+def _encode_sample(response: InferenceResponse, request: InferenceRequest) -> dict[str, Any]:
+    body, _ = encode_response(response, request)
+    doc: dict[str, Any] = orjson.loads(body)
+    return doc
 
 
 def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server:
@@ -60,28 +55,35 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     metrics = ServingMetrics(CollectorRegistry(auto_describe=True))
     repository = ModelRepository(settings.model_repository) if settings.model_repository else None
     engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s)
+    control = build_control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
     http = settings.http
     g = settings.grpc
     grpc = (
-        GrpcServer(engine, g.host, g.port, g.max_message_bytes, http.server_name, __version__)
+        GrpcServer(
+            engine, g.host, g.port, g.max_message_bytes, http.server_name, __version__, control.gate
+        )
         if g.enabled
         else None
     )
     asgi = DataPlaneApp(
         engine,
         metrics,
-        fallback=_docs_app(),
+        fallback=management_app(control, __version__),
         limits=HttpLimits(max_body_bytes=http.max_body_bytes, max_chunks=http.max_chunks),
         server_name=http.server_name,
         server_version=__version__,
-        on_startup=partial(_start, engine, models or {}, grpc),
-        on_shutdown=partial(_stop, engine, grpc, settings.shutdown_grace_s),
+        on_startup=partial(_start, engine, control, models or {}, grpc),
+        on_shutdown=partial(_stop, engine, control, grpc, settings.shutdown_grace_s),
+        gate=control.gate,
     )
-    return Server(settings, engine, metrics, asgi, grpc)
+    return Server(settings, engine, metrics, asgi, control, grpc)
 
 
 async def _start(
-    engine: InferenceEngine, models: Mapping[str, Any], grpc: GrpcServer | None
+    engine: InferenceEngine,
+    control: ControlPlane,
+    models: Mapping[str, Any],
+    grpc: GrpcServer | None,
 ) -> None:
     # gRPC binds first: a busy port fails fast, and probes see NOT_SERVING while models load.
     if grpc is not None:
@@ -89,13 +91,18 @@ async def _start(
     try:
         await engine.start()
         await add_objects(engine, models)
+        await control.start()
     except BaseException:
         if grpc is not None:
             await grpc.stop(0)
+        await control.stop()
         raise
 
 
-async def _stop(engine: InferenceEngine, grpc: GrpcServer | None, grace_s: float) -> None:
+async def _stop(
+    engine: InferenceEngine, control: ControlPlane, grpc: GrpcServer | None, grace_s: float
+) -> None:
     if grpc is not None:
         await grpc.stop(grace_s)
+    await control.stop()
     await engine.stop()

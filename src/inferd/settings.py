@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,88 @@ class GrpcSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    """Users, tokens, API keys and who may call what."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    anonymous_inference: bool = Field(
+        True, description="Callers without credentials may use public models (never private ones)"
+    )
+    public_metrics: bool = Field(True, description="/metrics readable without credentials")
+    open_registration: bool = Field(
+        False, description="Anyone may register a member account (otherwise admins create users)"
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 signing key (>= 32 bytes); generated once and kept in the database"
+    )
+    issuer: str = Field("inferd", description="JWT `iss` and `aud`")
+    access_token_ttl_s: int = Field(900, gt=0, description="Access token lifetime")
+    refresh_token_ttl_s: int = Field(14 * 24 * 3600, gt=0, description="Refresh token lifetime")
+    bootstrap_admin: str = Field("admin", description="Username of the admin made on first start")
+    bootstrap_key: SecretStr | None = Field(
+        None,
+        description="API key (inferd_...) for the first admin; otherwise one is generated and "
+        "printed once",
+    )
+    bootstrap_password: SecretStr | None = Field(
+        None, description="Password for the first admin (otherwise it can only use its key)"
+    )
+    credential_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a node trusts a cached key/user lookup (revocation on "
+        "other nodes takes effect within this time; on the revoking node at once)",
+    )
+    argon2_time_cost: int = Field(3, ge=1, description="argon2id passes")
+    argon2_memory_kib: int = Field(65536, ge=1024, description="argon2id memory per hash (KiB)")
+
+
+class LimitSettings(BaseModel):
+    """Default quotas (per user; a key or user may carry its own)."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    requests_per_minute: int | None = Field(
+        None, gt=0, description="Requests per minute per key/user (None: unlimited)"
+    )
+    concurrent_requests: int | None = Field(
+        None, gt=0, description="Requests in flight per user (None: unlimited)"
+    )
+    storage_bytes: int = Field(50 * 2**30, gt=0, description="Artifact storage per user (bytes)")
+    login_attempts_per_minute: int = Field(
+        10, gt=0, description="Login attempts per username and per client address"
+    )
+    redis_fail_open: bool = Field(
+        False, description="When Redis is down: allow requests (true) or answer 503 (false)"
+    )
+
+
+class RegistrySettings(BaseModel):
+    """Where registry state and artifacts live."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL (postgresql+asyncpg://...); default SQLite in data_dir",
+    )
+    artifact_store: str | None = Field(
+        None, description="Directory or s3://bucket/prefix; default data_dir/artifacts"
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, ...)")
+    s3_region: str | None = Field(None, description="S3 region")
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key (else boto3's chain)")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key")
+    max_upload_bytes: int = Field(10 * 2**30, gt=0, description="Largest artifact upload/import")
+    allow_private_urls: bool = Field(
+        False, description="Let URL imports reach loopback/private addresses (SSRF guard off)"
+    )
+    reconcile_interval_s: float = Field(
+        5.0, gt=0, description="How often the reconciler re-reads deployments (other nodes' edits)"
+    )
+
+
 class Settings(BaseSettings):
     """The root of inferd's configuration; `app.build()` turns it into a running server."""
 
@@ -48,3 +130,13 @@ class Settings(BaseSettings):
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_grace_s: float = Field(30.0, ge=0, description="Time in-flight requests get to finish")
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".inferd",
+        description="Database (SQLite), artifacts and caches when not configured elsewhere",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for limits shared by several nodes (memory when unset)"
+    )
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)

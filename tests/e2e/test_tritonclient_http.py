@@ -7,6 +7,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import ADMIN
 from tests.e2e.conftest import Process
 
 
@@ -136,23 +137,25 @@ def test_statistics(client: httpclient.InferenceServerClient) -> None:
 def test_repository_control(client: httpclient.InferenceServerClient) -> None:
     names = {m["name"] for m in client.get_model_repository_index()}
     assert {"simple", "simple_string", "iris_onnx", "mlp_torch", "iris_xgboost"} <= names
-    client.unload_model("iris_lightgbm")
+    client.unload_model("iris_lightgbm", headers=ADMIN)
     assert not client.is_model_ready("iris_lightgbm")
-    client.load_model("iris_lightgbm")
+    client.load_model("iris_lightgbm", headers=ADMIN)
     assert client.is_model_ready("iris_lightgbm")
 
 
 def test_load_with_config_override(client: httpclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as err:
-        client.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}')
+        client.load_model(
+            "simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}', headers=ADMIN
+        )
     assert "failed to load" in err.value.message()
     assert client.is_model_ready("simple")  # a refused override leaves the model serving
-    client.load_model("simple", config='{"max_batch_size":"16"}')
+    client.load_model("simple", config='{"max_batch_size":"16"}', headers=ADMIN)
     assert client.get_model_config("simple")["max_batch_size"] == 16
-    client.load_model("simple")  # without an override the repository config applies again
+    client.load_model("simple", headers=ADMIN)  # without an override the repository config applies
     assert client.get_model_config("simple")["max_batch_size"] == 8
     with pytest.raises(InferenceServerException) as err:
-        client.load_model("wrong_model_name")
+        client.load_model("wrong_model_name", headers=ADMIN)
     assert "failed to load" in err.value.message()
     assert len(client.get_model_repository_index()) >= 7
 

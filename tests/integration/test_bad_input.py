@@ -9,6 +9,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.conftest import ADMIN
 from tests.integration.test_v2_http import simple_body
 
 
@@ -272,23 +273,23 @@ def test_required_model_failing_makes_server_not_ready(
     model.mkdir(parents=True)
     (model / "model.onnx").write_bytes(b"garbage")
     try:
-        r = client.post("/v2/repository/models/broken_required/load")
+        r = client.post("/v2/repository/models/broken_required/load", headers=ADMIN)
         assert r.status_code == 400
         ready = client.get("/v2/health/ready")
         assert ready.status_code == 503 and "broken_required" in ready.json()["error"]
     finally:
-        client.post("/v2/repository/models/broken_required/unload")
+        client.post("/v2/repository/models/broken_required/unload", headers=ADMIN)
     assert client.get("/v2/health/ready").status_code == 200
 
 
 def test_load_overrides_refused(client: httpx.Client) -> None:
-    r = client.post("/v2/repository/models/simple/load",
+    r = client.post("/v2/repository/models/simple/load", headers=ADMIN,
                     json={"parameters": {"file:1/model.onnx": "AAAA"}})  # fmt: skip
     _error(r, 400, "not accepted")
 
 
 @pytest.mark.parametrize("name", ["..", "a..b", "%2e%2e", "x" * 200])
 def test_traversal_names_on_load(client: httpx.Client, name: str) -> None:
-    r = client.post(f"/v2/repository/models/{name}/load")
+    r = client.post(f"/v2/repository/models/{name}/load", headers=ADMIN)
     assert r.status_code in (400, 404), r.text
     assert "error" in r.json()

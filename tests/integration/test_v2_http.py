@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from inferd.core.datatypes import NUMPY_DTYPES
+from tests.conftest import ADMIN
 
 SIMPLE_A = list(range(16))
 SIMPLE_B = [1] * 16
@@ -248,15 +249,18 @@ def test_repository_index_unload_load(client: httpx.Client) -> None:
     ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
     assert "broken" not in {m["name"] for m in ready_only}
 
-    assert client.post("/v2/repository/models/iris_onnx/unload").status_code == 200
+    assert client.post("/v2/repository/models/iris_onnx/unload", headers=ADMIN).status_code == 200
     r = client.post("/v2/models/iris_onnx/infer", json={"inputs": []})
     assert r.status_code == 503
     assert client.get("/v2/models/iris_onnx/ready").status_code == 503
-    assert client.post("/v2/repository/models/iris_onnx/load", json={}).status_code == 200
+    assert (
+        client.post("/v2/repository/models/iris_onnx/load", json={}, headers=ADMIN).status_code
+        == 200
+    )
     assert client.get("/v2/models/iris_onnx/ready").status_code == 200
-    r = client.post("/v2/repository/models/broken/load")
+    r = client.post("/v2/repository/models/broken/load", headers=ADMIN)
     assert r.status_code == 400 and "broken" in r.json()["error"]
-    assert client.post("/v2/repository/models/nope/load").status_code == 404
+    assert client.post("/v2/repository/models/nope/load", headers=ADMIN).status_code == 404
 
 
 def test_kserve_v1(client: httpx.Client) -> None:

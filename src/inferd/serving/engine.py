@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -178,12 +179,52 @@ class InferenceEngine:
             except InferdError as e:
                 self._failed(name, model, e.message)
                 raise ModelLoadError(f"failed to load '{name}': {e.message}") from None
-            if model is None:
-                model = self._models[name] = ServedModel(name, source.spec)
-            if not model.versions:
-                model.state = ModelState.LOADING
-            model.required = source.spec.required
-            return await self._load_versions(model, source)
+            return await self._load_locked(name, model, source)
+
+    async def load_source(self, source: ModelSource) -> ServedModel:
+        """(Re)load a model from files outside the repository (a registry deployment).
+
+        Same guarantees as `load`: a failed reload keeps the old versions serving.
+        """
+        name = check_name(source.spec.name)
+        async with self._lock(name):
+            return await self._load_locked(name, self._models.get(name), source)
+
+    async def _load_locked(
+        self, name: str, model: ServedModel | None, source: ModelSource
+    ) -> ServedModel:
+        if model is None:
+            model = self._models[name] = ServedModel(name, source.spec)
+        if not model.versions:
+            model.state = ModelState.LOADING
+        model.required = source.spec.required
+        return await self._load_versions(model, source)
+
+    async def forget(self, name: str) -> None:
+        """Unload a model and stop reporting it at all (its deployment was deleted)."""
+        if name in self._models:
+            await self.unload(name)
+            self._models.pop(name, None)
+
+    async def probe(
+        self, source: ModelSource, version: str, sample: InferenceRequest | None = None
+    ) -> tuple[ServedVersion, InferenceResponse | None]:
+        """Load one version in a throw-away worker process, optionally run one request, unload.
+
+        Validates an imported artifact (a corrupt file fails here, not at deploy time) and reads
+        the signature the model carries. Never touches served models or their metrics.
+        """
+        name = f"probe-{uuid.uuid4().hex[:12]}"
+        spec = replace(source.spec, name=name, instances=1, instance_kind="process")
+        sv = await self._load_version(spec, version, source)
+        try:
+            response = None
+            if sample is not None:
+                response = await self.infer_decoded(sv, lambda: sample)
+            return sv, response
+        finally:
+            await sv.scheduler.stop()
+            self.metrics.forget(name, version)
 
     async def _load_versions(self, model: ServedModel, source: ModelSource) -> ServedModel:
         spec = source.spec

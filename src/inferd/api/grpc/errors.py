@@ -30,6 +30,13 @@ STATUS: list[tuple[type[e.InferdError], grpc.StatusCode]] = [
     (e.ModelExecutionError, grpc.StatusCode.INTERNAL),
     (e.Unsupported, grpc.StatusCode.UNIMPLEMENTED),
     (e.ModelLoadError, grpc.StatusCode.INVALID_ARGUMENT),
+    (e.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (e.NotFound, grpc.StatusCode.NOT_FOUND),
+    (e.Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (e.Unprocessable, grpc.StatusCode.INVALID_ARGUMENT),
+    (e.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 #: What a client sees for anything that is not an InferdError (details go to the log only).

@@ -12,6 +12,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from inferd.api.grpc.health import HealthService
 from inferd.api.grpc.servicer import InferenceServicer
+from inferd.control.gate import Gate
 from inferd.serving.engine import InferenceEngine
 
 log = logging.getLogger("inferd.grpc")
@@ -36,11 +37,12 @@ class GrpcServer:
         max_message_bytes: int = _MAX_LIMIT,
         server_name: str = "inferd",
         server_version: str = "0",
+        gate: Gate | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.max_message_bytes = max_message_bytes
-        self.servicer = InferenceServicer(engine, server_name, server_version)
+        self.servicer = InferenceServicer(engine, server_name, server_version, gate)
         self.health = HealthService(lambda: engine.not_ready_reason() is None)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None

@@ -23,6 +23,8 @@ from inferd.api.grpc.access import log_rpc
 from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, GrpcStatus, code_of
 from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
+from inferd.auth.principal import ANONYMOUS, Principal
+from inferd.control.gate import Gate
 from inferd.core.errors import (
     InferdError,
     InvalidInput,
@@ -39,6 +41,19 @@ OK = grpc.StatusCode.OK
 MAX_STREAM_INFLIGHT = 128
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+#: The access policy of every RPC (tests check each method of the service has one); meanings as
+#: the REST table in `inferd.api.http.server.POLICY`.
+POLICY: dict[str, str] = {
+    "ServerLive": "public", "ServerReady": "public", "ServerMetadata": "public",
+    "ModelReady": "view", "ModelMetadata": "view", "ModelConfig": "view",
+    "ModelStatistics": "view", "ModelInfer": "infer", "ModelStreamInfer": "infer",
+    "RepositoryIndex": "list", "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin",
+    "SystemSharedMemoryStatus": "public", "SystemSharedMemoryRegister": "public",
+    "SystemSharedMemoryUnregister": "public", "CudaSharedMemoryStatus": "public",
+    "CudaSharedMemoryRegister": "public", "CudaSharedMemoryUnregister": "public",
+    "TraceSetting": "public", "LogSettings": "public",
+}  # fmt: skip
 
 
 def rpc(fn: Handler) -> Handler:
@@ -85,12 +100,54 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     statistics and repository control."""
 
     def __init__(
-        self, engine: InferenceEngine, server_name: str = "inferd", server_version: str = "0"
+        self,
+        engine: InferenceEngine,
+        server_name: str = "inferd",
+        server_version: str = "0",
+        gate: Gate | None = None,
     ) -> None:
         self.engine = engine
+        self.gate = gate
         self.server_name = server_name
         self.server_version = server_version
         self._streams: set[_Stream] = set()
+
+    # ---- access ------------------------------------------------------------------------
+
+    async def caller(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The principal behind the call's `authorization` / `x-api-key` metadata."""
+        if self.gate is None:
+            return ANONYMOUS
+        authorization = api_key = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else value.decode("latin-1")
+            elif key == "x-api-key":
+                api_key = value if isinstance(value, str) else value.decode("latin-1")
+        if authorization is None and api_key is None:
+            return ANONYMOUS
+        return await self.gate.principal(authorization, api_key)
+
+    async def allow(
+        self, context: grpc.aio.ServicerContext, method: str, model: str | None = None
+    ) -> Principal:
+        """Apply `POLICY[method]`; raises when the caller may not do this."""
+        gate = self.gate
+        p = await self.caller(context)
+        if gate is None:
+            return p
+        policy = POLICY[method]
+        if policy in ("view", "infer") and model:
+            gate.model(p, model, policy == "infer")
+        elif policy == "admin":
+            gate.admin(p)
+        elif policy == "list" or (policy == "view" and not model):
+            gate.visible(p, ())
+        return p
+
+    def _visible_names(self, p: Principal) -> set[str]:
+        names = [m.name for m in self.engine.models()]
+        return set(names if self.gate is None else self.gate.visible(p, names))
 
     # ---- health and metadata -----------------------------------------------------------
 
@@ -106,6 +163,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         # As Triton: an unknown or unready model is `ready: false` with status OK.
         try:
+            await self.allow(context, "ModelReady", request.name)
             self.engine.version(request.name, request.version or None)
         except (ModelNotFound, ModelNotReady):
             return pb.ModelReadyResponse(ready=False)
@@ -119,6 +177,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.allow(context, "ModelMetadata", request.name)
         model = self.engine.model(request.name)
         sv = self.engine.version(request.name, request.version or None)
         doc = metadata(model, sv)
@@ -133,6 +192,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.allow(context, "ModelConfig", request.name)
         model = self.engine.model(request.name)
         doc = model_config(model, self.engine.version(request.name, request.version or None))
         config = json_format.ParseDict(
@@ -142,30 +202,49 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = await self.allow(context, "ModelStatistics", request.name or None)
         stats = self.engine.stats(request.name or None, request.version or None)
+        if not request.name and self.gate is not None:
+            names = self._visible_names(p)
+            stats = [s for s in stats if s["name"] in names]
         return json_format.ParseDict(
             {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
         )
 
     # ---- inference -----------------------------------------------------------------------
 
-    async def infer(self, request: Any, timeout_s: float | None = None) -> Any:
+    async def infer(
+        self, request: Any, timeout_s: float | None = None, principal: Principal = ANONYMOUS
+    ) -> Any:
         """One ModelInferRequest -> ModelInferResponse (raises InferdError)."""
         engine = self.engine
         if engine.stopping:
             raise ServerNotReady("server is shutting down")
+        gate = self.gate
+        if gate is not None:
+            gate.model(principal, request.model_name, True)
+            if not principal.anonymous:
+                async with gate.admit(principal):
+                    sv = engine.version(request.model_name, request.model_version or None)
+                    return from_core(
+                        await engine.infer_decoded(sv, lambda: to_core(request, timeout_s))
+                    )
         sv = engine.version(request.model_name, request.model_version or None)
         return from_core(await engine.infer_decoded(sv, lambda: to_core(request, timeout_s)))
 
     @rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self.infer(request, context.time_remaining())
+        return await self.infer(request, context.time_remaining(), await self.caller(context))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Answer each request as it completes; errors travel in-band, the stream stays open."""
-        stream = _Stream(self, requests)
+        try:
+            principal = await self.caller(context)
+        except InferdError as e:
+            await context.abort(code_of(e), e.message)
+        stream = _Stream(self, requests, principal)
         self._streams.add(stream)
         try:
             while (response := await stream.out.get()) is not None:
@@ -174,11 +253,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._streams.discard(stream)
             stream.close()
 
-    async def stream_one(self, request: Any) -> Any:
+    async def stream_one(self, request: Any, principal: Principal = ANONYMOUS) -> Any:
         """One request of a stream -> ModelStreamInferResponse (never raises InferdError)."""
         start = time.perf_counter_ns()
         try:
-            response = pb.ModelStreamInferResponse(infer_response=await self.infer(request))
+            response = pb.ModelStreamInferResponse(
+                infer_response=await self.infer(request, None, principal)
+            )
             code = OK
         except InferdError as e:
             code, message = code_of(e), e.message
@@ -206,17 +287,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = await self.allow(context, "RepositoryIndex")
+        names = self._visible_names(p)
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
             models=[
                 index(name=m["name"], version=m["version"], state=m["state"], reason=m["reason"])
                 for m in self.engine.index(ready_only=request.ready)
+                if m["name"] in names
             ]
         )
 
     @rpc
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         name = request.model_name
+        await self.allow(context, "RepositoryModelLoad", name)
         raw_config = None
         for key, param in request.parameters.items():
             if key.startswith("file:"):
@@ -241,6 +326,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.allow(context, "RepositoryModelUnload", request.model_name)
         await self.engine.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -260,8 +346,14 @@ class _Stream:
     """One ModelStreamInfer call: a reader task spawns a task per request; responses are
     queued as they complete and `None` marks the end (input closed and nothing in flight)."""
 
-    def __init__(self, servicer: InferenceServicer, requests: AsyncIterator[Any]) -> None:
+    def __init__(
+        self,
+        servicer: InferenceServicer,
+        requests: AsyncIterator[Any],
+        principal: Principal = ANONYMOUS,
+    ) -> None:
         self.servicer = servicer
+        self.principal = principal
         self.out: asyncio.Queue[Any] = asyncio.Queue()
         self._slots = asyncio.Semaphore(MAX_STREAM_INFLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -285,7 +377,7 @@ class _Stream:
 
     async def _one(self, request: Any) -> None:
         try:
-            self.out.put_nowait(await self.servicer.stream_one(request))
+            self.out.put_nowait(await self.servicer.stream_one(request, self.principal))
         finally:
             self._slots.release()
             self._inflight -= 1

@@ -24,6 +24,13 @@ STATUS: list[tuple[type[e.InferdError], int]] = [
     (e.ModelExecutionError, 500),
     (e.Unsupported, 501),
     (e.ModelLoadError, 400),
+    (e.Unauthenticated, 401),
+    (e.PermissionDenied, 403),
+    (e.NotFound, 404),
+    (e.Conflict, 409),
+    (e.Unprocessable, 422),
+    (e.RateLimited, 429),
+    (e.Unavailable, 503),
 ]
 
 

@@ -28,11 +28,14 @@ from inferd.api.http.v2codec import (
     parse_header_length,
 )
 from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
+from inferd.auth.principal import ANONYMOUS, Principal
+from inferd.control.gate import Gate
 from inferd.core.errors import (
     InferdError,
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
+    RateLimited,
     ServerNotReady,
 )
 from inferd.core.tensors import InferenceRequest
@@ -60,8 +63,9 @@ class Request:
     """What a route needs from one HTTP request (headers read once)."""
 
     __slots__ = (
-        "accept_encoding", "content_encoding", "content_length", "header_length", "method",
-        "model", "receive", "request_id", "route", "timeout_s", "version", "watcher",
+        "accept_encoding", "api_key", "authorization", "content_encoding", "content_length",
+        "header_length", "method", "model", "principal", "receive", "request_id", "route",
+        "timeout_s", "version", "watcher",
     )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
@@ -77,6 +81,9 @@ class Request:
         self.version: str | None = None
         self.route = "other"
         self.timeout_s: float | None = None
+        self.authorization: str | None = None
+        self.api_key: str | None = None
+        self.principal: Principal = ANONYMOUS
         for k, v in scope["headers"]:
             if k == b"content-length":
                 try:
@@ -93,6 +100,10 @@ class Request:
                 self.request_id = v.decode("latin-1")[:128]
             elif k == TIMEOUT_HEADER:
                 self.timeout_s = _timeout(v)
+            elif k == b"authorization":
+                self.authorization = v.decode("latin-1")
+            elif k == b"x-api-key":
+                self.api_key = v.decode("latin-1")
 
     def watch_disconnect(self) -> None:
         """Start cancelling the current task if the client disconnects (idempotent)."""
@@ -102,6 +113,17 @@ class Request:
 
 
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+#: The access policy of every data-plane route (tests/integration/test_access.py checks that
+#: each route has one): public, metrics (public unless configured), list (filtered to what the
+#: caller may see), view / infer (the named model must be visible / callable), admin.
+POLICY: dict[str, str] = {
+    "root": "public", "live": "public", "ready": "public", "server_metadata": "public",
+    "metrics": "metrics", "models": "list", "stats": "list", "model_stats": "view",
+    "model_metadata": "view", "model_ready": "view", "model_config": "view", "infer": "infer",
+    "v1_models": "list", "v1_model": "view", "predict": "infer", "repository_index": "list",
+    "repository_load": "admin", "repository_unload": "admin",
+}  # fmt: skip
 
 #: Per-request time limit in milliseconds (V2's `timeout` parameter, in µs, works too).
 TIMEOUT_HEADER = b"x-request-timeout-ms"
@@ -143,8 +165,10 @@ class DataPlaneApp:
         server_version: str = "0",
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.engine = engine
+        self.gate = gate
         self.metrics = metrics
         self.fallback = fallback
         self.limits = limits
@@ -183,6 +207,7 @@ class DataPlaneApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter_ns()
         req: Request | None = None
+        error: InferdError | None = None
         try:
             req = Request(scope, receive)
             resp = await self._route(req, scope["path"])
@@ -190,6 +215,7 @@ class DataPlaneApp:
                 await self._fallback(req, scope, receive, send, start)
                 return
         except InferdError as e:
+            error = e
             resp = _json(status_of(e), {"error": e.message})
         except ClientDisconnected:
             self._access(req, scope, 499, start)
@@ -200,6 +226,10 @@ class DataPlaneApp:
         status, body, headers = resp
         if status == 503 and req is not None and req.route in ("infer", "predict"):
             headers.append((b"retry-after", b"1"))
+        elif status == 429 and isinstance(error, RateLimited):
+            headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
+        elif status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -258,11 +288,37 @@ class DataPlaneApp:
         if path == "/metrics":
             req.route = "metrics"
             self._method(req, "GET")
+            await self._allow(req)
             return 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE.encode())]
         if path == "/":
             req.route = "root"
             return _json(200, {"status": "alive"})
         return None
+
+    async def _allow(self, req: Request) -> None:
+        """Apply the route's policy (POLICY) for the caller; raises when not allowed."""
+        gate = self.gate
+        if gate is None:
+            return
+        policy = POLICY[req.route]
+        if req.authorization is not None or req.api_key is not None:
+            req.principal = await gate.principal(req.authorization, req.api_key)
+        p = req.principal
+        if policy == "view" or policy == "infer":
+            assert req.model is not None
+            gate.model(p, req.model, policy == "infer")
+        elif policy == "admin":
+            gate.admin(p)
+        elif policy == "metrics":
+            gate.metrics(p)
+
+    async def _names(self, req: Request) -> list[str]:
+        """Model names for a listing route, filtered to what the caller may see."""
+        names = [m.name for m in self.engine.models()]
+        if self.gate is None:
+            return names
+        await self._allow(req)
+        return self.gate.visible(req.principal, names)
 
     @staticmethod
     def _method(req: Request, *allowed: str) -> None:
@@ -286,11 +342,15 @@ class DataPlaneApp:
         if n == 2:
             req.route = "models"
             self._method(req, "GET")
-            return _json(200, {"models": [m.name for m in self.engine.models()]})
+            return _json(200, {"models": await self._names(req)})
         if n == 3 and parts[2] == "stats":
             req.route = "stats"
             self._method(req, "GET")
-            return _json(200, {"model_stats": self.engine.stats()})
+            stats = self.engine.stats()
+            if self.gate is not None:
+                names = set(await self._names(req))
+                stats = [s for s in stats if s["name"] in names]
+            return _json(200, {"model_stats": stats})
         name = parts[2]
         rest = parts[3:]
         version = None
@@ -306,24 +366,32 @@ class DataPlaneApp:
         if action == "infer":
             req.route = "infer"
             self._method(req, "POST")
-            return await self._infer(req, name, version)
+            await self._allow(req)
+            if self.gate is None or req.principal.anonymous:
+                return await self._infer(req, name, version)
+            async with self.gate.admit(req.principal):
+                return await self._infer(req, name, version)
         if action == "":
             req.route = "model_metadata"
             self._method(req, "GET")
+            await self._allow(req)
             model = self.engine.model(name)
             return _json(200, metadata(model, self.engine.version(name, version)))
         if action == "ready":
             req.route = "model_ready"
             self._method(req, "GET")
+            await self._allow(req)
             return self._model_ready(name, version)
         if action == "config":
             req.route = "model_config"
             self._method(req, "GET")
+            await self._allow(req)
             model = self.engine.model(name)
             return _json(200, model_config(model, self.engine.version(name, version)))
         if action == "stats":
-            req.route = "stats"
+            req.route = "model_stats"
             self._method(req, "GET")
+            await self._allow(req)
             return _json(200, {"model_stats": self.engine.stats(name, version)})
         return None
 
@@ -411,6 +479,7 @@ class DataPlaneApp:
         if n == 3 and parts[2] == "index":
             req.route = "repository_index"
             self._method(req, "POST", "GET")
+            names = set(await self._names(req))
             body = await self._body(req) if req.method == "POST" else b""
             doc = loads(body) if body.strip() else {}
             if not isinstance(doc, dict):
@@ -418,11 +487,13 @@ class DataPlaneApp:
             ready = doc.get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidInput("'ready' must be true or false")
-            return _json(200, self.engine.index(ready_only=ready))
+            index = [m for m in self.engine.index(ready_only=ready) if m["name"] in names]
+            return _json(200, index)
         if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
             name, op = parts[3], parts[4]
             req.route, req.model = f"repository_{op}", name
             self._method(req, "POST")
+            await self._allow(req)
             body = await self._body(req)
             doc = loads(body) if body.strip() else {}
             params = doc.get("parameters") if isinstance(doc, dict) else None
@@ -451,7 +522,7 @@ class DataPlaneApp:
         if n == 2:
             req.route = "v1_models"
             self._method(req, "GET")
-            return _json(200, {"models": [m.name for m in self.engine.models()]})
+            return _json(200, {"models": await self._names(req)})
         if n != 3:
             return None
         name, _, verb = parts[2].partition(":")
@@ -459,11 +530,19 @@ class DataPlaneApp:
         if not verb:
             req.route = "v1_model"
             self._method(req, "GET")
+            await self._allow(req)
             return self._model_ready(name, None)
         if verb != "predict":
             return None
         req.route = "predict"
         self._method(req, "POST")
+        await self._allow(req)
+        if self.gate is None or req.principal.anonymous:
+            return await self._predict(req, name)
+        async with self.gate.admit(req.principal):
+            return await self._predict(req, name)
+
+    async def _predict(self, req: Request, name: str) -> Response:
         sv = self.engine.version(name)
         body = await self._body(req)
 

@@ -1,0 +1,65 @@
+"""The FastAPI app behind the data-plane router: the management API and its OpenAPI docs."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from inferd.api.admin.routes import router
+from inferd.api.http.errors import status_of
+from inferd.control.plane import ControlPlane
+from inferd.core.errors import InferdError, RateLimited, Unavailable
+
+log = logging.getLogger("inferd.api")
+
+
+def management_app(control: ControlPlane, version: str) -> FastAPI:
+    app = FastAPI(
+        title="inferd",
+        version=version,
+        description="Model serving platform. Management API under /api/v1 (users, API keys, "
+        "models, versions, deployments, audit). The inference routes (Open Inference Protocol "
+        "V2, KServe V1) are described in docs/http-api.md. Authenticate with "
+        "`Authorization: Bearer <access token or API key>`.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        redoc_url=None,
+    )
+    app.state.control = control
+    app.include_router(router)
+
+    async def inferd_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InferdError)
+        status = status_of(exc)
+        headers = {}
+        if isinstance(exc, RateLimited | Unavailable):
+            headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+        if status == 401:
+            headers["www-authenticate"] = "Bearer"
+        return JSONResponse({"error": exc.message}, status_code=status, headers=headers)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        return JSONResponse({"error": f"{field}: {first.get('msg', 'invalid value')}"},
+                            status_code=400)  # fmt: skip
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error in the management API", exc_info=exc)
+        return JSONResponse({"error": "internal server error"}, status_code=500)
+
+    app.add_exception_handler(InferdError, inferd_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+    return app

@@ -1,0 +1,57 @@
+"""Route policies for the management API: every route declares exactly one.
+
+A policy is a FastAPI dependency that authenticates the caller, applies the policy, applies the
+caller's rate and concurrency limits, and hands the route an `Actor` (principal + address).
+`tests/integration/test_access.py` fails when a route has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+
+from inferd.auth.policy import require, require_admin
+from inferd.control.audit import Actor
+from inferd.control.plane import ControlPlane
+from inferd.core.records import Scope
+
+
+def control(request: Request) -> ControlPlane:
+    cp: ControlPlane = request.app.state.control
+    return cp
+
+
+class Policy:
+    """`public`: anyone (login, register); `optional`: anyone, the use-case decides what the
+    caller sees (anonymous only where the operator allows it); `authenticated`: any valid
+    credential with the `infer` scope; `manage`: the `manage` scope; `admin`: an admin."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, request: Request) -> AsyncIterator[Actor]:
+        cp = control(request)
+        headers = request.headers
+        p = await cp.identity.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+        if self.name == "authenticated":
+            require(p, Scope.INFER)
+        elif self.name == "manage":
+            require(p, Scope.MANAGE)
+        elif self.name == "admin":
+            require_admin(p)
+        client = request.client.host if request.client else ""
+        actor = Actor(p, client, {"route": f"{request.method} {request.url.path}"[:300]})
+        async with cp.gate.admit(p):
+            yield actor
+
+    def __repr__(self) -> str:
+        return f"Policy({self.name})"
+
+
+PUBLIC = Policy("public")
+OPTIONAL = Policy("optional")
+AUTHENTICATED = Policy("authenticated")
+MANAGE = Policy("manage")
+ADMIN = Policy("admin")
+POLICIES = (PUBLIC, OPTIONAL, AUTHENTICATED, MANAGE, ADMIN)

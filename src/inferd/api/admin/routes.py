@@ -1,0 +1,372 @@
+"""The management API under /api/v1: thin handlers over the control plane's use-cases.
+
+Every route names its policy (`Depends(<POLICY>)`); bodies are pydantic models (this is not the
+inference path), answers are the shapes in `views`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferd.api.admin import views
+from inferd.api.admin.policy import ADMIN, AUTHENTICATED, MANAGE, OPTIONAL, PUBLIC, control
+from inferd.api.admin.upload import receive_upload
+from inferd.control.audit import Actor
+from inferd.control.catalog import VersionMeta
+from inferd.control.deployments import parse_config
+from inferd.core.errors import InvalidInput
+from inferd.core.records import Role, Scope
+
+router = APIRouter(prefix="/api/v1")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterBody(_Body):
+    username: str
+    password: str
+    role: Role = Role.MEMBER
+
+
+class LoginBody(_Body):
+    username: str = Field(max_length=256)
+    password: str = Field(max_length=1024)
+
+
+class RefreshBody(_Body):
+    refresh_token: str = Field(max_length=4096)
+
+
+class UserPatch(_Body):
+    role: Role | None = None
+    trusted: bool | None = None
+    disabled: bool | None = None
+    rpm_limit: int | None = Field(None, gt=0)
+    concurrency_limit: int | None = Field(None, gt=0)
+    storage_quota_bytes: int | None = Field(None, gt=0)
+
+
+class KeyBody(_Body):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.INFER])
+    expires_at: datetime | None = None
+    user_id: str | None = None
+
+
+class ModelBody(_Body):
+    name: str
+    description: str = Field("", max_length=10_000)
+    framework: str = Field("", max_length=64)
+    model_type: str = Field("", max_length=64)
+    task_type: str = Field("", max_length=64)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    visibility: Literal["private", "public"] = "private"
+
+
+class ModelPatch(_Body):
+    description: str | None = Field(None, max_length=10_000)
+    framework: str | None = Field(None, max_length=64)
+    model_type: str | None = Field(None, max_length=64)
+    task_type: str | None = Field(None, max_length=64)
+    tags: list[str] | None = Field(None, max_length=64)
+    visibility: Literal["private", "public"] | None = None
+
+
+class MetaBody(_Body):
+    """What the uploader states about a version (the rest is detected)."""
+
+    runtime: str | None = Field(None, max_length=64)
+    inputs: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
+    outputs: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
+    max_batch_size: int = Field(0, ge=0)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    sample_input: dict[str, Any] | None = None
+    sample_output: dict[str, Any] | None = None
+
+
+class ImportBody(MetaBody):
+    url: str = Field(max_length=4096)
+
+
+class VersionPatch(_Body):
+    sample_input: dict[str, Any] | None = None
+    sample_output: dict[str, Any] | None = None
+
+
+class DeployBody(_Body):
+    model: str
+    version: int | None = Field(None, ge=1)
+    config: dict[str, Any] | None = None
+
+
+class DeploymentPatch(_Body):
+    version: int | None = Field(None, ge=1)
+    config: dict[str, Any] | None = None
+
+
+def _meta(body: MetaBody) -> VersionMeta:
+    return VersionMeta(
+        runtime=body.runtime, inputs=body.inputs, outputs=body.outputs,
+        max_batch_size=body.max_batch_size, parameters=body.parameters,
+        sample_input=body.sample_input, sample_output=body.sample_output,
+    )  # fmt: skip
+
+
+# ---- auth and users ----------------------------------------------------------------------
+
+
+@router.post("/auth/register", status_code=201, tags=["users"])
+async def register(body: RegisterBody, request: Request, actor: Actor = Depends(PUBLIC)) -> Any:
+    """Create a user: admins create anyone; others only with open registration."""
+    u = await control(request).identity.register(actor, body.username, body.password, body.role)
+    return views.user(u)
+
+
+@router.post("/auth/login", tags=["users"])
+async def login(body: LoginBody, request: Request, actor: Actor = Depends(PUBLIC)) -> Any:
+    """Exchange a username and password for an access and a refresh token (JWT)."""
+    pair = await control(request).identity.login(body.username, body.password, actor.ip)
+    return {"access_token": pair.access_token, "refresh_token": pair.refresh_token,
+            "token_type": pair.token_type, "expires_in": pair.expires_in}  # fmt: skip
+
+
+@router.post("/auth/refresh", tags=["users"])
+async def refresh(body: RefreshBody, request: Request, actor: Actor = Depends(PUBLIC)) -> Any:
+    """A new token pair for a valid refresh token."""
+    pair = await control(request).identity.refresh(body.refresh_token)
+    return {"access_token": pair.access_token, "refresh_token": pair.refresh_token,
+            "token_type": pair.token_type, "expires_in": pair.expires_in}  # fmt: skip
+
+
+@router.get("/auth/me", tags=["users"])
+async def me(request: Request, actor: Actor = Depends(AUTHENTICATED)) -> Any:
+    """The calling user, and the scopes of the credential used."""
+    u = await control(request).identity.me(actor)
+    p = actor.principal
+    return views.user(u) | {"scopes": sorted(str(s) for s in p.scopes), "via": p.via}
+
+
+@router.get("/users", tags=["users"])
+async def list_users(request: Request, actor: Actor = Depends(ADMIN)) -> Any:
+    return [views.user(u) for u in await control(request).identity.list_users(actor)]
+
+
+@router.patch("/users/{user_id}", tags=["users"])
+async def update_user(
+    user_id: str, body: UserPatch, request: Request, actor: Actor = Depends(ADMIN)
+) -> Any:
+    """Admins set role, trusted (may upload code-executing formats), disabled and quotas."""
+    fields = body.model_dump(exclude_unset=True)
+    return views.user(await control(request).identity.update_user(actor, user_id, fields))
+
+
+# ---- API keys ----------------------------------------------------------------------------
+
+
+@router.post("/keys", status_code=201, tags=["keys"])
+async def create_key(body: KeyBody, request: Request, actor: Actor = Depends(MANAGE)) -> Any:
+    """A new API key. The `key` field is shown only in this answer; store it now."""
+    k, token = await control(request).identity.create_key(
+        actor, body.name, frozenset(body.scopes), body.expires_at, body.user_id
+    )
+    return views.key(k) | {"key": token}
+
+
+@router.get("/keys", tags=["keys"])
+async def list_keys(
+    request: Request, user_id: str | None = None, actor: Actor = Depends(MANAGE)
+) -> Any:
+    return [views.key(k) for k in await control(request).identity.list_keys(actor, user_id)]
+
+
+@router.delete("/keys/{key_id}", tags=["keys"])
+async def revoke_key(key_id: str, request: Request, actor: Actor = Depends(MANAGE)) -> Any:
+    """Revoke a key: it stops working at once."""
+    return views.key(await control(request).identity.revoke_key(actor, key_id))
+
+
+# ---- models and versions -----------------------------------------------------------------
+
+
+@router.get("/models", tags=["models"])
+async def list_models(request: Request, actor: Actor = Depends(OPTIONAL)) -> Any:
+    """Models the caller may see: their own, public ones, and the repository's system models."""
+    return [views.model(m) for m in await control(request).catalog.list_models(actor)]
+
+
+@router.post("/models", status_code=201, tags=["models"])
+async def create_model(body: ModelBody, request: Request, actor: Actor = Depends(MANAGE)) -> Any:
+    return views.model(await control(request).catalog.create_model(actor, body.model_dump()))
+
+
+@router.get("/models/{name}", tags=["models"])
+async def get_model(name: str, request: Request, actor: Actor = Depends(OPTIONAL)) -> Any:
+    return views.model(await control(request).catalog.find(actor, name))
+
+
+@router.patch("/models/{name}", tags=["models"])
+async def update_model(
+    name: str, body: ModelPatch, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    fields = body.model_dump(exclude_unset=True)
+    return views.model(await control(request).catalog.update_model(actor, name, fields))
+
+
+@router.delete("/models/{name}", tags=["models"])
+async def delete_model(name: str, request: Request, actor: Actor = Depends(MANAGE)) -> Any:
+    """Delete a model with its versions, artifacts and deployment."""
+    cp = control(request)
+    m = await cp.catalog.delete_model(actor, name)
+    cp.deployments.wake()
+    return views.model(m)
+
+
+@router.get("/models/{name}/versions", tags=["versions"])
+async def list_versions(name: str, request: Request, actor: Actor = Depends(OPTIONAL)) -> Any:
+    m, versions = await control(request).catalog.list_versions(actor, name)
+    return [views.version(v, m.name) for v in versions]
+
+
+@router.post("/models/{name}/versions", status_code=201, tags=["versions"])
+async def upload_version(name: str, request: Request, actor: Actor = Depends(MANAGE)) -> Any:
+    """Upload an artifact: multipart/form-data with a `file` part and an optional `meta` JSON
+    part (runtime, inputs, outputs, max_batch_size, parameters, sample_input, sample_output),
+    or a raw application/octet-stream body (`X-Filename` header, `meta` query parameter).
+    The format is detected from the bytes; the version is validated by loading it once."""
+    cp = control(request)
+    cat = cp.catalog
+    declared = request.headers.get("content-length")
+    model = await cat.prepare_upload(actor, name, int(declared) if declared
+                                     and declared.isdigit() else None)  # fmt: skip
+    staged, raw_meta = await receive_upload(request, cat.staging_file(),
+                                            cat.settings.max_upload_bytes)  # fmt: skip
+    try:
+        meta = _meta(MetaBody.model_validate(raw_meta))
+    except ValueError as e:
+        raise InvalidInput(f"meta: {_first_error(e)}") from None
+    mv = await cat.add_version(actor, model, staged, meta)
+    return views.version(mv, model.name)
+
+
+@router.post("/models/{name}/versions/import", status_code=202, tags=["versions"])
+async def import_version(
+    name: str, body: ImportBody, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Import an artifact from an http(s) URL (checked against SSRF on every hop). Answers at
+    once with the version `importing`; poll it until `ready` or `failed`."""
+    mv = await control(request).catalog.import_url(actor, name, body.url, _meta(body))
+    return views.version(mv, name)
+
+
+@router.get("/models/{name}/versions/{version}", tags=["versions"])
+async def get_version(
+    name: str, version: int, request: Request, actor: Actor = Depends(OPTIONAL)
+) -> Any:
+    return views.version(await control(request).catalog.get_version(actor, name, version), name)
+
+
+@router.patch("/models/{name}/versions/{version}", tags=["versions"])
+async def update_version(
+    name: str, version: int, body: VersionPatch, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Set the sample input (a V2 inference request body) and its expected output."""
+    fields = body.model_dump(exclude_unset=True)
+    mv = await control(request).catalog.update_version(actor, name, version, fields)
+    return views.version(mv, name)
+
+
+@router.delete("/models/{name}/versions/{version}", tags=["versions"])
+async def delete_version(
+    name: str, version: int, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    mv = await control(request).catalog.delete_version(actor, name, version)
+    return views.version(mv, name)
+
+
+# ---- deployments -------------------------------------------------------------------------
+
+
+@router.get("/deployments", tags=["deployments"])
+async def list_deployments(request: Request, actor: Actor = Depends(AUTHENTICATED)) -> Any:
+    return [views.deployment(d, m.name)
+            for d, m in await control(request).deployments.list(actor)]  # fmt: skip
+
+
+@router.post("/deployments", status_code=201, tags=["deployments"])
+async def create_deployment(
+    body: DeployBody, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Deploy a version (default: the newest ready one). Status goes `deploying` → `ready`
+    (or `failed` with the reason) as the data plane loads it."""
+    d = await control(request).deployments.create(actor, body.model, body.version,
+                                                   parse_config(body.config))  # fmt: skip
+    return views.deployment(d, body.model)
+
+
+@router.get("/deployments/{deployment_id}", tags=["deployments"])
+async def get_deployment(
+    deployment_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
+) -> Any:
+    d, m = await control(request).deployments.get(actor, deployment_id)
+    return views.deployment(d, m.name)
+
+
+@router.patch("/deployments/{deployment_id}", tags=["deployments"])
+async def update_deployment(
+    deployment_id: str, body: DeploymentPatch, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    cfg = parse_config(body.config) if body.config is not None else None
+    cp = control(request)
+    d = await cp.deployments.update(actor, deployment_id, body.version, cfg)
+    _, m = await cp.deployments.get(actor, d.id)
+    return views.deployment(d, m.name)
+
+
+@router.delete("/deployments/{deployment_id}", tags=["deployments"])
+async def delete_deployment(
+    deployment_id: str, request: Request, actor: Actor = Depends(MANAGE)
+) -> Response:
+    await control(request).deployments.delete(actor, deployment_id)
+    return Response(status_code=204)
+
+
+@router.post("/deployments/{deployment_id}/test", tags=["deployments"])
+async def test_deployment(
+    deployment_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
+) -> Any:
+    """Run the deployed version's sample input; compare with its sample output."""
+    return await control(request).deployments.test(actor, deployment_id)
+
+
+# ---- audit -------------------------------------------------------------------------------
+
+
+@router.get("/audit", tags=["audit"])
+async def audit(
+    request: Request,
+    limit: int = Query(100, ge=1, le=1000),
+    actor_id: str | None = None,
+    action: str | None = None,
+    actor: Actor = Depends(ADMIN),
+) -> Any:
+    """Management actions, newest first: who, what, on which object, when, from where."""
+    entries = await control(request).audit.entries(limit=limit, actor_id=actor_id, action=action)
+    return [{"id": e.id, "at": e.at.isoformat(), "actor_id": e.actor_id,
+             "actor": e.actor_name, "action": e.action, "target_type": e.target_type,
+             "target_id": e.target_id, "outcome": e.outcome, "ip": e.ip, "detail": e.detail}
+            for e in entries]  # fmt: skip
+
+
+def _first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        return f"{loc}: {first.get('msg', 'invalid')}" if loc else str(first.get("msg"))
+    return str(e)

@@ -1,0 +1,69 @@
+"""JSON shapes of control-plane records: never a secret (no hashes; a key once, at creation)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from inferd.core.records import ApiKey, Deployment, Model, ModelVersion, User
+
+
+def _ts(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def user(u: User) -> dict[str, Any]:
+    return {
+        "id": u.id, "username": u.username, "role": str(u.role), "trusted": u.trusted,
+        "disabled": u.disabled, "created_at": _ts(u.created_at), "rpm_limit": u.rpm_limit,
+        "concurrency_limit": u.concurrency_limit,
+        "storage_quota_bytes": u.storage_quota_bytes,
+    }  # fmt: skip
+
+
+def key(k: ApiKey) -> dict[str, Any]:
+    return {
+        "id": k.id, "user_id": k.user_id, "name": k.name, "prefix": k.prefix,
+        "scopes": sorted(str(s) for s in k.scopes), "created_at": _ts(k.created_at),
+        "expires_at": _ts(k.expires_at), "revoked_at": _ts(k.revoked_at),
+        "last_used_at": _ts(k.last_used_at),
+    }  # fmt: skip
+
+
+def model(m: Model) -> dict[str, Any]:
+    return {
+        "id": m.id, "name": m.name, "description": m.description, "framework": m.framework,
+        "model_type": m.model_type, "task_type": m.task_type, "tags": list(m.tags),
+        "visibility": str(m.visibility), "owner_id": m.owner_id or None, "system": m.system,
+        "created_at": _ts(m.created_at), "updated_at": _ts(m.updated_at),
+    }  # fmt: skip
+
+
+def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
+    return {
+        "id": v.id, "model": model_name, "version": v.version, "status": str(v.status),
+        "reason": v.reason, "format": v.artifact_format, "sha256": v.sha256,
+        "size_bytes": v.size_bytes, "source": v.source, "inputs": list(v.inputs),
+        "outputs": list(v.outputs), "sample_input": v.sample_input,
+        "sample_output": v.sample_output, "created_at": _ts(v.created_at),
+        "created_by": v.created_by,
+    }  # fmt: skip
+
+
+def deployment(d: Deployment, model_name: str) -> dict[str, Any]:
+    c = d.config
+    return {
+        "id": d.id, "model": model_name, "version": d.version, "status": str(d.status),
+        "reason": d.reason, "generation": d.generation,
+        "observed_generation": d.observed_generation,
+        "config": {
+            "runtime": c.runtime, "min_replicas": c.min_replicas, "max_replicas": c.max_replicas,
+            "target_concurrency": c.target_concurrency,
+            "scale_to_zero_after_s": c.scale_to_zero_after_s, "batching": c.batching,
+            "resources": c.resources, "parameters": c.parameters,
+            "instance_kind": c.instance_kind,
+        },
+        "created_at": _ts(d.created_at), "updated_at": _ts(d.updated_at),
+        "created_by": d.created_by,
+        "endpoint": f"/v2/models/{model_name}/infer",
+    }  # fmt: skip

@@ -1,0 +1,309 @@
+"""Deployments (what the data plane should serve) and the reconciler that makes it so.
+
+The registry is the source of truth. The reconciler compares the deployments in the database with
+what this node's engine serves and loads, reloads or unloads to match — on every change made
+through this node at once, and every `reconcile_interval_s` for changes made through other nodes.
+After a restart it finds nothing applied and loads every deployment again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from inferd.auth.policy import require
+from inferd.control.audit import Actor, Audit
+from inferd.control.catalog import Catalog, compare_outputs
+from inferd.core.errors import Conflict, InferdError, InvalidInput, NotFound
+from inferd.core.records import (
+    Deployment,
+    DeploymentConfig,
+    DeploymentStatus,
+    Model,
+    ModelVersion,
+    Scope,
+    VersionStatus,
+)
+from inferd.core.spec import ModelSpec, parse_model_config
+from inferd.registry.store import RegistryStore
+from inferd.serving.engine import InferenceEngine
+from inferd.serving.repository import ModelSource
+
+log = logging.getLogger("inferd.deploy")
+
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(DeploymentConfig)}
+BATCHING_KEYS = {"max_batch_size", "max_queue_delay_microseconds", "max_queue_delay_ms",
+                 "preferred_batch_sizes", "max_queue_size"}  # fmt: skip
+RESOURCE_KEYS = {"cpu", "memory", "gpu"}
+
+
+def parse_config(raw: Any) -> DeploymentConfig:
+    """A DeploymentConfig from JSON, naming the bad field."""
+    if raw is None:
+        return DeploymentConfig()
+    if not isinstance(raw, dict):
+        raise InvalidInput("config: must be an object")
+    unknown = set(raw) - CONFIG_FIELDS
+    if unknown:
+        raise InvalidInput(f"config.{sorted(unknown)[0]}: unknown field")
+    cfg = DeploymentConfig(**raw)
+    for name in ("min_replicas", "max_replicas", "target_concurrency"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 64:
+            raise InvalidInput(f"config.{name}: must be an integer from 0 to 64")
+    if cfg.max_replicas < max(cfg.min_replicas, 1):
+        raise InvalidInput("config.max_replicas: must be >= min_replicas and >= 1")
+    if cfg.target_concurrency < 1:
+        raise InvalidInput("config.target_concurrency: must be >= 1")
+    s2z = cfg.scale_to_zero_after_s
+    if s2z is not None and (not isinstance(s2z, int | float) or isinstance(s2z, bool) or s2z <= 0):
+        raise InvalidInput("config.scale_to_zero_after_s: must be a positive number or null")
+    if cfg.runtime is not None and not isinstance(cfg.runtime, str):
+        raise InvalidInput("config.runtime: must be a string")
+    for name, keys in (("batching", BATCHING_KEYS), ("resources", RESOURCE_KEYS)):
+        d = getattr(cfg, name)
+        if not isinstance(d, dict):
+            raise InvalidInput(f"config.{name}: must be an object")
+        bad = set(d) - keys
+        if bad:
+            raise InvalidInput(f"config.{name}.{sorted(bad)[0]}: unknown field")
+    for k, v in cfg.resources.items():
+        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
+            raise InvalidInput(f"config.resources.{k}: must be a number >= 0")
+    if not isinstance(cfg.parameters, dict):
+        raise InvalidInput("config.parameters: must be an object")
+    if cfg.instance_kind not in ("process", "thread"):
+        raise InvalidInput("config.instance_kind: must be 'process' or 'thread'")
+    return cfg
+
+
+def deployment_spec(
+    model: Model, version: ModelVersion, cfg: DeploymentConfig, trusted: bool
+) -> ModelSpec:
+    """The data plane's ModelSpec for a deployed version (validated; errors name the field)."""
+    b = dict(cfg.batching)
+    mbs = b.pop("max_batch_size", 0)
+    if not isinstance(mbs, int) or isinstance(mbs, bool) or mbs < 0:
+        raise InvalidInput("config.batching.max_batch_size: must be an integer >= 0")
+
+    def io(specs: tuple[dict[str, Any], ...], what: str) -> list[dict[str, Any]]:
+        out = []
+        for t in specs:
+            shape = list(t["shape"])
+            if mbs > 0:
+                if not shape or shape[0] != -1:
+                    raise InvalidInput(
+                        f"config.batching.max_batch_size: {what} '{t['name']}' has no variable "
+                        "first dimension to batch on"
+                    )
+                shape = shape[1:]
+            out.append({"name": t["name"], "datatype": t["datatype"], "shape": shape})
+        return out
+
+    raw: dict[str, Any] = {
+        "runtime": cfg.runtime,
+        "max_batch_size": mbs,
+        "instances": max(cfg.min_replicas, 1),
+        "instance_kind": cfg.instance_kind,
+        "parameters": dict(cfg.parameters),
+        "trusted": trusted,
+        "required": False,
+        "inputs": io(version.inputs, "input"),
+        "outputs": io(version.outputs, "output"),
+    }
+    if "max_queue_size" in b:
+        raw["max_queue_size"] = b.pop("max_queue_size")
+    if mbs > 0:
+        raw["dynamic_batching"] = b
+    elif b:
+        raise InvalidInput("config.batching: queue delay and sizes need max_batch_size > 0")
+    raw = {k: v for k, v in raw.items() if v is not None}
+    try:
+        return parse_model_config(model.name, raw)
+    except InvalidInput as e:
+        raise InvalidInput(f"config: {e.message}") from None
+
+
+class Deployments:
+    """Deployment use-cases plus the reconciler loop."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        catalog: Catalog,
+        audit: Audit,
+        engine: InferenceEngine,
+        interval_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.audit = audit
+        self.engine = engine
+        self.interval_s = interval_s
+        #: deployment id -> (served name, generation applied)
+        self.applied: dict[str, tuple[str, int]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # ---- use-cases -------------------------------------------------------------------------
+
+    async def _visible(self, actor: Actor, dep: Deployment) -> tuple[Deployment, Model]:
+        try:
+            model = await self.store.get_model(dep.model_id)
+            self.catalog.by_name.setdefault(model.name, model)
+            await self.catalog.find(actor, model.name)
+        except NotFound:
+            raise NotFound("deployment not found") from None
+        return dep, model
+
+    async def create(
+        self, actor: Actor, name: str, version: int | None, cfg: DeploymentConfig
+    ) -> Deployment:
+        model = await self.catalog.manage(actor, name)
+        if model.system:
+            raise Conflict("system models are served from the model repository folder")
+        mv = await self._ready_version(model, version)
+        owner = await self.store.get_user(model.owner_id)
+        deployment_spec(model, mv, cfg, owner.trusted)  # validate before storing
+        dep = await self.store.create_deployment(model.id, mv.version, cfg,
+                                                 actor.principal.user_id)  # fmt: skip
+        await self.audit.record(actor, "deployment.create", "deployment", dep.id,
+                                model=model.name, version=mv.version)  # fmt: skip
+        self.wake()
+        return dep
+
+    async def _ready_version(self, model: Model, version: int | None) -> ModelVersion:
+        if version is None:
+            ready = [v for v in await self.store.list_versions(model.id)
+                     if v.status == VersionStatus.READY]  # fmt: skip
+            if not ready:
+                raise Conflict(f"model '{model.name}' has no ready version to deploy")
+            return ready[-1]
+        mv = await self.store.get_version(model.id, version)
+        if mv.status != VersionStatus.READY:
+            raise Conflict(f"version {version} is {mv.status}, not ready")
+        return mv
+
+    async def list(self, actor: Actor) -> list[tuple[Deployment, Model]]:
+        require(actor.principal, Scope.INFER)
+        out = []
+        for dep in await self.store.list_deployments():
+            try:
+                out.append(await self._visible(actor, dep))
+            except NotFound:
+                continue
+        return out
+
+    async def get(self, actor: Actor, deployment_id: str) -> tuple[Deployment, Model]:
+        require(actor.principal, Scope.INFER)
+        return await self._visible(actor, await self.store.get_deployment(deployment_id))
+
+    async def _managed(self, actor: Actor, deployment_id: str) -> tuple[Deployment, Model]:
+        dep, model = await self.get(actor, deployment_id)
+        await self.catalog.manage(actor, model.name)
+        return dep, model
+
+    async def update(
+        self, actor: Actor, deployment_id: str, version: int | None, cfg: DeploymentConfig | None
+    ) -> Deployment:
+        dep, model = await self._managed(actor, deployment_id)
+        mv = await self._ready_version(model, version if version is not None else dep.version)
+        owner = await self.store.get_user(model.owner_id)
+        deployment_spec(model, mv, cfg or dep.config, owner.trusted)
+        dep = await self.store.update_deployment(dep.id, version=mv.version, config=cfg)
+        await self.audit.record(actor, "deployment.update", "deployment", dep.id,
+                                version=mv.version)  # fmt: skip
+        self.wake()
+        return dep
+
+    async def delete(self, actor: Actor, deployment_id: str) -> Deployment:
+        dep, _ = await self._managed(actor, deployment_id)
+        await self.store.delete_deployment(dep.id)
+        await self.audit.record(actor, "deployment.delete", "deployment", dep.id)
+        self.wake()
+        return dep
+
+    async def test(self, actor: Actor, deployment_id: str) -> dict[str, Any]:
+        """Run the deployed version's sample input and compare with its sample output."""
+        dep, model = await self.get(actor, deployment_id)
+        mv = await self.store.get_version(model.id, dep.version)
+        if mv.sample_input is None:
+            raise Conflict(f"version {mv.version} has no sample input to test with")
+        request = self.catalog.codec.decode(mv.sample_input)
+        response = await self.engine.infer(model.name, str(mv.version), request)
+        actual = self.catalog.codec.encode(response, request)
+        problems = compare_outputs(mv.sample_output, actual) if mv.sample_output else []
+        return {"passed": not problems, "problems": problems, "output": actual,
+                "expected": mv.sample_output}  # fmt: skip
+
+    # ---- reconciler ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except InferdError as e:  # database down: try again next round
+                log.warning("reconcile failed: %s", e.message)
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def reconcile(self) -> None:
+        """One pass: load what is desired and not applied, unload what is no longer desired."""
+        async with self._lock:
+            await self.catalog.refresh()
+            deployments = await self.store.list_deployments()
+            wanted = {d.id: d for d in deployments}
+            for dep_id, (name, _) in list(self.applied.items()):
+                if dep_id not in wanted:
+                    del self.applied[dep_id]
+                    log.info("deployment %s deleted: unloading %s", dep_id, name)
+                    await self.engine.forget(name)
+            todo = [d for d in deployments
+                    if self.applied.get(d.id, ("", 0))[1] != d.generation]  # fmt: skip
+            await asyncio.gather(*(self._apply(d) for d in todo))
+
+    async def _apply(self, dep: Deployment) -> None:
+        try:
+            model = await self.store.get_model(dep.model_id)
+            mv = await self.store.get_version(model.id, dep.version)
+            owner = await self.store.get_user(model.owner_id)
+            spec = deployment_spec(model, mv, dep.config, owner.trusted)
+            local: Path = await self.catalog.materialize(model, mv.version)
+            await self.engine.load_source(ModelSource(spec, local.parent, (str(mv.version),)))
+        except InferdError as e:
+            self.applied[dep.id] = (self._name_of(dep), dep.generation)
+            log.warning("deployment %s failed: %s", dep.id, e.message)
+            await self._status(dep, DeploymentStatus.FAILED, e.message)
+            return
+        self.applied[dep.id] = (model.name, dep.generation)
+        await self._status(dep, DeploymentStatus.READY, "")
+
+    def _name_of(self, dep: Deployment) -> str:
+        return next((m.name for m in self.catalog.by_name.values() if m.id == dep.model_id), "")
+
+    async def _status(self, dep: Deployment, status: DeploymentStatus, reason: str) -> None:
+        try:
+            await self.store.set_deployment_status(dep.id, status, reason[:2000], dep.generation)
+        except NotFound:
+            pass  # deleted meanwhile; the next pass unloads it

@@ -1,0 +1,269 @@
+"""The registry database: one async engine, its sessions, and the Alembic upgrade.
+
+SQLite (the embedded default) and PostgreSQL (production) behind the same code. SQLite needs
+help to behave like a server database under concurrency; see `_configure_sqlite`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, make_url, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from inferd.core.errors import InferdError, Unavailable
+
+log = logging.getLogger("inferd.registry.db")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+#: Execution option asking for a write transaction. On SQLite it becomes BEGIN IMMEDIATE: the write
+#: lock is taken up front, so a read-then-write transaction waits its turn (busy timeout) instead
+#: of failing with SQLITE_BUSY when another writer committed after its snapshot was taken.
+WRITE = "inferd_write"
+
+#: How long a SQLite writer waits for the lock before giving up (then: Unavailable).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: asyncpg's own default is 60 s, far too long for a health check against a dead host.
+POSTGRES_CONNECT_TIMEOUT_S = 10
+
+#: Any one key: every node migrating the same PostgreSQL database serialises on it.
+_MIGRATION_LOCK_KEY = 0x1F3D_0001
+
+UNAVAILABLE = "database unavailable"
+
+# asyncpg is optional (the `postgres` extra); its connection-level errors are matched by class
+# name so this module imports without it.
+_ASYNCPG_CONNECTION_ERRORS = {
+    "PostgresConnectionError",
+    "ConnectionDoesNotExistError",
+    "ConnectionFailureError",
+    "CannotConnectNowError",
+    "TooManyConnectionsError",
+    "AdminShutdownError",
+    "CrashShutdownError",
+    "InterfaceError",
+}
+
+
+def sqlite_url(path: Path) -> str:
+    """The aiosqlite URL for a database file (made absolute, so the working directory is moot)."""
+    return f"sqlite+aiosqlite:///{Path(path).resolve()}"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` means "cannot talk to the database" (retry later) rather than a bug or a
+    constraint: those become `Unavailable`."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(
+        exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError | OSError
+    ):
+        return True
+    orig = getattr(exc, "orig", None)
+    candidates = [exc] if orig is None else [exc, orig, orig.__cause__]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if isinstance(candidate, OSError):
+            return True
+        if {c.__name__ for c in type(candidate).__mro__} & _ASYNCPG_CONNECTION_ERRORS:
+            return True
+    return False
+
+
+def unavailable(exc: BaseException, doing: str) -> Unavailable:
+    """The client-safe error for a connection failure; the details (which can hold SQL, hosts
+    and paths) go to the log only."""
+    log.warning("%s failed, database unavailable: %s: %s", doing, type(exc).__name__, exc)
+    return Unavailable(UNAVAILABLE)
+
+
+def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Turns connection failures into `Unavailable`; everything else passes unchanged."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except InferdError:
+            raise
+        except Exception as e:
+            if is_connection_error(e):
+                raise unavailable(e, fn.__name__) from None
+            raise
+
+    return wrapper
+
+
+class Database:
+    """One database: an async engine, a session factory and the schema migrations.
+
+    `url` is `sqlite+aiosqlite:///abs/path.db` or `postgresql+asyncpg://...`. Nothing connects
+    until the first use; `migrate()` is meant to run on every start.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            # The scheme only: the URL itself may hold a password.
+            raise ValueError(f"unsupported database: {self.dialect} (use sqlite or postgresql)")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:
+            # A pooled connection can be dead after a database restart; check before use.
+            kwargs["pool_pre_ping"] = True
+            if parsed.get_driver_name() == "asyncpg" and "timeout" not in parsed.query:
+                kwargs["connect_args"] = {"timeout": POSTGRES_CONNECT_TIMEOUT_S}
+        self._engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self._engine)
+        # expire_on_commit=False: rows are converted to records after commit without reloading.
+        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        return self._sessions
+
+    @asynccontextmanager
+    async def write_session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a write transaction, committed on exit (rolled back on error)."""
+        async with self._sessions() as session, session.begin():
+            # Asking for the connection with the option makes the `begin` hook see it.
+            await session.connection(execution_options={WRITE: True})
+            yield session
+
+    @guarded
+    async def ping(self) -> None:
+        """SELECT 1; `Unavailable("database unavailable")` when the database cannot be reached."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    @guarded
+    async def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to `revision` (default: the newest). A no-op when already there;
+        safe to run from several nodes at once (they take turns)."""
+        sqlite = self.dialect == "sqlite"
+        async with self._engine.connect() as conn:
+            if sqlite:
+                # A batch migration rebuilds a table (copy, drop, rename); with foreign keys
+                # enforced that DROP would cascade-delete every child row. SQLite ignores this
+                # pragma inside a transaction, so it is switched before BEGIN; foreign_key_check
+                # below stands in for the enforcement.
+                await conn.run_sync(_sqlite_pragma, "foreign_keys=OFF")
+            try:
+                conn = await conn.execution_options(**{WRITE: True})
+                await conn.begin()
+                if self.dialect == "postgresql":
+                    # Held to the end of the transaction: the second node waits, then finds
+                    # the schema at head and does nothing.
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                    )
+                await conn.run_sync(_upgrade, revision)
+                if sqlite and (await conn.exec_driver_sql("PRAGMA foreign_key_check")).first():
+                    raise RuntimeError(f"migrating to {revision} would break foreign keys")
+                await conn.commit()
+            finally:
+                if sqlite:
+                    await _restore_foreign_keys(conn)
+
+    @guarded
+    async def current_revision(self) -> str | None:
+        """The schema revision recorded in the database (None before the first migration)."""
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(_current_revision)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config built in code (no alembic.ini); env.py uses `connection` when given."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    command.upgrade(alembic_config(connection), revision)
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _sqlite_pragma(connection: Connection, pragma: str) -> None:
+    """Runs a PRAGMA on the driver connection, outside SQLAlchemy's transaction handling."""
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+async def _restore_foreign_keys(conn: AsyncConnection) -> None:
+    # The connection goes back to the pool: it must enforce foreign keys again, or not be reused.
+    try:
+        if conn.in_transaction():
+            await conn.rollback()
+        await conn.run_sync(_sqlite_pragma, "foreign_keys=ON")
+    except Exception:
+        await conn.invalidate()
+        raise
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL (readers never block the writer), enforced foreign keys (off by default in SQLite:
+    the cascades depend on them), a busy timeout, and transactions that really begin.
+
+    The sqlite3 driver's legacy mode starts no transaction for SELECT or DDL; we switch it off and
+    emit BEGIN ourselves (SQLAlchemy's documented recipe), with IMMEDIATE for write transactions.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            # Safe with WAL (a crash loses at most the last commits, never corrupts), and much
+            # cheaper than FULL's fsync on every commit.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

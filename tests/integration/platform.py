@@ -1,0 +1,104 @@
+"""A whole inferd (data + control plane) on a real socket with its own registry, for tests."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from inferd import serve
+from inferd.runner import RunningServer
+from tests.conftest import ADMIN
+
+
+class Platform:
+    """Starts/stops an in-thread server over `data_dir` (and `database_url`, if given)."""
+
+    def __init__(self, data_dir: Path, database_url: str | None = None, **settings: Any) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.settings = settings
+        self.server: RunningServer | None = None
+        self.client: httpx.Client | None = None
+
+    def start(self) -> Platform:
+        registry = dict(self.settings.pop("registry", {}))
+        if self.database_url:
+            registry["database_url"] = self.database_url
+        running = serve(
+            http_port=0,
+            block=False,
+            data_dir=self.data_dir,
+            registry=registry,
+            grpc={"port": 0},
+            log_level="warning",
+            **self.settings,
+        )
+        assert running is not None
+        self.server = running
+        self.client = httpx.Client(base_url=running.url, timeout=60)
+        return self
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            self.server.stop()
+        self.server = self.client = None
+
+    @property
+    def http(self) -> httpx.Client:
+        assert self.client is not None
+        return self.client
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def user(self, username: str, password: str = "correct horse battery") -> dict[str, str]:
+        """Create a member (as admin) and log in; returns its Authorization header."""
+        r = self.http.post("/api/v1/auth/register", headers=ADMIN,
+                           json={"username": username, "password": password})  # fmt: skip
+        assert r.status_code == 201, r.text
+        r = self.http.post("/api/v1/auth/login",
+                           json={"username": username, "password": password})  # fmt: skip
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def upload(
+        self, headers: dict[str, str], name: str, data: bytes, meta: dict[str, Any] | None = None,
+        filename: str = "model.bin",
+    ) -> httpx.Response:  # fmt: skip
+        files = {"file": (filename, io.BytesIO(data), "application/octet-stream")}
+        form = {"meta": _json(meta)} if meta else None
+        return self.http.post(f"/api/v1/models/{name}/versions", headers=headers, files=files,
+                              data=form)  # fmt: skip
+
+    def wait_deployment(self, headers: dict[str, str], dep_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            d = self.http.get(f"/api/v1/deployments/{dep_id}", headers=headers).json()
+            if d.get("status") != "deploying" or time.monotonic() > deadline:
+                return d
+            time.sleep(0.1)
+
+
+def _json(doc: Any) -> str:
+    import orjson
+
+    return orjson.dumps(doc).decode()
+
+
+def iris_skops() -> tuple[bytes, dict[str, Any]]:
+    """A small skops-serialised classifier and a sample V2 request for it."""
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    clf = LogisticRegression(max_iter=300).fit(x, y)
+    sample = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4],
+                          "data": x[:2].astype(np.float32).ravel().tolist()}]}  # fmt: skip
+    return sio.dumps(clf), sample

@@ -1,0 +1,181 @@
+"""The control plane end to end over real HTTP: users, keys, models, uploads, deployments,
+the data plane obeying ownership, audit, and a restart keeping everything — on SQLite and on
+PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN
+from tests.integration.platform import Platform, iris_skops
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platform]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    p = Platform(tmp_path / "data", url).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def test_lifecycle_owner_access_and_restart(platform: Platform) -> None:
+    http = platform.http
+    me = http.get("/api/v1/auth/me", headers=ADMIN).json()
+    assert me["role"] == "admin" and me["via"] == "key"
+
+    alice = platform.user("alice")
+    bob = platform.user("bobby")
+    doc = {"name": "alice-iris", "framework": "sklearn", "task_type": "classification",
+           "tags": ["iris"]}  # fmt: skip
+    r = http.post("/api/v1/models", headers=alice, json=doc)
+    assert r.status_code == 201, r.text
+    assert r.json()["visibility"] == "private"
+
+    artifact, sample = iris_skops()
+    r = platform.upload(alice, "alice-iris", artifact, {"sample_input": sample}, "weird.name")
+    assert r.status_code == 201, r.text
+    v = r.json()
+    assert v["status"] == "ready" and v["version"] == 1 and v["format"] == "skops"
+    assert v["sha256"] == hashlib.sha256(artifact).hexdigest() and v["size_bytes"] == len(artifact)
+    assert [i["name"] for i in v["inputs"]] == ["input"]
+    assert v["sample_output"]["outputs"][0]["name"] == "predict"
+
+    # bob and anonymous callers cannot tell the private model exists
+    for who in (bob, {}):
+        assert http.get("/api/v1/models/alice-iris", headers=who).status_code == 404
+        assert "alice-iris" not in [m["name"] for m in http.get("/api/v1/models",
+                                                                 headers=who).json()]  # fmt: skip
+
+    r = http.post("/api/v1/deployments", headers=alice,
+                  json={"model": "alice-iris", "config": {"min_replicas": 1}})  # fmt: skip
+    assert r.status_code == 201, r.text
+    dep = platform.wait_deployment(alice, r.json()["id"])
+    assert dep["status"] == "ready", dep
+    assert dep["observed_generation"] == dep["generation"] == 1
+
+    infer = "/v2/models/alice-iris/infer"
+    assert http.post(infer, headers=alice, json=sample).status_code == 200
+    assert http.post(infer, headers=ADMIN, json=sample).status_code == 200
+    for who in (bob, {}):
+        r = http.post(infer, headers=who, json=sample)
+        assert r.status_code == 404 and "unknown model" in r.json()["error"]
+        assert http.get("/v2/models/alice-iris", headers=who).status_code == 404
+    assert "alice-iris" not in http.get("/v2/models").json()["models"]
+
+    test = http.post(f"/api/v1/deployments/{dep['id']}/test", headers=alice).json()
+    assert test["passed"] is True, test
+
+    # an infer-only key infers but cannot manage; revoked, it stops at once
+    r = http.post("/api/v1/keys", headers=alice, json={"name": "ci", "scopes": ["infer"]})
+    assert r.status_code == 201, r.text
+    key = r.json()
+    assert key["key"].startswith(key["prefix"] + "_")
+    kh = {"Authorization": f"Bearer {key['key']}"}
+    assert http.post(infer, headers=kh, json=sample).status_code == 200
+    assert http.post("/api/v1/models", headers=kh, json={"name": "x-1"}).status_code == 403
+    assert all("key" not in k for k in http.get("/api/v1/keys", headers=alice).json())
+    assert http.delete(f"/api/v1/keys/{key['id']}", headers=bob).status_code == 404
+    assert http.delete(f"/api/v1/keys/{key['id']}", headers=alice).status_code == 200
+    r = http.post(infer, headers=kh, json=sample)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+    # audit: admins read it, members may not
+    assert http.get("/api/v1/audit", headers=alice).status_code == 403
+    actions = [e["action"] for e in http.get("/api/v1/audit", headers=ADMIN).json()]
+    for action in ("model.create", "version.create", "deployment.create", "key.create",
+                   "key.revoke"):  # fmt: skip
+        assert action in actions
+
+    # restart: models, versions, deployments and keys survive; the deployment serves again
+    platform.stop()
+    platform.start()
+    http = platform.http
+    login = {"username": "alice", "password": "correct horse battery"}
+    token = http.post("/api/v1/auth/login", json=login).json()["access_token"]
+    alice = {"Authorization": f"Bearer {token}"}
+    assert (
+        http.get("/api/v1/models/alice-iris/versions/1", headers=alice).json()["status"] == "ready"
+    )
+    dep = platform.wait_deployment(alice, dep["id"])
+    assert dep["status"] == "ready"
+    assert http.post(infer, headers=alice, json=sample).status_code == 200
+    assert http.post(infer, headers=kh, json=sample).status_code == 401
+    assert len(http.get("/api/v1/keys", headers=alice).json()) == 1
+
+    # deleting the deployment unloads the model
+    assert http.delete(f"/api/v1/deployments/{dep['id']}", headers=alice).status_code == 204
+    for _ in range(100):
+        if http.post(infer, headers=alice, json=sample).status_code == 404:
+            break
+        import time
+
+        time.sleep(0.05)
+    assert http.post(infer, headers=alice, json=sample).status_code == 404
+
+
+class _Canary:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def test_unsafe_and_bad_uploads(platform: Platform, tmp_path: Path) -> None:
+    http = platform.http
+    carol = platform.user("carol")
+    assert http.post("/api/v1/models", headers=carol, json={"name": "carol-m"}).status_code == 201
+    canary = tmp_path / "canary"
+    r = platform.upload(carol, "carol-m", pickle.dumps(_Canary(str(canary))), filename="m.onnx")
+    assert r.status_code == 422, r.text
+    assert "trusted" in r.json()["error"]
+    assert not canary.exists()
+    versions = http.get("/api/v1/models/carol-m/versions", headers=carol).json()
+    assert versions[0]["status"] == "failed" and "trusted" in versions[0]["reason"]
+
+    r = platform.upload(carol, "carol-m", b"definitely not a model" * 10)
+    assert r.status_code == 422 and "format" in r.json()["error"]
+
+    # another member cannot upload into carol's model (and learns nothing)
+    dave = platform.user("dave1")
+    r = platform.upload(dave, "carol-m", b"x" * 100)
+    assert r.status_code == 404
+    assert http.post("/api/v1/models", headers={}, json={"name": "anon"}).status_code == 401
+    assert _staged(platform) == []
+
+
+def test_upload_over_the_cap_leaves_nothing(tmp_path: Path) -> None:
+    p = Platform(tmp_path / "data", registry={"max_upload_bytes": 4096}).start()
+    try:
+        eve = p.user("eve01")
+        assert p.http.post("/api/v1/models", headers=eve, json={"name": "eve-m"}).status_code == 201
+        r = p.upload(eve, "eve-m", b"\0" * 100_000)
+        assert r.status_code == 413, r.text
+        assert "upload limit" in r.json()["error"]
+        assert p.http.get("/api/v1/models/eve-m/versions", headers=eve).json() == []
+        assert _staged(p) == []
+
+        # no Content-Length (chunked): the cap stops the stream itself
+        def body() -> Iterator[bytes]:
+            for _ in range(50):
+                yield b"\1" * 1000
+
+        r = p.http.post("/api/v1/models/eve-m/versions", content=body(),
+                        headers={**eve, "content-type": "application/octet-stream"})  # fmt: skip
+        assert r.status_code == 413, r.text
+        assert p.http.get("/api/v1/models/eve-m/versions", headers=eve).json() == []
+        assert _staged(p) == []
+    finally:
+        p.stop()
+
+
+def _staged(p: Platform) -> list[Path]:
+    staging = p.data_dir / "staging"
+    return list(staging.iterdir()) if staging.exists() else []

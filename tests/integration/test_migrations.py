@@ -1,0 +1,194 @@
+"""Schema migrations (Alembic, run in-process by `Database.migrate`) and database outages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, inspect, text
+
+from inferd.core.errors import Unavailable
+from inferd.core.records import Role, Visibility
+from inferd.registry.db import Database, alembic_config, sqlite_url
+from inferd.registry.store import RegistryStore
+from inferd.registry.tables import metadata
+
+TABLES = {
+    "users",
+    "api_keys",
+    "models",
+    "model_versions",
+    "deployments",
+    "audit_log",
+    "server_secrets",
+}
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+DOWN_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "registry.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    yield database
+    await database.close()
+
+
+def _tables(conn: Connection) -> set[str]:
+    return set(inspect(conn).get_table_names())
+
+
+def _schema_diff(conn: Connection, target: MetaData) -> list[object]:
+    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    return list(compare_metadata(context, target))
+
+
+async def test_head_is_the_initial_revision() -> None:
+    # Update when a revision is added; the upgrade-path tests below then cover it.
+    assert HEAD == "0001"
+
+
+async def test_migrate_creates_the_schema_from_empty(db: Database) -> None:
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_tables) == set()
+    assert await db.current_revision() is None
+
+    await db.migrate()
+
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_tables) == TABLES | {"alembic_version"}
+        versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+    assert [tuple(v) for v in versions] == [(HEAD,)]
+    assert await db.current_revision() == HEAD
+
+
+async def test_migrated_schema_matches_the_tables(db: Database) -> None:
+    await db.migrate()
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_schema_diff, metadata) == []
+        # The comparison sees real differences (so the empty diff above means something).
+        extra = MetaData()
+        for table in metadata.tables.values():
+            table.to_metadata(extra)
+        Table("not_migrated", extra, Column("id", Integer, primary_key=True))
+        diff = await conn.run_sync(_schema_diff, extra)
+    assert [d[0] for d in diff if isinstance(d, tuple)] == ["add_table"]
+
+
+async def test_migrate_twice_is_a_no_op(db: Database) -> None:
+    await db.migrate()
+    store = RegistryStore(db)
+    user = await store.create_user("alice", None, Role.ADMIN)
+
+    await db.migrate()
+
+    assert await db.current_revision() == HEAD
+    assert await store.get_user(user.id) == user
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT count(*) FROM alembic_version"))).scalar_one()
+    assert rows == 1
+
+
+async def test_migrate_to_a_given_revision(db: Database) -> None:
+    await db.migrate(revision="0001")
+    assert await db.current_revision() == "0001"
+    await db.migrate()
+    assert await db.current_revision() == HEAD
+
+
+async def test_data_survives_a_restart(database_url: str) -> None:
+    first = Database(database_url)
+    await first.migrate()
+    store = RegistryStore(first)
+    owner = await store.create_user("alice", "h", Role.MEMBER)
+    model = await store.create_model(name="m", owner_id=owner.id, visibility=Visibility.PUBLIC)
+    version = await store.create_version(model.id, source="upload:x", created_by=owner.id)
+    await store.get_or_create_secret("jwt", "k1")
+    await first.close()
+
+    second = Database(database_url)
+    try:
+        await second.migrate()  # what every start does
+        again = RegistryStore(second)
+        assert await again.get_user(owner.id) == owner
+        assert await again.get_model(model.id) == model
+        assert await again.list_versions(model.id) == [version]
+        assert await again.get_or_create_secret("jwt", "k2") == "k1"
+    finally:
+        await second.close()
+
+
+async def test_sqlite_connection_settings(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "r.db"))
+    try:
+        await db.migrate()
+        async with db.engine.connect() as conn:
+            journal = (await conn.execute(text("PRAGMA journal_mode"))).scalar_one()
+            foreign_keys = (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one()
+            busy = (await conn.execute(text("PRAGMA busy_timeout"))).scalar_one()
+        assert (journal, foreign_keys) == ("wal", 1)
+        assert busy >= 1000
+    finally:
+        await db.close()
+
+
+def test_sqlite_url_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_url(Path("r.db")) == f"sqlite+aiosqlite:///{tmp_path.resolve()}/r.db"
+
+
+# ---- the database is down ------------------------------------------------------------------------
+
+
+def _assert_safe(error: Unavailable) -> None:
+    assert error.message == "database unavailable"
+    for leak in ("127.0.0.1", ":1", "SELECT", "postgres", "/", "sqlite"):
+        assert leak not in str(error)
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+async def test_ping_when_postgres_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    db = Database(DOWN_URL)
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="inferd.registry.db"),
+            pytest.raises(Unavailable) as e,
+        ):
+            await db.ping()
+        _assert_safe(e.value)
+        # The details are for the operator's log, not the client.
+        assert any(r.levelno == logging.WARNING for r in caplog.records)
+        with pytest.raises(Unavailable) as e:
+            await RegistryStore(db).get_user("0" * 32)
+        _assert_safe(e.value)
+        with pytest.raises(Unavailable) as e:
+            await db.migrate()
+        _assert_safe(e.value)
+    finally:
+        await db.close()
+
+
+async def test_ping_when_the_sqlite_file_cannot_be_opened(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "missing-dir" / "r.db"))
+    try:
+        with pytest.raises(Unavailable) as e:
+            await db.ping()
+        _assert_safe(e.value)
+        assert str(tmp_path) not in e.value.message
+    finally:
+        await db.close()
+
+
+async def test_ping_when_up(db: Database) -> None:
+    await db.ping()  # no schema needed
