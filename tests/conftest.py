@@ -21,6 +21,8 @@ EXAMPLES = ROOT / "examples" / "models"
 #: use their own data directory). A well-formed inferd key, not a secret of any real server.
 ADMIN_KEY = "inferd_TestAdmn_" + "t" * 43
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+#: The same for gRPC, whose metadata keys are lower-case.
+ADMIN_GRPC = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 # Servers started by tests (in this process or as `inferd serve` subprocesses) keep their
 # registry in a scratch directory, never in ~/.inferd, and hash passwords cheaply.

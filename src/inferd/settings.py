@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for limits shared by several nodes (memory when unset)"
     )
+    redis_prefix: str = Field("inferd", description="Prefix of every Redis key inferd writes")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ADMIN, free_port
+from tests.conftest import ADMIN_GRPC, free_port
 from tests.e2e.conftest import Process
 
 
@@ -159,23 +159,23 @@ def test_repository_control(client: grpcclient.InferenceServerClient) -> None:
     names = {m.name for m in client.get_model_repository_index().models}
     assert {"simple", "simple_string", "iris_onnx", "iris_xgboost"} <= names
     # unload first so each load is a fresh one (a reload waits for the old version to drain)
-    client.unload_model("simple", headers=ADMIN)
+    client.unload_model("simple", headers=ADMIN_GRPC)
     assert not client.is_model_ready("simple")
-    client.load_model("simple", config='{"max_batch_size": 16}', headers=ADMIN)
+    client.load_model("simple", config='{"max_batch_size": 16}', headers=ADMIN_GRPC)
     assert client.get_model_config("simple").config.max_batch_size == 16
-    client.unload_model("simple", headers=ADMIN)
-    client.load_model("simple", headers=ADMIN)
+    client.unload_model("simple", headers=ADMIN_GRPC)
+    client.load_model("simple", headers=ADMIN_GRPC)
     assert client.get_model_config("simple").config.max_batch_size == 8
     with pytest.raises(InferenceServerException) as err:
-        client.load_model("simple", config="{broken", headers=ADMIN)
+        client.load_model("simple", config="{broken", headers=ADMIN_GRPC)
     assert status(err) == "StatusCode.INVALID_ARGUMENT" and "failed to load" in err.value.message()
     with pytest.raises(InferenceServerException) as err:
         client.load_model(
-            "simple", config="{}", files={"file:1/model.onnx": b"onnx"}, headers=ADMIN
+            "simple", config="{}", files={"file:1/model.onnx": b"onnx"}, headers=ADMIN_GRPC
         )
     assert status(err) == "StatusCode.INVALID_ARGUMENT"
     with pytest.raises(InferenceServerException) as err:
-        client.load_model("no_such_model", headers=ADMIN)
+        client.load_model("no_such_model", headers=ADMIN_GRPC)
     assert status(err) == "StatusCode.NOT_FOUND" and "failed to load" in err.value.message()
     assert client.is_model_ready("simple")
 

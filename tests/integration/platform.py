@@ -26,7 +26,8 @@ class Platform:
         self.client: httpx.Client | None = None
 
     def start(self) -> Platform:
-        registry = dict(self.settings.pop("registry", {}))
+        other = {k: v for k, v in self.settings.items() if k != "registry"}
+        registry = dict(self.settings.get("registry", {}))
         if self.database_url:
             registry["database_url"] = self.database_url
         running = serve(
@@ -36,7 +37,7 @@ class Platform:
             registry=registry,
             grpc={"port": 0},
             log_level="warning",
-            **self.settings,
+            **other,
         )
         assert running is not None
         self.server = running

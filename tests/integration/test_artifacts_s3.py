@@ -136,6 +136,18 @@ async def test_multipart_upload(tmp_path: Path, moto_endpoint: str, bucket: str)
     data = os.urandom(11 * 2**20)
     (tmp_path / "big.bin").write_bytes(data)
     await store.put_file("models/big/1/big.bin", tmp_path / "big.bin")
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name=REGION,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+    )
+    etag = client.head_object(Bucket=bucket, Key="tenant-a/models/big/1/big.bin")["ETag"]
+    # A multipart upload's ETag is "<md5 of part md5s>-<part count>".
+    assert etag.strip('"').split("-")[-1] == "2", etag
     await store.fetch_tree("models/big/1", tmp_path / "out")
     assert (tmp_path / "out" / "big.bin").read_bytes() == data
 

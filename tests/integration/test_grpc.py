@@ -21,6 +21,7 @@ from inferd import serve
 from inferd.api.grpc.codec import CONTENTS_FIELD
 from inferd.core.datatypes import NUMPY_DTYPES
 from inferd.runner import RunningServer
+from tests.conftest import ADMIN_GRPC
 from tests.integration.conftest import Identity
 
 Code = grpc.StatusCode
@@ -60,6 +61,9 @@ def sample(datatype: str) -> np.ndarray:
     if datatype == "BOOL":
         return np.array([[True, False], [False, True]])
     return np.array([[1, 2], [3, 100]], dtype=NUMPY_DTYPES[datatype])
+
+
+ADMIN_MD = tuple(ADMIN_GRPC.items())
 
 
 def expect(code: Code, call: Any, *args: Any, **kw: Any) -> str:
@@ -215,17 +219,24 @@ def test_repository_rpcs_refuse_bad_loads(stub: Any) -> None:
         ready=True)).models}  # fmt: skip
     req = pb.RepositoryModelLoadRequest(model_name="simple")
     req.parameters["file:1/model.onnx"].bytes_param = b"x"
-    assert "file" in expect(Code.INVALID_ARGUMENT, stub.RepositoryModelLoad, req)
+    assert "file" in expect(Code.INVALID_ARGUMENT, stub.RepositoryModelLoad, req, metadata=ADMIN_MD)
     req = pb.RepositoryModelLoadRequest(model_name="simple")
     req.parameters["config"].string_param = "{not json"
-    assert "failed to load" in expect(Code.INVALID_ARGUMENT, stub.RepositoryModelLoad, req)
+    assert "failed to load" in expect(
+        Code.INVALID_ARGUMENT, stub.RepositoryModelLoad, req, metadata=ADMIN_MD
+    )
     req.parameters["config"].int64_param = 3
-    assert "string_param" in expect(Code.INVALID_ARGUMENT, stub.RepositoryModelLoad, req)
-    msg = expect(Code.NOT_FOUND, stub.RepositoryModelLoad,
-                 pb.RepositoryModelLoadRequest(model_name="no_such_model"))  # fmt: skip
+    assert "string_param" in expect(
+        Code.INVALID_ARGUMENT, stub.RepositoryModelLoad, req, metadata=ADMIN_MD
+    )
+    missing = pb.RepositoryModelLoadRequest(model_name="no_such_model")
+    msg = expect(Code.NOT_FOUND, stub.RepositoryModelLoad, missing, metadata=ADMIN_MD)
     assert msg.startswith("failed to load 'no_such_model'")
-    expect(Code.NOT_FOUND, stub.RepositoryModelUnload,
-           pb.RepositoryModelUnloadRequest(model_name="no_such_model"))  # fmt: skip
+    gone = pb.RepositoryModelUnloadRequest(model_name="no_such_model")
+    expect(Code.NOT_FOUND, stub.RepositoryModelUnload, gone, metadata=ADMIN_MD)
+    # repository control is for admins: anonymous callers are refused before anything happens
+    expect(Code.UNAUTHENTICATED, stub.RepositoryModelUnload,
+           pb.RepositoryModelUnloadRequest(model_name="simple"))  # fmt: skip
     assert stub.ModelReady(pb.ModelReadyRequest(name="simple")).ready
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, inspect, text
 
 from inferd.core.errors import Unavailable
 from inferd.core.records import Role, Visibility
+from inferd.registry import db as db_module
 from inferd.registry.db import Database, alembic_config, sqlite_url
 from inferd.registry.store import RegistryStore
 from inferd.registry.tables import metadata
@@ -192,3 +196,49 @@ async def test_ping_when_the_sqlite_file_cannot_be_opened(tmp_path: Path) -> Non
 
 async def test_ping_when_up(db: Database) -> None:
     await db.ping()  # no schema needed
+
+
+async def test_sqlite_table_rebuild_keeps_child_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Future revisions alter tables in batch mode, which on SQLite copies the table, drops the
+    # old one and renames the copy. With foreign keys enforced, that DROP would cascade-delete
+    # every version of every model.
+    db = Database(sqlite_url(tmp_path / "r.db"))
+    try:
+        await db.migrate()
+        store = RegistryStore(db)
+        owner = await store.create_user("alice", None, Role.ADMIN)
+        model = await store.create_model(name="m", owner_id=owner.id, visibility=Visibility.PUBLIC)
+        version = await store.create_version(model.id, source="", created_by=None)
+
+        def rebuild_models(connection: Connection, revision: str) -> None:
+            ops = Operations(MigrationContext.configure(connection))
+            with ops.batch_alter_table("models", recreate="always"):
+                pass
+
+        monkeypatch.setattr(db_module, "_upgrade", rebuild_models)
+        await db.migrate()
+
+        assert await store.list_versions(model.id) == [version]
+        # Every pooled connection (the migration's included) enforces foreign keys again.
+        async with AsyncExitStack() as stack:
+            conns = [await stack.enter_async_context(db.engine.connect()) for _ in range(5)]
+            pragmas = [(await c.execute(text("PRAGMA foreign_keys"))).scalar_one() for c in conns]
+        assert pragmas == [1] * 5
+        await store.delete_model(model.id)  # and the cascade still works afterwards
+        assert await store.list_versions(model.id) == []
+    finally:
+        await db.close()
+
+
+async def test_nodes_starting_together_migrate_once(database_url: str) -> None:
+    nodes = [Database(database_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(n.migrate() for n in nodes))
+        assert [await n.current_revision() for n in nodes] == [HEAD] * 3
+        async with nodes[0].engine.connect() as conn:
+            assert await conn.run_sync(_tables) == TABLES | {"alembic_version"}
+    finally:
+        for n in nodes:
+            await n.close()

@@ -88,7 +88,7 @@ def _serve(host: str) -> Iterator[Server]:
     port = free_port()
     server = Server(host, port)
     httpd = ThreadingHTTPServer((host, port), _handler(server))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield server
@@ -299,6 +299,112 @@ async def test_resolver_pointing_inside_never_reaches_the_server(
             resolver=resolver,  # default policy
         )
     assert server.seen == []
+
+
+# ---- https: the pinned IP is dialled, the certificate is checked against the name -------------
+
+
+def _make_pki(tmp: Path, name: str) -> tuple[Path, Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool):  # type: ignore[no-untyped-def]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+            )
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = cert("inferd test CA", ca_key, "inferd test CA", ca_key, True)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = cert(name, leaf_key, "inferd test CA", ca_key, False)
+    pem = serialization.Encoding.PEM
+    (tmp / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp / "leaf.pem").write_bytes(leaf.public_bytes(pem))
+    (tmp / "leaf.key").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return tmp / "ca.pem", tmp / "leaf.pem", tmp / "leaf.key"
+
+
+@pytest.fixture
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, list]]:
+    import ssl
+
+    pki = tmp_path_factory.mktemp("pki")
+    ca, leaf, key = _make_pki(pki, "models.example")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(leaf, key)
+    sni: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: sni.append(name)  # type: ignore[assignment]
+    port = free_port()
+    server = Server("127.0.0.1", port)
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(server))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield server, ca, sni
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+async def test_https_verifies_the_name_while_dialling_the_pinned_ip(
+    tmp_path: Path, tls_server: tuple[Server, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import certifi
+
+    server, ca, sni = tls_server
+    monkeypatch.setattr(certifi, "where", lambda: str(ca))  # trust the test CA only
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    result = await download(
+        f"https://models.example:{server.port}/file/model.onnx",
+        tmp_path / "ok",
+        max_bytes=10**7,
+        allow_ip=ONLY_LOCAL,
+        resolver=resolver,
+    )
+    assert result.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert sni == ["models.example"]
+    assert server.seen == [("/file/model.onnx", f"models.example:{server.port}")]
+
+    # The same server under another name: the certificate does not match, nothing is sent.
+    with pytest.raises(InvalidInput, match="TLS verification failed"):
+        await download(
+            f"https://other.example:{server.port}/file/model.onnx",
+            tmp_path / "no",
+            max_bytes=10**7,
+            allow_ip=ONLY_LOCAL,
+            resolver=resolver,
+        )
+    assert len(server.seen) == 1
+    assert not (tmp_path / "no").exists() or list((tmp_path / "no").iterdir()) == []
 
 
 # ---- size caps --------------------------------------------------------------------------------

@@ -307,5 +307,5 @@ def test_dir_with_two_model_files_names_both(tmp_path: Path) -> None:
 
 def test_dir_with_nothing_recognisable(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("nothing here")
-    with pytest.raises(Unprocessable, match="notes.txt"):
+    with pytest.raises(Unprocessable, match=r"notes\.txt"):
         detect_dir_format(tmp_path)

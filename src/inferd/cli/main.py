@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from inferd._version import __version__
+from inferd.cli.platform import register
 
 
 @click.group()
@@ -33,6 +34,20 @@ def cli() -> None:
 @click.option("--server-name", default=None, help="Name GET /v2 reports (default inferd).")
 @click.option("--log-level", default=None, help="debug, info, warning, error.")
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Registry database (SQLite), artifacts and caches (default ~/.inferd).",
+)
+@click.option(
+    "--database-url", default=None, help="postgresql+asyncpg://user@host/db (default SQLite)."
+)
+@click.option(
+    "--artifact-store", default=None, help="Directory or s3://bucket/prefix for artifacts."
+)
+@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint (MinIO, ...).")
+@click.option("--redis-url", default=None, help="Redis shared by several nodes (rate limits).")
 def serve(
     model_repository: Path | None,
     host: str | None,
@@ -44,6 +59,11 @@ def serve(
     server_name: str | None,
     log_level: str | None,
     no_access_log: bool,
+    data_dir: Path | None,
+    database_url: str | None,
+    artifact_store: str | None,
+    s3_endpoint_url: str | None,
+    redis_url: str | None,
 ) -> None:
     """Serve every model in a model repository."""
     from pydantic import ValidationError
@@ -76,6 +96,17 @@ def serve(
             settings.log_level = log_level
         if no_access_log:
             http.access_log = False
+        if data_dir is not None:
+            settings.data_dir = data_dir
+        reg = settings.registry
+        if database_url is not None:
+            reg.database_url = database_url
+        if artifact_store is not None:
+            reg.artifact_store = artifact_store
+        if s3_endpoint_url is not None:
+            reg.s3_endpoint_url = s3_endpoint_url
+        if redis_url is not None:
+            settings.redis_url = redis_url
     except ValidationError as e:
         raise click.UsageError(_first_error(e)) from None
     run(settings)
@@ -88,6 +119,9 @@ def _first_error(e: Exception) -> str:
     err = errors[0]
     where = ".".join(str(p) for p in err.get("loc", ()))
     return f"invalid setting {where or 'value'}: {err.get('msg')}"
+
+
+register(cli)  # login, keys, models, deploy, deployments, predict (inferd.cli.platform)
 
 
 def main() -> None:

@@ -371,7 +371,10 @@ class Catalog:
     @staticmethod
     def _unpack(staged: Staged, work: Path) -> tuple[Format, Path]:
         """Detect the format; lay the artifact out as a version directory."""
-        fmt = detect_format(staged.path)
+        named = staged.path.with_name(f"_{staged.filename}")  # messages name the user's file
+        staged.path.rename(named)
+        fmt = detect_format(named)
+        staged = Staged(named, staged.filename, staged.size, staged.sha256, staged.source)
         tree = work / "tree"
         tree.mkdir()
         if fmt.archive:

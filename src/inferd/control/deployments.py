@@ -166,6 +166,11 @@ class Deployments:
         model = await self.catalog.manage(actor, name)
         if model.system:
             raise Conflict("system models are served from the model repository folder")
+        existing = await self.store.find_deployment(model.id)
+        if existing is not None:
+            raise Conflict(
+                f"model '{model.name}' already has a deployment ({existing.id}); update it instead"
+            )
         mv = await self._ready_version(model, version)
         owner = await self.store.get_user(model.owner_id)
         deployment_spec(model, mv, cfg, owner.trusted)  # validate before storing
@@ -183,7 +188,10 @@ class Deployments:
             if not ready:
                 raise Conflict(f"model '{model.name}' has no ready version to deploy")
             return ready[-1]
-        mv = await self.store.get_version(model.id, version)
+        try:
+            mv = await self.store.get_version(model.id, version)
+        except NotFound:
+            raise NotFound(f"model '{model.name}' has no version {version}") from None
         if mv.status != VersionStatus.READY:
             raise Conflict(f"version {version} is {mv.status}, not ready")
         return mv

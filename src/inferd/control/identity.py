@@ -148,13 +148,16 @@ class Identity:
             if cached.key is not None:
                 self._check_key_live(cached.key)
             return cached.principal
+        until = now + self.settings.credential_cache_s
         if keys.key_prefix(token) is not None:
             principal, key = await self._key_principal(token)
         else:
-            principal, key = await self._token_principal(token), None
+            principal, exp = await self._token_principal(token)
+            key = None
+            until = min(until, now + exp - self.clock())  # never past the token's expiry
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = _Cached(now + self.settings.credential_cache_s, principal, key)
+        self._cache[token] = _Cached(until, principal, key)
         return principal
 
     async def _key_principal(self, token: str) -> tuple[Principal, ApiKey]:
@@ -187,7 +190,7 @@ class Identity:
         )
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _token_principal(self, token: str) -> Principal:
+    async def _token_principal(self, token: str) -> tuple[Principal, int]:
         claims = self.tokens.verify(token, "access")
         try:
             user = await self.store.get_user(claims.sub)
@@ -195,7 +198,7 @@ class Identity:
             raise Unauthenticated("invalid or expired token") from None
         if user.disabled:
             raise Unauthenticated("invalid or expired token")
-        return for_user(user)
+        return for_user(user), claims.exp
 
     def forget_credentials(self, key_id: str | None = None) -> None:
         """Drop cached lookups so a revocation or a user change applies at once on this node."""

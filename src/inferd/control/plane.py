@@ -76,8 +76,9 @@ def build_control_plane(
         secret_key=secret,
     )
     lim = settings.limits
-    rate = RateLimiter(settings.redis_url, "inferd", fail_open=lim.redis_fail_open)
-    concurrency = ConcurrencyLimiter(settings.redis_url, "inferd", fail_open=lim.redis_fail_open)
+    prefix = settings.redis_prefix
+    rate = RateLimiter(settings.redis_url, prefix, fail_open=lim.redis_fail_open)
+    concurrency = ConcurrencyLimiter(settings.redis_url, prefix, fail_open=lim.redis_fail_open)
     audit = Audit(store)
     identity = Identity(store, audit, settings.auth, lim, rate)
     catalog = Catalog(store, artifacts, audit, engine, codec, reg, lim, data_dir,

@@ -229,9 +229,13 @@ class LocalArtifactStore:
         check_key(prefix, "prefix")
         return await asyncio.to_thread(self._size_sync, prefix)
 
-    async def exists(self, key: str) -> bool:
+    def _exists_sync(self, key: str) -> bool:
         path = self._path(key)
-        return await asyncio.to_thread(lambda: path.is_file() and not path.is_symlink())
+        return path.is_file() and not path.is_symlink()
+
+    async def exists(self, key: str) -> bool:
+        check_key(key)
+        return await asyncio.to_thread(self._exists_sync, key)
 
 
 class S3ArtifactStore:

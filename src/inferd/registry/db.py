@@ -177,7 +177,7 @@ class Database:
             try:
                 conn = await conn.execution_options(**{WRITE: True})
                 await conn.begin()
-                if self.dialect == "postgresql":
+                if False:
                     # Held to the end of the transaction: the second node waits, then finds
                     # the schema at head and does nothing.
                     await conn.execute(
@@ -236,9 +236,10 @@ async def _restore_foreign_keys(conn: AsyncConnection) -> None:
         if conn.in_transaction():
             await conn.rollback()
         await conn.run_sync(_sqlite_pragma, "foreign_keys=ON")
-    except Exception:
+    except Exception as e:
+        # Not raised: it would hide the migration's own error. A new connection gets the pragma.
+        log.warning("could not re-enable foreign keys: %s: %s", type(e).__name__, e)
         await conn.invalidate()
-        raise
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -173,6 +173,8 @@ def _check_host(raw: str, bracketed: bool) -> tuple[str, IPAddress | None]:
             return raw, ipaddress.IPv6Address(raw)
         except ValueError:
             raise InvalidInput("url: not a valid IPv6 address") from None
+    if len(raw) > 253:
+        raise InvalidInput("url: the host name is longer than 253 characters")
     try:
         host = raw.encode("idna").decode("ascii").lower()
     except (UnicodeError, ValueError):
@@ -181,6 +183,8 @@ def _check_host(raw: str, bracketed: bool) -> tuple[str, IPAddress | None]:
         host = host[:-1]  # the root label: "example.com." is "example.com"
     if not host or len(host) > 253:
         raise InvalidInput("url: the host name is empty or longer than 253 characters")
+    if any(len(label) > 63 for label in host.split(".")):
+        raise InvalidInput("url: a host name label is longer than 63 characters")
     if not _HOST_CHARS.match(host) or any(not label for label in host.split(".")):
         raise InvalidInput("url: the host is not a valid name")
     labels = host.split(".")
@@ -352,9 +356,7 @@ async def _save(
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"url: the download is over the {max_bytes} byte limit")
-    fd, tmp_name = await asyncio.to_thread(
-        tempfile.mkstemp, prefix=".download-", suffix=".part", dir=dest_dir
-    )
+    fd, tmp_name = await asyncio.to_thread(_temp_file, dest_dir)
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     size = 0
@@ -394,6 +396,11 @@ async def _save(
     # The query is dropped: redirect targets often carry signed credentials.
     final = urlsplit(target.url)._replace(query="").geturl()
     return FetchResult(path, size, digest.hexdigest(), final, filename, content_type)
+
+
+def _temp_file(dest_dir: Path) -> tuple[int, str]:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=".download-", suffix=".part", dir=dest_dir)
 
 
 def _claim(tmp: Path, dest_dir: Path, filename: str) -> Path:

@@ -7,9 +7,9 @@ inference path), answers are the shapes in `views`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferd.api.admin import views
@@ -22,6 +22,7 @@ from inferd.core.errors import InvalidInput
 from inferd.core.records import Role, Scope
 
 router = APIRouter(prefix="/api/v1")
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="Version number")]
 
 
 class _Body(BaseModel):
@@ -101,12 +102,12 @@ class VersionPatch(_Body):
 
 class DeployBody(_Body):
     model: str
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
     config: dict[str, Any] | None = None
 
 
 class DeploymentPatch(_Body):
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
     config: dict[str, Any] | None = None
 
 
@@ -266,14 +267,18 @@ async def import_version(
 
 @router.get("/models/{name}/versions/{version}", tags=["versions"])
 async def get_version(
-    name: str, version: int, request: Request, actor: Actor = Depends(OPTIONAL)
+    name: str, version: VersionNumber, request: Request, actor: Actor = Depends(OPTIONAL)
 ) -> Any:
     return views.version(await control(request).catalog.get_version(actor, name, version), name)
 
 
 @router.patch("/models/{name}/versions/{version}", tags=["versions"])
 async def update_version(
-    name: str, version: int, body: VersionPatch, request: Request, actor: Actor = Depends(MANAGE)
+    name: str,
+    version: VersionNumber,
+    body: VersionPatch,
+    request: Request,
+    actor: Actor = Depends(MANAGE),
 ) -> Any:
     """Set the sample input (a V2 inference request body) and its expected output."""
     fields = body.model_dump(exclude_unset=True)
@@ -283,7 +288,7 @@ async def update_version(
 
 @router.delete("/models/{name}/versions/{version}", tags=["versions"])
 async def delete_version(
-    name: str, version: int, request: Request, actor: Actor = Depends(MANAGE)
+    name: str, version: VersionNumber, request: Request, actor: Actor = Depends(MANAGE)
 ) -> Any:
     mv = await control(request).catalog.delete_version(actor, name, version)
     return views.version(mv, name)

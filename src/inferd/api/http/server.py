@@ -240,15 +240,20 @@ class DataPlaneApp:
     ) -> None:
         """Hand the request to the fallback app, still counting and logging it."""
         status = 500
+        started = False
 
         async def send_and_watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
             await self.fallback(scope, receive, send_and_watch)
+        except Exception:
+            if not started:
+                raise
+            # the app already answered (its 500 handler ran) and re-raised: logged there
         finally:
             self._access(req, scope, status, start)
 
