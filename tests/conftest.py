@@ -78,7 +78,7 @@ def _unavailable(what: str, error: BaseException) -> None:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database (SQLAlchemy asyncpg URL), dropped afterwards."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     name = f"inferd_test_{uuid.uuid4().hex[:12]}"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import start_server
 from tests.integration.conftest import SLEEPER
@@ -88,3 +91,31 @@ def test_killed_server_leaves_no_workers(tmp_path: Path) -> None:
     while any(alive(w) for w in workers):
         assert time.monotonic() < deadline, "worker processes outlived the server"
         time.sleep(0.1)
+
+
+def test_first_start_prints_a_working_admin_key_once(
+    tmp_path: Path, example_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inferd serve` on an empty data directory makes the admin and prints its key once; the
+    key works, and a restart on the same directory prints nothing new."""
+    monkeypatch.delenv("INFERD_AUTH__BOOTSTRAP_KEY")
+    monkeypatch.setenv("INFERD_DATA_DIR", str(tmp_path / "data"))
+    repo = tmp_path / "repo"
+    shutil.copytree(example_repo / "simple", repo / "simple")
+    for attempt in ("first", "second"):
+        log = tmp_path / f"{attempt}.log"
+        server = start_server(repo, log, grpc=False)
+        try:
+            keys = re.findall(r"inferd_[A-Za-z0-9]{8}_[A-Za-z0-9]{32,}", log.read_text())
+            if attempt == "first":
+                assert len(keys) == 1, log.read_text()[-2000:]
+                key = keys[0]
+            else:
+                assert keys == []
+            me = httpx.get(f"{server.url}/api/v1/auth/me",
+                           headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            assert me.status_code == 200 and me.json()["role"] == "admin"
+        finally:
+            server.proc.terminate()
+            server.proc.wait(30)
+    assert (tmp_path / "data" / "inferd.db").is_file()

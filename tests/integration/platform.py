@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from pathlib import Path
@@ -92,8 +93,9 @@ def _json(doc: Any) -> str:
     return orjson.dumps(doc).decode()
 
 
+@functools.cache
 def iris_skops() -> tuple[bytes, dict[str, Any]]:
-    """A small skops-serialised classifier and a sample V2 request for it."""
+    """A small skops-serialised classifier and a sample V2 request for it (built once)."""
     import skops.io as sio
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression

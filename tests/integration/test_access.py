@@ -292,3 +292,12 @@ def test_error_bodies_carry_no_internals(world: dict[str, Any], tmp_path: Path) 
     for body in bodies:
         for leak in ("Traceback", "SELECT", "sqlalchemy", "/tmp/", str(tmp_path), "site-packages"):
             assert leak not in body, body
+
+
+def test_openapi_documents_the_management_api(world: dict[str, Any]) -> None:
+    http: httpx.Client = world["p"].http
+    doc = http.get("/openapi.json").json()
+    documented = set(doc["paths"])
+    routes = {r.path for r in router.routes if isinstance(r, APIRoute)}
+    assert routes <= documented, routes - documented
+    assert http.get("/docs").status_code == 200

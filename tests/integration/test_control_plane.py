@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,52 @@ def test_upload_over_the_cap_leaves_nothing(tmp_path: Path) -> None:
 def _staged(p: Platform) -> list[Path]:
     staging = p.data_dir / "staging"
     return list(staging.iterdir()) if staging.exists() else []
+
+
+def test_system_models_updates_and_login_throttle(tmp_path: Path, example_repo: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(example_repo / "simple", repo / "simple")
+    p = Platform(tmp_path / "data", model_repository=repo).start()
+    try:
+        http = p.http
+        # repository models are public system models, read-only here
+        listed = {m["name"]: m for m in http.get("/api/v1/models").json()}
+        assert listed["simple"]["system"] is True and listed["simple"]["visibility"] == "public"
+        gina = p.user("gina1")
+        assert http.post("/api/v1/models", headers=gina, json={"name": "simple"}).status_code == 409
+        r = http.patch("/api/v1/models/simple", headers=gina, json={"description": "mine"})
+        assert r.status_code == 403
+        r = http.post("/api/v1/models", headers=gina, json={"name": "../etc"})
+        assert r.status_code == 400 and "name" in r.json()["error"]
+
+        # a new version swaps in through a deployment update
+        assert http.post("/api/v1/models", headers=gina, json={"name": "g"}).status_code == 201
+        artifact, sample = iris_skops()
+        assert p.upload(gina, "g", artifact, {"sample_input": sample}).status_code == 201
+        dep = http.post("/api/v1/deployments", headers=gina, json={"model": "g"}).json()
+        assert p.wait_deployment(gina, dep["id"])["version"] == 1
+        r = http.post("/api/v1/deployments", headers=gina, json={"model": "g"})
+        assert r.status_code == 409 and dep["id"] in r.json()["error"]
+        assert p.upload(gina, "g", artifact).status_code == 201
+        r = http.patch(f"/api/v1/deployments/{dep['id']}", headers=gina, json={"version": 2})
+        assert r.status_code == 200 and r.json()["generation"] == 2
+        d = p.wait_deployment(gina, dep["id"])
+        assert d["status"] == "ready" and d["observed_generation"] == 2
+        assert http.get("/v2/models/g", headers=gina).json()["versions"] == ["2"]
+        r = http.patch(f"/api/v1/deployments/{dep['id']}", headers=gina, json={"version": 7})
+        assert r.status_code == 404 and "no version 7" in r.json()["error"]
+        r = http.delete("/api/v1/models/g/versions/2", headers=gina)
+        assert r.status_code == 409 and "deployed" in r.json()["error"]
+        r = http.patch(f"/api/v1/deployments/{dep['id']}", headers=gina,
+                       json={"config": {"batching": {"max_batch_size": 4}}})  # fmt: skip
+        assert r.status_code == 200
+        assert p.wait_deployment(gina, dep["id"])["status"] == "ready"
+        assert http.get("/v2/models/g/config", headers=gina).json()["max_batch_size"] == 4
+
+        # login attempts are throttled per username
+        codes = [http.post("/api/v1/auth/login", json={"username": "gina1",
+                                                       "password": "wrong password"}).status_code
+                 for _ in range(11)]  # fmt: skip
+        assert codes[:9] == [401] * 9 and codes[9:] == [429, 429]  # the good login counted too
+    finally:
+        p.stop()

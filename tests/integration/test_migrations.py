@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -235,10 +236,58 @@ async def test_sqlite_table_rebuild_keeps_child_rows(
 async def test_nodes_starting_together_migrate_once(database_url: str) -> None:
     nodes = [Database(database_url) for _ in range(3)]
     try:
-        await asyncio.gather(*(n.migrate() for n in nodes))
+        # Bounded: without the database-side lock this deadlocks rather than erroring.
+        await asyncio.wait_for(asyncio.gather(*(n.migrate() for n in nodes)), timeout=60)
         assert [await n.current_revision() for n in nodes] == [HEAD] * 3
         async with nodes[0].engine.connect() as conn:
             assert await conn.run_sync(_tables) == TABLES | {"alembic_version"}
     finally:
         for n in nodes:
             await n.close()
+
+
+async def test_sqlite_locked_is_unavailable_and_logs_no_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "r.db"
+    db = Database(sqlite_url(path))
+    await db.migrate()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+        with (
+            caplog.at_level(logging.WARNING, logger="inferd.registry.db"),
+            pytest.raises(Unavailable) as e,
+        ):
+            await RegistryStore(db).get_or_create_secret("jwt", "hunter2-signing-key")
+        _assert_safe(e.value)
+        assert "locked" in caplog.text  # the operator learns why
+    finally:
+        holder.close()
+        await db.close()
+
+
+async def test_failed_statement_logs_no_bound_values(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "r.db"
+    db = Database(sqlite_url(path))
+    await db.migrate()
+    # Make the INSERT itself fail (as a full disk would), after BEGIN succeeded.
+    with sqlite3.connect(path) as raw:
+        raw.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON server_secrets "
+            "BEGIN INSERT INTO no_such_table VALUES (1); END"
+        )
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="inferd.registry.db"),
+            pytest.raises(Unavailable) as e,
+        ):
+            await RegistryStore(db).get_or_create_secret("jwt", "hunter2-signing-key")
+        _assert_safe(e.value)
+        assert "no_such_table" in caplog.text and "server_secrets" in caplog.text
+        assert "hunter2" not in caplog.text
+    finally:
+        await db.close()

@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
@@ -127,7 +128,9 @@ class Database:
         if self.dialect not in ("sqlite", "postgresql"):
             # The scheme only: the URL itself may hold a password.
             raise ValueError(f"unsupported database: {self.dialect} (use sqlite or postgresql)")
-        kwargs: dict[str, Any] = {"echo": echo}
+        # hide_parameters: bound values include password hashes and the JWT signing key; they must
+        # not reach logs through error messages (or echo).
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:
@@ -177,7 +180,7 @@ class Database:
             try:
                 conn = await conn.execution_options(**{WRITE: True})
                 await conn.begin()
-                if False:
+                if self.dialect == "postgresql":
                     # Held to the end of the transaction: the second node waits, then finds
                     # the schema at head and does nothing.
                     await conn.execute(
@@ -214,8 +217,6 @@ def _upgrade(connection: Connection, revision: str) -> None:
 
 
 def _current_revision(connection: Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     return MigrationContext.configure(connection).get_current_revision()
 
 
@@ -258,9 +259,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            # Safe with WAL (a crash loses at most the last commits, never corrupts), and much
-            # cheaper than FULL's fsync on every commit.
-            cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
 
