@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,7 +116,6 @@ def test_lifecycle_owner_access_and_restart(platform: Platform) -> None:
     for _ in range(100):
         if http.post(infer, headers=alice, json=sample).status_code == 404:
             break
-        import time
 
         time.sleep(0.05)
     assert http.post(infer, headers=alice, json=sample).status_code == 404
@@ -227,5 +227,33 @@ def test_system_models_updates_and_login_throttle(tmp_path: Path, example_repo: 
                                                        "password": "wrong password"}).status_code
                  for _ in range(11)]  # fmt: skip
         assert codes[:9] == [401] * 9 and codes[9:] == [429, 429]  # the good login counted too
+    finally:
+        p.stop()
+
+
+def test_deployment_scales_to_zero_and_back(tmp_path: Path) -> None:
+    p = Platform(tmp_path / "data").start()
+    try:
+        http = p.http
+        hal = p.user("hal01")
+        assert http.post("/api/v1/models", headers=hal, json={"name": "z"}).status_code == 201
+        artifact, sample = iris_skops()
+        assert p.upload(hal, "z", artifact).status_code == 201
+        cfg = {"min_replicas": 0, "max_replicas": 2, "scale_to_zero_after_s": 1}
+        dep = http.post("/api/v1/deployments", headers=hal, json={"model": "z", "config": cfg})
+        assert p.wait_deployment(hal, dep.json()["id"])["status"] == "ready"
+
+        def replicas() -> int:
+            index = http.post("/v2/repository/index", headers=hal, json={}).json()
+            return int(next(m for m in index if m["name"] == "z")["replicas"]["total"])
+
+        assert replicas() == 1
+        deadline = time.monotonic() + 20
+        while replicas() != 0:
+            assert time.monotonic() < deadline, "never scaled to zero"
+            time.sleep(0.1)
+        r = http.post("/v2/models/z/infer", headers=hal, json=sample)  # cold start
+        assert r.status_code == 200, r.text
+        assert replicas() == 1
     finally:
         p.stop()

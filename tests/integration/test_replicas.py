@@ -152,6 +152,22 @@ async def test_sigkill_under_load_every_request_answered_and_replica_back(
     assert 'inferd_replica_restarts_total{model="pair",version="1"} 1.0' in text
 
 
+async def test_sigkill_of_an_idle_replica_is_healed(engine: InferenceEngine) -> None:
+    """Killed while its loop waits for work: replaced without any request arriving."""
+    sched = engine.version("pair").scheduler
+    sched.health_interval_s = 0.2
+    await asyncio.sleep(0.3)  # let the loops pick up the short interval
+    victim = pids(engine, "pair")[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while sched.health().restarts < 1 or sched.health().healthy < 2:
+        assert time.monotonic() < deadline, "idle replica not replaced"
+        await asyncio.sleep(0.05)
+    assert victim not in pids(engine, "pair")
+    res = await engine.infer("pair", None, req(np.ones(4)))
+    assert res.outputs[0].data.tolist() == [[2.0] * 4]
+
+
 async def test_hung_replica_is_replaced(engine: InferenceEngine) -> None:
     start = time.monotonic()
     with pytest.raises(ReplicaFailed, match="did not answer within 1 s"):

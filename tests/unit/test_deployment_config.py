@@ -90,3 +90,19 @@ def test_compare_outputs() -> None:
     assert compare_outputs(_out("y", [1], [1]), _out("z", [1], [1])) == ["output 'y' is missing"]
     assert compare_outputs(_out("s", [1], ["a"]), _out("s", [1], ["a"])) == []
     assert compare_outputs(_out("s", [1], ["a"]), _out("s", [1], ["b"])) != []
+
+
+def test_replica_bounds_and_resources_reach_the_spec() -> None:
+    fixed = deployment_spec(MODEL, VERSION, parse_config({"min_replicas": 2, "max_replicas": 2}),
+                            False)  # fmt: skip
+    assert fixed.instances == 2 and fixed.autoscaling is None
+    cfg = parse_config({"min_replicas": 0, "max_replicas": 3, "target_concurrency": 4,
+                        "scale_to_zero_after_s": 60,
+                        "resources": {"cpu": 1, "memory": 2**30, "gpu": 0}})  # fmt: skip
+    spec = deployment_spec(MODEL, VERSION, cfg, False)
+    a = spec.autoscaling
+    assert a is not None and (a.min_replicas, a.max_replicas) == (0, 3)
+    assert a.target_concurrency == 4 and a.scale_to_zero_after_s == 60 and spec.instances == 1
+    assert spec.resources.memory_bytes == 2**30 and spec.resources.gpu == 0
+    with pytest.raises(InvalidInput, match="scale_to_zero_after_s"):
+        deployment_spec(MODEL, VERSION, parse_config({"scale_to_zero_after_s": 5}), False)

@@ -159,7 +159,8 @@ class Catalog:
         p = actor.principal
         require(p, Scope.MANAGE)
         name = check_name(fields.get("name", ""), "name")
-        if name in self._repository_names() or name.startswith("probe-"):
+        taken = set(self._repository_names()) | {m.name for m in self.system_models()}
+        if name in taken or name.startswith("probe-"):
             raise Conflict(f"model name '{name}' is taken")
         assert p.user_id is not None
         model = await self.store.create_model(
@@ -209,8 +210,10 @@ class Catalog:
         return visible(actor.principal, model, self.anonymous)
 
     async def manage(self, actor: Actor, name: str) -> Model:
-        model = await self.find(actor, name)
-        return manageable(actor.principal, model)
+        model = manageable(actor.principal, await self.find(actor, name))
+        if model.system:
+            raise Conflict(f"'{model.name}' comes from the model repository folder; edit it there")
+        return model
 
     async def update_model(self, actor: Actor, name: str, fields: dict[str, Any]) -> Model:
         model = await self.manage(actor, name)
@@ -254,8 +257,6 @@ class Catalog:
     async def prepare_upload(self, actor: Actor, name: str, declared: int | None) -> Model:
         """Checks before any byte is accepted: rights, size cap, quota."""
         model = await self.manage(actor, name)
-        if model.system:
-            raise Conflict("system models come from the model repository folder")
         if declared is not None:
             if declared > self.settings.max_upload_bytes:
                 raise PayloadTooLarge(

@@ -108,12 +108,25 @@ def deployment_spec(
         "max_batch_size": mbs,
         "instances": max(cfg.min_replicas, 1),
         "instance_kind": cfg.instance_kind,
+        "resources": dict(cfg.resources) or None,
         "parameters": dict(cfg.parameters),
         "trusted": trusted,
         "required": False,
         "inputs": io(version.inputs, "input"),
         "outputs": io(version.outputs, "output"),
     }
+    if cfg.max_replicas > cfg.min_replicas or cfg.min_replicas == 0:
+        raw["autoscaling"] = {
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_concurrency": cfg.target_concurrency,
+            "scale_to_zero_after_s": cfg.scale_to_zero_after_s if cfg.min_replicas == 0 else None,
+        }
+        if cfg.min_replicas == 0 and cfg.scale_to_zero_after_s is not None:
+            # an idle time shorter than the default downscale delay is meant literally
+            raw["autoscaling"]["downscale_delay_s"] = min(30.0, cfg.scale_to_zero_after_s)
+    elif cfg.scale_to_zero_after_s is not None:
+        raise InvalidInput("config.scale_to_zero_after_s: needs min_replicas 0")
     if "max_queue_size" in b:
         raw["max_queue_size"] = b.pop("max_queue_size")
     if mbs > 0:

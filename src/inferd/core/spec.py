@@ -8,6 +8,14 @@ from typing import Any
 
 from inferd.core.datatypes import from_config_type
 from inferd.core.errors import InvalidInput
+from inferd.core.scaling import (
+    AutoscalingPolicy,
+    Resources,
+    autoscaling_to_config,
+    parse_autoscaling,
+    parse_resources,
+    resources_to_config,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -91,6 +99,10 @@ class ModelSpec:
     max_queue_size: int = 0
     #: A single execution running longer than this marks its replica hung (it is replaced).
     execution_timeout_s: float = 60.0
+    #: None = a fixed `instances` count; otherwise replicas follow the load within bounds.
+    autoscaling: AutoscalingPolicy | None = None
+    #: CPU, memory and GPU limits of each worker process.
+    resources: Resources = field(default_factory=Resources)
 
     def batched(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         """Declared shapes as full shapes: the batch dimension (-1) in front when batching."""
@@ -123,6 +135,8 @@ _KNOWN_KEYS = {
     "dynamic_batching",
     "max_queue_size",
     "execution_timeout_s",
+    "autoscaling",
+    "resources",
 }
 INSTANCE_KINDS = ("process", "thread")
 
@@ -273,6 +287,12 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     if not isinstance(labels, list):
         raise InvalidInput("'labels' must be a list of class names")
     instances, kind = _instances(raw)
+    autoscaling = parse_autoscaling(raw.get("autoscaling"))
+    if autoscaling is not None:
+        instances = max(autoscaling.min_replicas, 1)  # zero comes later, when idle
+    resources = parse_resources(raw.get("resources"))
+    if resources.any and kind == "thread":
+        raise InvalidInput("'resources' apply to process replicas, not instance_kind: thread")
     timeout = raw.get("execution_timeout_s", 60.0)
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
         raise InvalidInput("'execution_timeout_s' must be a positive number of seconds")
@@ -294,6 +314,8 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         batching=_batching(raw.get("dynamic_batching"), mbs),
         max_queue_size=_int_field(raw, "max_queue_size", 0, 0),
         execution_timeout_s=float(timeout),
+        autoscaling=autoscaling,
+        resources=resources,
     )
 
 
@@ -322,6 +344,8 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
         "max_queue_size": spec.max_queue_size,
         "execution_timeout_s": spec.execution_timeout_s,
     }
+    out["autoscaling"] = autoscaling_to_config(spec.autoscaling)
+    out["resources"] = resources_to_config(spec.resources)
     if spec.batching is not None:
         out["dynamic_batching"] = {
             "max_queue_delay_microseconds": spec.batching.max_queue_delay_us,

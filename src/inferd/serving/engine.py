@@ -287,7 +287,7 @@ class InferenceEngine:
         else:
 
             def make(i: int) -> Replica:
-                return ProcessReplica(spec, version, path, runtime_name, f"{label}-{i}")
+                return ProcessReplica(spec, version, path, runtime_name, f"{label}-{i}", index=i)
 
         return await self._start_version(spec, version, runtime_name, make)
 

@@ -29,6 +29,7 @@ from inferd.core.errors import (
 )
 from inferd.core.spec import ModelSpec
 from inferd.observability.metrics import VersionMetrics
+from inferd.serving.autoscale import LoadHistory, desired_replicas
 from inferd.serving.batching import RESERVED_PARAMETERS, Pending, plan_batch, restart_delay
 from inferd.serving.stats import VersionStats
 from inferd.workers import Replica, ReplicaResult
@@ -62,6 +63,8 @@ class Slot:
     watcher: asyncio.Task[None] | None = None
     loop: asyncio.Task[None] | None = None
     last_error: str = ""
+    #: Scaling down: the loop ends after its current execution and the replica is unloaded.
+    retiring: bool = False
 
 
 def batch_key(arrays: dict[str, np.ndarray], outputs: list[str] | None,
@@ -101,26 +104,51 @@ class Scheduler:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _unloading: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
+    #: Requests submitted and not yet answered (queued or running): the autoscaler's load.
+    active: int = 0
+    last_request_at: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    autoscale_interval_s: float = 0.25
+    _next_index: int = 0
+    _scaling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _demand: asyncio.Event = field(default_factory=asyncio.Event)
+    _autoscaler: asyncio.Task[None] | None = None
+    last_scale_error: str = ""
 
     @classmethod
     def create(cls, spec: ModelSpec, label: str, replicas: list[Replica],
                make_replica: ReplicaMaker, stats: VersionStats, metrics: VersionMetrics,
                health_interval_s: float = 5.0) -> Scheduler:  # fmt: skip
         slots = [Slot(i, r) for i, r in enumerate(replicas)]
-        return cls(spec, label, slots, make_replica, stats, metrics, health_interval_s)
+        sched = cls(spec, label, slots, make_replica, stats, metrics, health_interval_s)
+        sched._next_index = len(slots)
+        sched.last_request_at = sched.clock()
+        return sched
 
     def start(self) -> None:
         for slot in self.slots:
-            self._watch(slot)
-            slot.loop = asyncio.create_task(self._run(slot), name=f"{self.label}-{slot.index}")
+            self._begin(slot)
+        if self.spec.autoscaling is not None:
+            self._autoscaler = asyncio.create_task(self._autoscale(), name=f"{self.label}-scale")
         self._publish()
+
+    def _begin(self, slot: Slot) -> None:
+        self._watch(slot)
+        slot.loop = asyncio.create_task(self._run(slot), name=f"{self.label}-{slot.index}")
+
+    def live(self) -> list[Slot]:
+        """Slots that serve (not being scaled away)."""
+        return [s for s in self.slots if not s.retiring]
 
     # ---- submission ------------------------------------------------------------------------
 
     def health(self) -> ReplicaHealth:
-        healthy = sum(1 for s in self.slots if s.replica is not None and s.replica.alive)
+        live = self.live()
+        healthy = sum(1 for s in live if s.replica is not None and s.replica.alive)
         errors = [s.last_error for s in self.slots if s.last_error]
-        return ReplicaHealth(len(self.slots), healthy, sum(s.restarts for s in self.slots),
+        if self.last_scale_error:
+            errors.append(self.last_scale_error)
+        return ReplicaHealth(len(live), healthy, sum(s.restarts for s in self.slots),
                              len(self.queue), errors[-1] if errors else "")  # fmt: skip
 
     async def submit(
@@ -134,6 +162,22 @@ class Scheduler:
     ) -> ReplicaResult:
         if self._stopping:
             raise ModelNotReady(f"model '{self.spec.name}' is unloading")
+        self.active += 1
+        self.last_request_at = self.clock()
+        try:
+            return await self._submit(inputs, outputs, parameters, rows, timeout_s, on_queued)
+        finally:
+            self.active -= 1
+
+    async def _submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None,
+        parameters: dict[str, Any] | None,
+        rows: int,
+        timeout_s: float | None,
+        on_queued: Callable[[], None] | None,
+    ) -> ReplicaResult:
         cap = self.spec.max_queue_size
         if cap and len(self.queue) >= cap:
             raise Overloaded(
@@ -150,6 +194,8 @@ class Scheduler:
                         loop.create_future())  # fmt: skip
         self.queue.append(item)
         self._wake.set()
+        if not self.slots:  # scaled to zero: start a replica (a cold start)
+            self._demand.set()
         if on_queued is not None:
             on_queued()
         try:
@@ -171,7 +217,8 @@ class Scheduler:
 
     def _idle_slot(self) -> Slot | None:
         for slot in self.slots:
-            if not slot.busy and slot.replica is not None and slot.replica.alive:
+            if (not slot.busy and not slot.retiring and slot.replica is not None
+                    and slot.replica.alive):  # fmt: skip
                 return slot
         return None
 
@@ -212,10 +259,10 @@ class Scheduler:
 
     # ---- replica loops ---------------------------------------------------------------------
 
-    async def _take(self) -> list[WorkItem] | None:
-        """The next batch, or None after `health_interval_s` without work."""
+    async def _take(self, slot: Slot) -> list[WorkItem] | None:
+        """The next batch, or None after `health_interval_s` without work (or when retiring)."""
         idle_until = time.monotonic() + self.health_interval_s
-        while not self._stopping:
+        while not self._stopping and not slot.retiring:
             self._wake.clear()
             while self.queue and self.queue[0].future.done():
                 self.queue.popleft()  # cancelled or timed out before it started
@@ -241,7 +288,7 @@ class Scheduler:
         return None
 
     async def _run(self, slot: Slot) -> None:
-        while not self._stopping:
+        while not self._stopping and not slot.retiring:
             if slot.replica is None or not slot.replica.alive:
                 await self._revive(slot)
                 continue
@@ -250,11 +297,14 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.health_interval_s)
                 continue
-            batch = await self._take()
-            if self._stopping:
+            batch = await self._take(slot)
+            if self._stopping or slot.retiring:
                 self._requeue(batch or [])
                 return
             replica = slot.replica
+            if replica is None:  # it died while this loop waited for work
+                self._requeue(batch or [])
+                continue
             if batch is None:
                 try:
                     await replica.ping(min(self.health_interval_s, 10.0))
@@ -344,7 +394,7 @@ class Scheduler:
 
     async def _revive(self, slot: Slot) -> None:
         await asyncio.sleep(restart_delay(slot.failures))
-        if self._stopping:
+        if self._stopping or slot.retiring:
             return
         replica = self.make_replica(slot.index)
         try:
@@ -354,10 +404,7 @@ class Scheduler:
             slot.last_error = f"restart failed: {e.message}"
             log.warning("replica %s-%d %s", self.label, slot.index, slot.last_error)
             await _quietly_unload(replica)
-            if not any(s.replica is not None and s.replica.alive for s in self.slots):
-                why = f"model '{self.spec.name}' has no healthy replica: {slot.last_error}"
-                _fail(list(self.queue), ReplicaFailed(why))
-                self.queue.clear()
+            self._fail_if_none_healthy(slot.last_error)
             return
         slot.replica, slot.failures = replica, 0
         slot.restarts += 1
@@ -366,13 +413,97 @@ class Scheduler:
         self._publish()
         log.info("replica %s-%d restarted", self.label, slot.index)
 
+    def _fail_if_none_healthy(self, error: str) -> None:
+        if not any(s.replica is not None and s.replica.alive for s in self.live()):
+            why = f"model '{self.spec.name}' has no healthy replica: {error}"
+            _fail(list(self.queue), ReplicaFailed(why))
+            self.queue.clear()
+
     def _publish(self) -> None:
         self.metrics.replicas_healthy.set(self.health().healthy)
+
+    # ---- scaling ---------------------------------------------------------------------------
+
+    async def scale_to(self, n: int) -> None:
+        """Add replicas (loaded before they take work) or retire idle ones, to have `n`."""
+        async with self._scaling:
+            live = self.live()
+            if self._stopping or n == len(live):
+                return
+            if n > len(live):
+                await self._grow(n - len(live))
+                return
+            victims = sorted(live, key=lambda s: (s.busy, -s.index))[: len(live) - n]
+            for slot in victims:
+                slot.retiring = True
+                self._unloading.add(task := asyncio.create_task(self._retire(slot)))
+                task.add_done_callback(self._unloading.discard)
+            self._wake.set()
+            self._publish()
+            log.info("%s scaled down to %d replica(s)", self.label, n)
+
+    async def _grow(self, count: int) -> None:
+        indexes = list(range(self._next_index, self._next_index + count))
+        self._next_index += count
+        replicas = [self.make_replica(i) for i in indexes]
+        results = await asyncio.gather(*(r.load() for r in replicas), return_exceptions=True)
+        added = 0
+        for index, replica, result in zip(indexes, replicas, results, strict=True):
+            if isinstance(result, BaseException) or self._stopping:
+                await _quietly_unload(replica)
+                if isinstance(result, BaseException):
+                    msg = result.message if isinstance(result, InferdError) else repr(result)
+                    self.last_scale_error = f"scale-up failed: {msg}"
+                    log.warning("%s %s", self.label, self.last_scale_error)
+                continue
+            slot = Slot(index, replica)
+            self.slots.append(slot)
+            self._begin(slot)
+            added += 1
+        if added:
+            self.last_scale_error = ""
+            log.info("%s scaled up to %d replica(s)", self.label, len(self.live()))
+        elif not self.live():
+            self._fail_if_none_healthy(self.last_scale_error)
+        self._publish()
+
+    async def _retire(self, slot: Slot) -> None:
+        """Let the slot finish what it runs, then unload its replica."""
+        if slot.loop is not None:
+            await asyncio.wait([slot.loop], timeout=self.spec.execution_timeout_s)
+        if slot.watcher is not None:
+            slot.watcher.cancel()
+        replica, slot.replica = slot.replica, None
+        if slot in self.slots:
+            self.slots.remove(slot)
+        if replica is not None:
+            await _quietly_unload(replica)
+        self._publish()
+
+    async def _autoscale(self) -> None:
+        """Sample the load and move the replica count as `desired_replicas` says."""
+        policy = self.spec.autoscaling
+        assert policy is not None
+        history = LoadHistory(keep_s=max(policy.downscale_delay_s, policy.upscale_window_s) + 1)
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._demand.wait(), self.autoscale_interval_s)
+            self._demand.clear()
+            now = self.clock()
+            history.add(now, self.active)
+            want = desired_replicas(policy, len(self.live()), history, now, self.last_request_at)
+            if want != len(self.live()):
+                try:
+                    await self.scale_to(want)
+                except Exception:  # never let the autoscaler die; the next round tries again
+                    log.exception("%s: scaling to %d failed", self.label, want)
 
     async def stop(self) -> None:
         """Stop the loops (a running execution finishes first), fail what is queued, unload."""
         self._stopping = True
         self._wake.set()
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
         loops = [s.loop for s in self.slots if s.loop is not None]
         if loops:
             await asyncio.wait(loops, timeout=self.spec.execution_timeout_s)

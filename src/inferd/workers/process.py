@@ -18,6 +18,7 @@ import numpy as np
 from inferd.core import errors
 from inferd.core.errors import InferdError, ModelLoadError, ReplicaFailed
 from inferd.core.spec import ModelSpec, TensorSpec, spec_to_config
+from inferd.workers import limits
 from inferd.workers.inprocess import Loaded, ReplicaResult
 from inferd.workers.protocol import (
     Buffer,
@@ -57,8 +58,11 @@ class ProcessReplica:
         runtime: str,
         label: str,
         load_timeout_s: float = 300.0,
+        index: int = 0,
     ) -> None:
         self.spec = spec
+        self.index = index
+        self._death: str | None = None
         self.version = version
         self.path = path
         self.runtime = runtime
@@ -82,13 +86,17 @@ class ProcessReplica:
 
     async def load(self) -> Loaded:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cpus = limits.cpu_set(self.spec.resources, self.index)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "inferd.workers.worker_main", str(child.fileno()),
                 pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                env=limits.worker_env(self.spec.resources, cpus),
             )  # fmt: skip
         finally:
             child.close()
+        if cpus is not None:
+            limits.pin(self._proc.pid, cpus)
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         header = {
             "op": "load",
@@ -105,7 +113,30 @@ class ProcessReplica:
         except InferdError:
             await self.kill()
             raise
+        over = self._over_memory()
+        if over is not None:
+            await self.kill()
+            raise ModelLoadError(f"out of memory: {over} after loading")
         return Loaded(_specs(reply["inputs"]), _specs(reply["outputs"]), reply["platform"])
+
+    def _over_memory(self) -> str | None:
+        """Why the worker is over its memory limit, or None (also None without a limit)."""
+        limit = self.spec.resources.memory_bytes
+        if limit is None or self._proc is None:
+            return None
+        rss = limits.resident_bytes(self._proc.pid)
+        if rss is None or rss <= limit:
+            return None
+        return f"the worker uses {rss >> 20} MiB, over its memory limit of {limit >> 20} MiB"
+
+    def _check_memory(self) -> None:
+        """Over the limit: kill the worker (it is replaced) and say why when it is reported."""
+        over = self._over_memory()
+        if over is not None:
+            self._death = over
+            assert self._proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
 
     async def _call(
         self, header: dict[str, Any], buffers: list[Buffer], timeout: float, what: str
@@ -175,16 +206,25 @@ class ProcessReplica:
             discard_shm(metas)
             raise
         result = unpack_tensors(reply["outputs"], out)
+        if self.spec.resources.memory_bytes is not None:
+            self._check_memory()  # this answer stands; the replica is replaced after it
         compute = int(reply.get("compute_ns", 0))
         total = time.perf_counter_ns() - submitted
         return ReplicaResult(result, max(total - compute, 0), compute)
 
     async def ping(self, timeout_s: float) -> None:
         await self._call({"op": "ping"}, [], timeout_s, "answering a health check")
+        over = self._over_memory()
+        if over is not None:
+            self._death = over
+            await self.kill()
+            raise ReplicaFailed(f"replica {self.label}: {over}")
 
     async def _exit_reason(self) -> str:
         if self._proc is None:
             return "not started"
+        if self._death is not None:
+            return self._death
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 2)
         code = self._proc.returncode

@@ -1,0 +1,62 @@
+"""Resource limits of worker processes: CPU pinning and thread pools, GPU visibility, memory.
+
+CPU: a worker with `cpu: N` is pinned to ceil(N) of the CPUs this server may use (replicas take
+turns over them) and its math libraries size their thread pools to match. GPU: `gpu: 0` hides
+every GPU from the worker. Memory: the worker's resident set is checked after loading, after each
+request and at each idle health check; over the limit the worker is replaced and the reason is
+reported. (A hard kernel limit would need cgroups, which need privileges inferd does not assume.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from inferd.core.scaling import Resources, cpu_count
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS")  # fmt: skip
+
+
+def usable_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_set(resources: Resources, index: int) -> list[int] | None:
+    """The CPUs replica `index` is pinned to, or None when unlimited."""
+    if resources.cpu is None:
+        return None
+    usable = usable_cpus()
+    n = min(cpu_count(resources.cpu), len(usable))
+    start = (index * n) % len(usable)
+    return [usable[(start + i) % len(usable)] for i in range(n)]
+
+
+def worker_env(resources: Resources, cpus: list[int] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if cpus is not None:
+        for var in _THREAD_VARS:
+            env[var] = str(len(cpus))
+    if resources.gpu == 0:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def pin(pid: int, cpus: list[int]) -> None:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or the worker already died
+        os.sched_setaffinity(pid, cpus)
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The process's resident set size (Linux /proc), None when unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
