@@ -144,6 +144,16 @@ def test_unsafe_and_bad_uploads(platform: Platform, tmp_path: Path) -> None:
     r = platform.upload(carol, "carol-m", b"definitely not a model" * 10)
     assert r.status_code == 422 and "format" in r.json()["error"]
 
+    # a sample that does not fit the model: the version is still good, the sample is not kept
+    artifact, _ = iris_skops()
+    bad = {"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    r = platform.upload(carol, "carol-m", artifact, {"sample_input": bad})
+    assert r.status_code == 201, r.text
+    v = r.json()
+    assert v["status"] == "ready" and v["sample_input"] is None
+    assert v["reason"].startswith("sample_input:") and "'nope'" in v["reason"]
+    assert "carol-m" in v["reason"] and "probe" not in v["reason"]
+
     # another member cannot upload into carol's model (and learns nothing)
     dave = platform.user("dave1")
     r = platform.upload(dave, "carol-m", b"x" * 100)

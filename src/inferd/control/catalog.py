@@ -26,7 +26,6 @@ from inferd.core.errors import (
     Conflict,
     InferdError,
     InvalidInput,
-    ModelNotFound,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -184,10 +183,11 @@ class Catalog:
             if sm.name in self.by_name:
                 continue
             spec = sm.spec
+            runtime = sm.default.runtime_name if sm.default else (spec.runtime if spec else None)
             out.append(Model(
                 id=f"system:{sm.name}", name=sm.name, owner_id="", visibility=Visibility.PUBLIC,
-                created_at=_EPOCH, updated_at=_EPOCH, framework=(spec.runtime or "") if spec
-                else "", task_type=(spec.task or "") if spec else "", system=True,
+                created_at=_EPOCH, updated_at=_EPOCH, framework=runtime or "",
+                task_type=(spec.task or "") if spec else "", system=True,
             ))  # fmt: skip
         return out
 
@@ -340,7 +340,7 @@ class Catalog:
                 raise Unprocessable(f"file: no runtime serves '{fmt.name}' artifacts yet")
             await self.artifacts.put_tree(prefix, tree)
             local = await self.materialize(model, mv.version)
-            sv_inputs, sv_outputs, sample_out = await self._probe(
+            sv_inputs, sv_outputs, sample_out, warning = await self._probe(
                 model, owner, mv.version, local.parent, runtime, meta
             )
         except InferdError as e:
@@ -352,10 +352,12 @@ class Catalog:
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if warning:  # the version is good; its sample is not, so it is not kept
+            meta.sample_input = meta.sample_output = None
         mv = await self.store.update_version(
             mv.id,
             status=VersionStatus.READY,
-            reason="",
+            reason=warning,
             artifact_key=prefix,
             artifact_format=fmt.name,
             sha256=staged.sha256,
@@ -418,31 +420,42 @@ class Catalog:
         return raw
 
     async def _probe(
-        self, model: Model, owner: User, version: int, root: Path, runtime: str,
+        self,
+        model: Model,
+        owner: User,
+        version: int,
+        root: Path,
+        runtime: str,
         meta: VersionMeta,
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:  # fmt: skip
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None, str]:
         raw = self.spec_config(runtime, meta.inputs, meta.outputs, meta.max_batch_size,
                                meta.parameters, owner.trusted)  # fmt: skip
         try:
             spec = parse_model_config(model.name, raw)
         except InvalidInput as e:
             raise InvalidInput(e.message) from None
-        sample = self.codec.decode(meta.sample_input) if meta.sample_input else None
+        sample = None
+        warning = ""
+        if meta.sample_input:
+            try:
+                sample = self.codec.decode(meta.sample_input)
+            except InvalidInput as e:
+                warning = f"sample_input: {e.message}"
         try:
             sv, response = await self.engine.probe(
                 ModelSource(spec, root, (str(version),)), str(version), sample
             )
-        except ModelNotFound as e:  # a probe name never leaks into messages
-            raise Unprocessable(e.message) from None
         except InferdError as e:
             raise Unprocessable(f"the model does not load: {e.message}") from None
         inputs = [t.to_dict() for t in sv.inputs]
         outputs = [t.to_dict() for t in sv.outputs]
         out = None
-        if response is not None and sample is not None:
+        if isinstance(response, str):
+            warning = f"sample_input: {response}"
+        elif response is not None and sample is not None:
             response.model_name = model.name
             out = self.codec.encode(response, sample)
-        return inputs, outputs, out
+        return inputs, outputs, out, warning
 
     async def list_versions(self, actor: Actor, name: str) -> tuple[Model, list[ModelVersion]]:
         model = await self.find(actor, name)

@@ -208,19 +208,28 @@ class InferenceEngine:
 
     async def probe(
         self, source: ModelSource, version: str, sample: InferenceRequest | None = None
-    ) -> tuple[ServedVersion, InferenceResponse | None]:
+    ) -> tuple[ServedVersion, InferenceResponse | str | None]:
         """Load one version in a throw-away worker process, optionally run one request, unload.
 
         Validates an imported artifact (a corrupt file fails here, not at deploy time) and reads
         the signature the model carries. Never touches served models or their metrics.
+        Returns the response to `sample`, or why it failed (a string), or None without one.
         """
         name = f"probe-{uuid.uuid4().hex[:12]}"
-        spec = replace(source.spec, name=name, instances=1, instance_kind="process")
-        sv = await self._load_version(spec, version, source)
+        real = source.spec.name
+        spec = replace(source.spec, name=name, instances=1, instance_kind="process",
+                       autoscaling=None)  # fmt: skip
         try:
-            response = None
+            sv = await self._load_version(spec, version, source)
+        except InferdError as e:  # messages name the model, not the throw-away probe
+            raise ModelLoadError(e.message.replace(name, real)) from None
+        try:
+            response: InferenceResponse | str | None = None
             if sample is not None:
-                response = await self.infer_decoded(sv, lambda: sample)
+                try:
+                    response = await self.infer_decoded(sv, lambda: sample)
+                except InferdError as e:
+                    response = e.message.replace(name, real)
             return sv, response
         finally:
             await sv.scheduler.stop()

@@ -35,7 +35,9 @@ def model(m: Model) -> dict[str, Any]:
         "id": m.id, "name": m.name, "description": m.description, "framework": m.framework,
         "model_type": m.model_type, "task_type": m.task_type, "tags": list(m.tags),
         "visibility": str(m.visibility), "owner_id": m.owner_id or None, "system": m.system,
-        "created_at": _ts(m.created_at), "updated_at": _ts(m.updated_at),
+        # repository models have no registry history
+        "created_at": None if m.system else _ts(m.created_at),
+        "updated_at": None if m.system else _ts(m.updated_at),
     }  # fmt: skip
 
 
