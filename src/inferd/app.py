@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from inferd._version import __version__
 from inferd.api.admin.app import management_app
 from inferd.api.grpc import GrpcServer
+from inferd.api.http.openai import OpenAIRoutes
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.api.http.v2codec import decode_request, encode_response
 from inferd.control.catalog import SampleCodec
@@ -20,6 +21,7 @@ from inferd.control.plane import ControlPlane, build_control_plane
 from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.metrics import ServingMetrics
 from inferd.serving.engine import InferenceEngine
+from inferd.serving.generation import Generation
 from inferd.serving.objects import add_objects
 from inferd.serving.repository import ModelRepository
 from inferd.settings import Settings
@@ -65,6 +67,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
         if g.enabled
         else None
     )
+    openai = OpenAIRoutes(engine, Generation(engine, metrics.llm), control.gate)
     asgi = DataPlaneApp(
         engine,
         metrics,
@@ -75,6 +78,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
         on_startup=partial(_start, engine, control, models or {}, grpc),
         on_shutdown=partial(_stop, engine, control, grpc, settings.shutdown_grace_s),
         gate=control.gate,
+        openai=openai,
     )
     return Server(settings, engine, metrics, asgi, control, grpc)
 

@@ -55,6 +55,7 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.llm = LLMMetrics(registry)
         mv = ["model", "version"]
         self.requests = Counter(
             "inferd_inference_requests", "Inference requests received", mv, registry=registry
@@ -177,3 +178,45 @@ class ServingMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+#: vLLM's bucket lists (seconds), so dashboards built for it read these the same way.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+               10.0, 20.0, 40.0, 80.0)  # fmt: skip
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+               120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+
+
+class LLMMetrics:
+    """Generation metrics in the vLLM style: `inferd_llm_*` with labels {model, version}."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        mv = ["model", "version"]
+        self.ttft = Histogram("inferd_llm_time_to_first_token_seconds",
+                              "Time from request to its first generated token", mv,
+                              buckets=TTFT_BUCKETS, registry=registry)  # fmt: skip
+        self.itl = Histogram("inferd_llm_inter_token_latency_seconds",
+                             "Time between two generated tokens of a request", mv,
+                             buckets=ITL_BUCKETS, registry=registry)  # fmt: skip
+        self.e2e = Histogram("inferd_llm_e2e_request_latency_seconds",
+                             "Time from request to its last token", mv, buckets=E2E_BUCKETS,
+                             registry=registry)  # fmt: skip
+        self.prompt_tokens = Counter("inferd_llm_prompt_tokens", "Prompt tokens processed", mv,
+                                     registry=registry)  # fmt: skip
+        self.generation_tokens = Counter("inferd_llm_generation_tokens", "Tokens generated", mv,
+                                         registry=registry)  # fmt: skip
+        self.finished = Counter("inferd_llm_requests_finished",
+                                "Generation requests finished, by finish reason",
+                                [*mv, "finish_reason"], registry=registry)  # fmt: skip
+        self.running = Gauge("inferd_llm_requests_running", "Sequences in the running batch", mv,
+                             registry=registry)  # fmt: skip
+        self.waiting = Gauge("inferd_llm_requests_waiting", "Requests waiting to join the batch",
+                             mv, registry=registry)  # fmt: skip
+        self.kv_cache_usage = Gauge("inferd_llm_kv_cache_usage_ratio",
+                                    "Share of the KV cache capacity in use (0-1)", mv,
+                                    registry=registry)  # fmt: skip
+        self.image_steps = Counter("inferd_image_generation_steps",
+                                   "Denoising steps run by image generation models", mv,
+                                   registry=registry)  # fmt: skip

@@ -16,6 +16,8 @@ RUNTIMES: dict[str, str] = {
     "lightgbm": "inferd.runtimes.lightgbm:LightGBMRuntime",
     "torch": "inferd.runtimes.torch:TorchRuntime",
     "python": "inferd.runtimes.python:PythonRuntime",
+    "transformers": "inferd.runtimes.transformers:TransformersRuntime",
+    "diffusers": "inferd.runtimes.diffusers:DiffusersRuntime",
 }
 
 
@@ -36,6 +38,11 @@ def detect_runtime(version_dir: Path) -> str:
     suffixes = {p.suffix for p in files}
     if "model.py" in names:
         return "python"
+    # Hugging Face directories: diffusers pipelines, transformers checkpoints (safetensors).
+    if "model_index.json" in names:
+        return "diffusers"
+    if "config.json" in names and (".safetensors" in suffixes or "modules.json" in names):
+        return "transformers"
     if ".onnx" in suffixes:
         return "onnx"
     if suffixes & {".skops", ".joblib", ".pkl", ".pickle"}:

@@ -37,6 +37,7 @@ from inferd.serving.repository import ModelRepository, ModelSource
 from inferd.serving.scheduler import ReplicaMaker, Scheduler
 from inferd.serving.stats import VersionStats
 from inferd.workers import InProcessReplica, Loaded, ProcessReplica, Replica
+from inferd.workers.generation import ThreadGenerator, engine_factory
 
 log = logging.getLogger("inferd.engine")
 
@@ -287,6 +288,13 @@ class InferenceEngine:
         path = source.version_path(version)
         runtime_name = spec.runtime or detect_runtime(path)
         label = f"{spec.name}-{version}"
+        if runtime_name == "llm":  # continuous-batching generation on an engine thread
+            make_engine = engine_factory(spec, path)
+
+            def make(i: int) -> Replica:
+                return ThreadGenerator(make_engine, f"{label}-{i}")
+
+            return await self._start_version(spec, version, runtime_name, make)
         if spec.instance_kind == "thread":
             cls = runtime_class(runtime_name)
 

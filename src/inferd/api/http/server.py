@@ -8,6 +8,7 @@ A hand-written router on raw ASGI keeps per-request framework cost off the infer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inferd.api.http import v1
 from inferd.api.http.body import ClientDisconnected, compress, decode_content, read_body
 from inferd.api.http.errors import MethodNotAllowed, status_of
+from inferd.api.http.openai import OpenAIRoutes, serve_openai
 from inferd.api.http.v2codec import (
     decode_raw,
     decode_request,
@@ -123,7 +125,10 @@ POLICY: dict[str, str] = {
     "model_metadata": "view", "model_ready": "view", "model_config": "view", "infer": "infer",
     "v1_models": "list", "v1_model": "view", "predict": "infer", "repository_index": "list",
     "repository_load": "admin", "repository_unload": "admin",
+    "openai_completions": "infer", "openai_chat": "infer", "openai_embeddings": "infer",
 }  # fmt: skip
+OPENAI_ROUTES = {"/v1/completions": "openai_completions", "/v1/chat/completions": "openai_chat",
+                 "/v1/embeddings": "openai_embeddings"}  # fmt: skip
 
 #: Per-request time limit in milliseconds (V2's `timeout` parameter, in µs, works too).
 TIMEOUT_HEADER = b"x-request-timeout-ms"
@@ -166,9 +171,11 @@ class DataPlaneApp:
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
         gate: Gate | None = None,
+        openai: OpenAIRoutes | None = None,
     ) -> None:
         self.engine = engine
         self.gate = gate
+        self.openai = openai
         self.metrics = metrics
         self.fallback = fallback
         self.limits = limits
@@ -177,6 +184,7 @@ class DataPlaneApp:
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self._http_counters: dict[tuple[str, int], Any] = {}
+        self._created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -210,6 +218,11 @@ class DataPlaneApp:
         error: InferdError | None = None
         try:
             req = Request(scope, receive)
+            route = OPENAI_ROUTES.get(scope["path"])
+            if route is not None and self.openai is not None:
+                req.route = route
+                await self._openai(req, scope, send, start)
+                return
             resp = await self._route(req, scope["path"])
             if resp is None:
                 await self._fallback(req, scope, receive, send, start)
@@ -234,6 +247,24 @@ class DataPlaneApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._access(req, scope, status, start)
+
+    async def _openai(self, req: Request, scope: Scope, send: Send, start: int) -> None:
+        """An OpenAI route: JSON answers or an SSE stream, errors in OpenAI's dialect."""
+        api = self.openai
+        assert api is not None
+
+        async def prepare() -> tuple[Principal, Any]:
+            self._method(req, "POST")
+            p = await api.principal(req.authorization, req.api_key)
+            return p, loads(await self._body(req))
+
+        status = await serve_openai(api, req.route, prepare, req.receive, send, self._admit)
+        self._access(req, scope, status, start)
+
+    def _admit(self, p: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+        if self.gate is None or p.anonymous:
+            return contextlib.nullcontext()
+        return self.gate.admit(p)
 
     async def _fallback(
         self, req: Request, scope: Scope, receive: Receive, send: Send, start: int
@@ -527,6 +558,9 @@ class DataPlaneApp:
         if n == 2:
             req.route = "v1_models"
             self._method(req, "GET")
+            if self.openai is not None:  # one answer both KServe V1 and OpenAI clients read
+                await self._allow(req)
+                return _json(200, self.openai.models(req.principal, self._created))
             return _json(200, {"models": await self._names(req)})
         if n != 3:
             return None

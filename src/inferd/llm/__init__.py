@@ -1,0 +1,1 @@
+"""The LLM engine: continuous batching of text generation over Hugging Face models."""

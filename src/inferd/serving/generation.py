@@ -1,0 +1,101 @@
+"""Text generation on served `runtime: llm` models: pick a replica, stream its token events,
+record the LLM metrics (time to first token, inter-token latency, tokens, running / waiting)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from inferd.core.errors import ModelNotReady, Unsupported
+from inferd.core.generate import GenerateRequest, TokenEvent
+from inferd.observability.metrics import LLMMetrics
+from inferd.serving.engine import InferenceEngine, ServedVersion
+from inferd.workers.generation import ThreadGenerator
+
+
+class Generation:
+    """The engine's generative side; adapters (OpenAI, V2 generate) make one call per request."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        metrics: LLMMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.clock = clock
+
+    def models(self) -> list[ServedVersion]:
+        """Default versions of every ready generative model."""
+        out = []
+        for m in self.engine.models():
+            sv = m.default
+            if sv is not None and sv.runtime_name == "llm":
+                out.append(sv)
+        return out
+
+    def generator(
+        self, name: str, version: str | None = None
+    ) -> tuple[ServedVersion, ThreadGenerator]:
+        sv = self.engine.version(name, version)
+        if sv.runtime_name != "llm":
+            raise Unsupported(f"model '{name}' does not generate text (runtime {sv.runtime_name})")
+        live = [s.replica for s in sv.scheduler.live()
+                if isinstance(s.replica, ThreadGenerator) and s.replica.alive]  # fmt: skip
+        if not live:
+            raise ModelNotReady(f"model '{name}' has no running generator")
+        # the replica with the fewest streams takes the request
+        return sv, min(live, key=lambda g: len(g._streams))
+
+    def chat_prompt(self, name: str, messages: list[dict[str, Any]]) -> str:
+        _, gen = self.generator(name)
+        return gen.chat_prompt(messages)
+
+    def max_model_len(self, name: str) -> int | None:
+        _, gen = self.generator(name)
+        return getattr(gen.engine, "max_model_len", None)
+
+    async def stream(
+        self, name: str, version: str | None, request: GenerateRequest
+    ) -> AsyncIterator[TokenEvent]:
+        """Token events of one request; closing the iterator early aborts the request."""
+        sv, gen = self.generator(name, version)
+        labels = (sv.name, sv.version)
+        m = self.metrics
+        start = last = self.clock()
+        first = True
+        prompt_counted = False
+        self.engine.inflight += 1
+        try:
+            async for ev in gen.generate(request):
+                now = self.clock()
+                if not prompt_counted:
+                    m.prompt_tokens.labels(*labels).inc(ev.prompt_tokens)
+                    prompt_counted = True
+                if ev.token_ids:
+                    if first:
+                        m.ttft.labels(*labels).observe(now - start)
+                        first = False
+                    else:
+                        m.itl.labels(*labels).observe((now - last) / len(ev.token_ids))
+                    m.generation_tokens.labels(*labels).inc(len(ev.token_ids))
+                    last = now
+                if ev.finished:
+                    m.e2e.labels(*labels).observe(now - start)
+                    m.finished.labels(*labels, ev.finish_reason or "stop").inc()
+                self._gauges(sv, gen)
+                yield ev
+        finally:
+            self.engine.inflight -= 1
+            self._gauges(sv, gen)
+
+    def _gauges(self, sv: ServedVersion, gen: ThreadGenerator) -> None:
+        stats = gen.stats
+        if stats is None:
+            return
+        labels = (sv.name, sv.version)
+        self.metrics.running.labels(*labels).set(getattr(stats, "running", 0))
+        self.metrics.waiting.labels(*labels).set(getattr(stats, "waiting", 0))
+        self.metrics.kv_cache_usage.labels(*labels).set(getattr(stats, "kv_cache_usage", 0.0))

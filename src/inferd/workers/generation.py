@@ -1,0 +1,240 @@
+"""A generative replica: the LLM engine on its own thread, stepping while it has work.
+
+Requests come in from the event loop through an inbox; the engine thread admits them between
+steps (continuous batching), and every step's events are handed back to the event loop, to one
+queue per request. Cancelling a request's stream (its client went away) aborts it, which frees
+its slot at the next step. It also implements the `Replica` protocol, so V2 `infer` (text in,
+text out) works on the same model through the ordinary scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.core.errors import InferdError, InvalidInput, ModelLoadError, ReplicaFailed
+from inferd.core.generate import GenerateRequest, SamplingParams, TokenEvent
+from inferd.core.spec import ModelSpec, TensorSpec
+from inferd.workers.inprocess import Loaded, ReplicaResult
+
+log = logging.getLogger("inferd.generation")
+
+SIGNATURE = (
+    (TensorSpec("text", "BYTES", (-1,)),),
+    (TensorSpec("text", "BYTES", (-1,)),),
+)
+_STOP = object()
+
+
+def engine_factory(spec: ModelSpec, path: Path) -> Callable[[], Any]:
+    """Builds the LLM engine from `model.yaml` parameters (imports torch on the engine thread)."""
+    p = spec.parameters
+
+    def make() -> Any:
+        from inferd.llm.engine import LLMEngine
+
+        return LLMEngine(
+            path,
+            max_num_seqs=int(p.get("max_num_seqs", 16)),
+            max_model_len=int(p["max_model_len"]) if "max_model_len" in p else None,
+            dtype=str(p.get("dtype", "float32")),
+            device=str(p.get("device", "cpu")),
+        )
+
+    return make
+
+
+class ThreadGenerator:
+    """Continuous-batching generation on a dedicated thread of the server process."""
+
+    def __init__(self, make_engine: Callable[[], Any], label: str) -> None:
+        self.label = label
+        self._make = make_engine
+        self.engine: Any = None
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
+        self._thread: threading.Thread | None = None
+        self._alive = False
+        self.last_error = ""
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def load(self) -> Loaded:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            try:
+                self.engine = self._make()
+            except BaseException as e:  # report any load failure with its reason
+                msg = e.message if isinstance(e, InferdError) else f"{type(e).__name__}: {e}"
+                loop.call_soon_threadsafe(_settle, ready, ModelLoadError(msg))
+                return
+            loop.call_soon_threadsafe(_settle, ready, None)
+            self._loop()
+
+        self._thread = threading.Thread(target=run, name=f"llm-{self.label}", daemon=True)
+        self._thread.start()
+        await ready
+        self._alive = True
+        return Loaded(*SIGNATURE, "transformers_llm")
+
+    async def unload(self) -> None:
+        self._alive = False
+        self._inbox.put(_STOP)
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+        for loop, q in list(self._streams.values()):
+            loop.call_soon_threadsafe(q.put_nowait, ReplicaFailed("the model was unloaded"))
+        self._streams.clear()
+
+    async def ping(self, timeout_s: float) -> None:
+        if not self._alive or self._thread is None or not self._thread.is_alive():
+            raise ReplicaFailed(f"generator {self.label} is not running")
+
+    async def wait_exit(self) -> str:
+        await asyncio.Event().wait()  # a thread never exits on its own
+        return ""
+
+    # ---- the engine thread ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        engine = self.engine
+        while True:
+            if not engine.has_work():
+                self._wake.wait(1.0)
+            self._wake.clear()
+            while True:
+                try:
+                    cmd = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd is _STOP:
+                    return
+                op, arg = cmd
+                if op == "add":
+                    try:
+                        engine.add_request(arg)
+                    except Exception as e:
+                        err = e if isinstance(e, InferdError) else InvalidInput(str(e))
+                        self._deliver(arg.request_id, err)
+                elif op == "abort":
+                    engine.abort(arg)
+            if not engine.has_work():
+                continue
+            try:
+                events = engine.step()
+            except Exception as e:  # the engine should not raise; never let the loop die
+                log.exception("generator %s: step failed", self.label)
+                self.last_error = f"{type(e).__name__}: {e}"
+                for rid in list(self._streams):
+                    self._deliver(rid, ReplicaFailed(f"generation failed: {self.last_error}"))
+                    engine.abort(rid)
+                continue
+            for event in events:
+                self._deliver(event.request_id, event)
+
+    def _deliver(self, request_id: str, item: Any) -> None:
+        target = self._streams.get(request_id)
+        if target is not None:
+            loop, q = target
+            loop.call_soon_threadsafe(q.put_nowait, item)
+
+    # ---- requests ------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        """Events of one request as the engine produces them; closing the iterator early
+        (the client went away) aborts the request."""
+        if not self._alive:
+            raise ReplicaFailed(f"generator {self.label} is not running")
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        rid = request.request_id
+        if rid in self._streams:
+            raise InvalidInput(f"request id '{rid[:64]}' is already running")
+        self._streams[rid] = (asyncio.get_running_loop(), q)
+        self._inbox.put(("add", request))
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(rid, None)
+            if not finished:
+                self._inbox.put(("abort", rid))
+                self._wake.set()
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        return str(self.engine.chat_prompt(messages))
+
+    @property
+    def stats(self) -> Any:
+        return self.engine.stats if self.engine is not None else None
+
+    # ---- V2 infer: text in, text out (requests of one call run in the same batch) --------
+
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        parameters: dict[str, Any] | None,
+    ) -> ReplicaResult:
+        start = time.perf_counter_ns()
+        texts = inputs["text"].reshape(-1)
+        params = sampling_from(parameters or {})
+
+        async def one(raw: Any) -> str:
+            prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            req = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=params)
+            parts = [ev.text async for ev in self.generate(req)]
+            return "".join(parts)
+
+        results = await asyncio.gather(*(one(t) for t in texts))
+        out = np.array([r.encode() for r in results], dtype=object)
+        return ReplicaResult({"text": out}, 0, time.perf_counter_ns() - start)
+
+
+def sampling_from(parameters: dict[str, Any]) -> SamplingParams:
+    """V2 request parameters → SamplingParams (unknown keys are the runtime's business)."""
+    fields = {f for f in SamplingParams.__dataclass_fields__}
+    given = {k: v for k, v in parameters.items() if k in fields}
+    for key in ("stop", "stop_token_ids"):
+        if key in given:
+            v = given[key]
+            given[key] = tuple(v) if isinstance(v, list) else (v,)
+    try:
+        return replace(SamplingParams(), **given).validate()
+    except TypeError as e:
+        raise InvalidInput(f"parameters: {e}") from None
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
