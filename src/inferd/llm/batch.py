@@ -47,7 +47,9 @@ class BatchCache:
         old, new = self.width, int(cache.get_seq_length())
         width = max(old, new)
         for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width - old), _pad_left(theirs.keys, width - new)])
+            mine.keys = torch.cat(
+                [_pad_left(mine.keys, width - old), _pad_left(theirs.keys, width - new)]
+            )
             mine.values = torch.cat(
                 [_pad_left(mine.values, width - old), _pad_left(theirs.values, width - new)]
             )
@@ -59,6 +61,8 @@ class BatchCache:
         if not ids or self.cache is None:
             return
         keep = [i for i, rid in enumerate(self.ids) if rid not in ids]
+        if len(keep) == len(self.ids):
+            return
         if not keep:
             self.clear()
             return
@@ -99,7 +103,8 @@ def check_cache_layout(cache: Any) -> str | None:
     for layer in layers:
         if type(layer) is not DynamicLayer:
             return f"cache layer {type(layer).__name__} is not a plain DynamicLayer"
-        if getattr(layer, "keys", None) is None or layer.keys.dim() != 4:
+        keys = getattr(layer, "keys", None)
+        if keys is None or keys.dim() != 4:
             return "cache layers do not hold [batch, heads, seq, dim] keys"
     return None
 
@@ -108,8 +113,17 @@ def _layers(cache: Any) -> list[Any]:
     return list(cache.layers)
 
 
+def select_rows(cache: Any, rows: list[int]) -> None:
+    """Keep only these batch rows of a cache (sequences that finished at their prefill go)."""
+    index = torch.tensor(rows, dtype=torch.long, device=_device(cache))
+    for layer in _layers(cache):
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+
+
 def _device(cache: Any) -> torch.device:
-    return _layers(cache)[0].keys.device  # type: ignore[no-any-return]
+    device: torch.device = _layers(cache)[0].keys.device
+    return device
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:

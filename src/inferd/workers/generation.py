@@ -34,6 +34,7 @@ SIGNATURE = (
     (TensorSpec("text", "BYTES", (-1,)),),
 )
 _STOP = object()
+_LOAD_LOCK = threading.Lock()
 
 
 def engine_factory(spec: ModelSpec, path: Path) -> Callable[[], Any]:
@@ -43,13 +44,16 @@ def engine_factory(spec: ModelSpec, path: Path) -> Callable[[], Any]:
     def make() -> Any:
         from inferd.llm.engine import LLMEngine
 
-        return LLMEngine(
-            path,
-            max_num_seqs=int(p.get("max_num_seqs", 16)),
-            max_model_len=int(p["max_model_len"]) if "max_model_len" in p else None,
-            dtype=str(p.get("dtype", "float32")),
-            device=str(p.get("device", "cpu")),
-        )
+        # transformers' loading patches process-wide state (meta-device init): two models
+        # loading at once on two threads corrupt each other, so loads take turns
+        with _LOAD_LOCK:
+            return LLMEngine(
+                path,
+                max_num_seqs=int(p.get("max_num_seqs", 16)),
+                max_model_len=int(p["max_model_len"]) if "max_model_len" in p else None,
+                dtype=str(p.get("dtype", "float32")),
+                device=str(p.get("device", "cpu")),
+            )
 
     return make
 

@@ -559,8 +559,8 @@ class DataPlaneApp:
             req.route = "v1_models"
             self._method(req, "GET")
             if self.openai is not None:  # one answer both KServe V1 and OpenAI clients read
-                await self._allow(req)
-                return _json(200, self.openai.models(req.principal, self._created))
+                p = await self.openai.principal(req.authorization, req.api_key)
+                return _json(200, self.openai.models(p, self._created))
             return _json(200, {"models": await self._names(req)})
         if n != 3:
             return None
