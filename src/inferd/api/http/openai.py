@@ -309,6 +309,53 @@ class OpenAIRoutes:
 
         return sse(), cid
 
+    # ---- images --------------------------------------------------------------------------
+
+    async def images(self, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
+        """POST /v1/images/generations on a `runtime: diffusers` model (b64_json answers)."""
+        model = self.allow(p, doc.get("model"))
+        prompt = doc.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise ParamError("prompt", "must be a non-empty string")
+        n = _get(doc, "n", (int,), 1)
+        if not 1 <= n <= 4:
+            raise ParamError("n", "must be from 1 to 4")
+        if (doc.get("response_format") or "b64_json") != "b64_json":
+            raise ParamError("response_format", "only b64_json is supported")
+        params: dict[str, Any] = {}
+        size = doc.get("size")
+        if size is not None:
+            w, _, h = str(size).partition("x")
+            if not (w.isdigit() and h.isdigit()):
+                raise ParamError("size", "must look like 512x512")
+            params["width"], params["height"] = int(w), int(h)
+        steps = doc.get("num_inference_steps", doc.get("steps"))
+        for key, value in (("num_inference_steps", steps), ("guidance_scale",
+                           doc.get("guidance_scale")), ("seed", doc.get("seed"))):  # fmt: skip
+            if value is not None:
+                params[key] = value
+        sv = self.engine.version(model)
+        if "image" not in sv.output_map:
+            raise ParamError("model", f"`{model}` is not an image generation model")
+        inputs = [Tensor("prompt", "BYTES", np.array([prompt.encode()] * n, dtype=object))]
+        negative = doc.get("negative_prompt")
+        if isinstance(negative, str) and negative:
+            inputs.append(Tensor("negative_prompt", "BYTES",
+                                 np.array([negative.encode()] * n, dtype=object)))  # fmt: skip
+        try:
+            response = await self.engine.infer_version(
+                sv, InferenceRequest(inputs, parameters=params)
+            )
+        except InvalidInput as e:  # the runtime names the parameter first
+            raise ParamError(e.message.split(" ", 1)[0].strip("'"), e.message) from None
+        images = next(t.data for t in response.outputs if t.name == "image")
+        self.generation.metrics.image_steps.labels(sv.name, sv.version).inc(
+            int(params.get("num_inference_steps", 20)) * n
+        )
+        return {"created": int(time.time()),
+                "data": [{"b64_json": base64.b64encode(bytes(img)).decode(),
+                          "revised_prompt": None} for img in images.reshape(-1)]}  # fmt: skip
+
     # ---- embeddings ----------------------------------------------------------------------
 
     async def embeddings(self, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
@@ -383,6 +430,29 @@ def error_headers(e: InferdError, status: int) -> list[tuple[bytes, bytes]]:
     return []
 
 
+async def send_sse(receive: Receive, send: Send, chunks: AsyncGenerator[bytes, None]) -> int:
+    """Send a 200 `text/event-stream` of `chunks`; 499 when the client left first (the stream
+    is closed, which aborts its generation: the slot frees at the next engine step)."""
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})  # fmt: skip
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.create_task(watch_disconnect(receive, task))
+    try:
+        async for piece in chunks:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except asyncio.CancelledError:
+        if watcher.done() and task.cancelling():
+            task.uncancel()
+            await chunks.aclose()
+            return 499
+        raise
+    finally:
+        watcher.cancel()
+    return 200
+
+
 async def watch_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
     """Cancel the streaming task when the client goes away (frees its slot at the next step)."""
     while True:
@@ -412,37 +482,16 @@ async def serve_openai(
             if route == "openai_embeddings":
                 await send_json(send, 200, await api.embeddings(doc, p), [])
                 return status
+            if route == "openai_images":
+                await send_json(send, 200, await api.images(doc, p), [])
+                return status
             kind = "chat" if route == "openai_chat" else "completion"
             if not doc.get("stream"):
                 await send_json(send, 200, await api.complete(kind, doc, p), [])
                 return status
             chunks, _ = await api.stream(kind, doc, p)  # bad fields fail before the 200
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"text/event-stream"),
-                        (b"cache-control", b"no-cache"),
-                    ],
-                }
-            )
             started = True
-            task = asyncio.current_task()
-            assert task is not None
-            watcher = asyncio.create_task(watch_disconnect(receive, task))
-            try:
-                async for piece in chunks:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
-            except asyncio.CancelledError:
-                if watcher.done() and task.cancelling():
-                    task.uncancel()
-                    await chunks.aclose()  # aborts the generation: its slot frees next step
-                    return 499
-                raise
-            finally:
-                watcher.cancel()
+            return await send_sse(receive, send, chunks)
     except InferdError as e:
         status = status_of(e)
         if not started:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferd.api.http import v1
+from inferd.api.http import generate, v1
 from inferd.api.http.body import ClientDisconnected, compress, decode_content, read_body
 from inferd.api.http.errors import MethodNotAllowed, status_of
 from inferd.api.http.openai import OpenAIRoutes, serve_openai
@@ -126,9 +126,11 @@ POLICY: dict[str, str] = {
     "v1_models": "list", "v1_model": "view", "predict": "infer", "repository_index": "list",
     "repository_load": "admin", "repository_unload": "admin",
     "openai_completions": "infer", "openai_chat": "infer", "openai_embeddings": "infer",
+    "generate": "infer", "generate_stream": "infer", "openai_images": "infer",
 }  # fmt: skip
 OPENAI_ROUTES = {"/v1/completions": "openai_completions", "/v1/chat/completions": "openai_chat",
-                 "/v1/embeddings": "openai_embeddings"}  # fmt: skip
+                 "/v1/embeddings": "openai_embeddings",
+                 "/v1/images/generations": "openai_images"}  # fmt: skip
 
 #: Per-request time limit in milliseconds (V2's `timeout` parameter, in µs, works too).
 TIMEOUT_HEADER = b"x-request-timeout-ms"
@@ -223,6 +225,10 @@ class DataPlaneApp:
                 req.route = route
                 await self._openai(req, scope, send, start)
                 return
+            gen = generate.parse_path(scope["path"]) if self.openai is not None else None
+            if gen is not None:
+                await self._generate(req, scope, send, start, *gen)
+                return
             resp = await self._route(req, scope["path"])
             if resp is None:
                 await self._fallback(req, scope, receive, send, start)
@@ -259,6 +265,24 @@ class DataPlaneApp:
             return p, loads(await self._body(req))
 
         status = await serve_openai(api, req.route, prepare, req.receive, send, self._admit)
+        self._access(req, scope, status, start)
+
+    async def _generate(self, req: Request, scope: Scope, send: Send, start: int, name: str,
+                        version: str | None, stream: bool) -> None:  # fmt: skip
+        """V2 generate / generate_stream on an LLM (Triton's generate extension)."""
+        assert self.openai is not None
+        req.route = "generate_stream" if stream else "generate"
+        req.model, req.version = name, version
+
+        async def prepare() -> Any:
+            self._method(req, "POST")
+            await self._allow(req)
+            return loads(await self._body(req))
+
+        status = await generate.serve_generate(
+            self.openai.generation, name, version, stream, prepare, req.receive, send,
+            lambda: self._admit(req.principal),
+        )  # fmt: skip
         self._access(req, scope, status, start)
 
     def _admit(self, p: Principal) -> contextlib.AbstractAsyncContextManager[None]:
