@@ -60,18 +60,16 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     control = build_control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
     http = settings.http
     g = settings.grpc
-    grpc = (
-        GrpcServer(
-            engine, g.host, g.port, g.max_message_bytes, http.server_name, __version__, control.gate
-        )
-        if g.enabled
-        else None
-    )
-    openai = OpenAIRoutes(engine, Generation(engine, metrics.llm), control.gate)
+    generation = Generation(engine, metrics.llm)
+    grpc = None
+    if g.enabled:
+        grpc = GrpcServer(engine, g.host, g.port, g.max_message_bytes, http.server_name,
+                          __version__, control.gate, generation)  # fmt: skip
+    openai = OpenAIRoutes(engine, generation, control.gate)
     asgi = DataPlaneApp(
         engine,
         metrics,
-        fallback=management_app(control, __version__),
+        fallback=management_app(control, __version__, generation),
         limits=HttpLimits(max_body_bytes=http.max_body_bytes, max_chunks=http.max_chunks),
         server_name=http.server_name,
         server_version=__version__,

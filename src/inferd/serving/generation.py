@@ -11,7 +11,7 @@ from inferd.core.errors import ModelNotReady, Unsupported
 from inferd.core.generate import GenerateRequest, TokenEvent
 from inferd.observability.metrics import LLMMetrics
 from inferd.serving.engine import InferenceEngine, ServedVersion
-from inferd.workers.generation import ThreadGenerator
+from inferd.workers.generation import GeneratorBase
 
 
 class Generation:
@@ -38,24 +38,22 @@ class Generation:
 
     def generator(
         self, name: str, version: str | None = None
-    ) -> tuple[ServedVersion, ThreadGenerator]:
+    ) -> tuple[ServedVersion, GeneratorBase]:
         sv = self.engine.version(name, version)
         if sv.runtime_name != "llm":
             raise Unsupported(f"model '{name}' does not generate text (runtime {sv.runtime_name})")
-        live = [s.replica for s in sv.scheduler.live()
-                if isinstance(s.replica, ThreadGenerator) and s.replica.alive]  # fmt: skip
+        live: list[GeneratorBase] = []
+        for slot in sv.scheduler.live():
+            if isinstance(slot.replica, GeneratorBase) and slot.replica.alive:
+                live.append(slot.replica)
         if not live:
             raise ModelNotReady(f"model '{name}' has no running generator")
         # the replica with the fewest streams takes the request
         return sv, min(live, key=lambda g: len(g._streams))
 
-    def chat_prompt(self, name: str, messages: list[dict[str, Any]]) -> str:
+    async def chat_prompt(self, name: str, messages: list[dict[str, Any]]) -> str:
         _, gen = self.generator(name)
-        return gen.chat_prompt(messages)
-
-    def max_model_len(self, name: str) -> int | None:
-        _, gen = self.generator(name)
-        return getattr(gen.engine, "max_model_len", None)
+        return await gen.chat_prompt(messages)
 
     async def stream(
         self, name: str, version: str | None, request: GenerateRequest
@@ -91,7 +89,7 @@ class Generation:
             self.engine.inflight -= 1
             self._gauges(sv, gen)
 
-    def _gauges(self, sv: ServedVersion, gen: ThreadGenerator) -> None:
+    def _gauges(self, sv: ServedVersion, gen: GeneratorBase) -> None:
         stats = gen.stats
         if stats is None:
             return

@@ -58,23 +58,100 @@ def engine_factory(spec: ModelSpec, path: Path) -> Callable[[], Any]:
     return make
 
 
-class ThreadGenerator:
-    """Continuous-batching generation on a dedicated thread of the server process."""
+class GeneratorBase:
+    """What every generative replica shares: per-request event queues, the async stream API,
+    and V2 `infer` (text in, text out) on top of it. Subclasses say how a request reaches the
+    engine (`_submit`, `_abort`) and answer `chat_prompt`."""
 
-    def __init__(self, make_engine: Callable[[], Any], label: str) -> None:
+    max_model_len: int | None = None
+
+    def __init__(self, label: str) -> None:
         self.label = label
-        self._make = make_engine
-        self.engine: Any = None
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
-        self._thread: threading.Thread | None = None
         self._alive = False
-        self.last_error = ""
 
     @property
     def alive(self) -> bool:
         return self._alive
+
+    @property
+    def stats(self) -> Any:
+        raise NotImplementedError
+
+    def _submit(self, request: GenerateRequest) -> None:
+        raise NotImplementedError
+
+    def _abort(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    async def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        raise NotImplementedError
+
+    def _deliver(self, request_id: str, item: Any) -> None:
+        target = self._streams.get(request_id)
+        if target is not None:
+            loop, q = target
+            loop.call_soon_threadsafe(q.put_nowait, item)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        """Events of one request as the engine produces them; closing the iterator early
+        (the client went away) aborts the request."""
+        if not self.alive:
+            raise ReplicaFailed(f"generator {self.label} is not running")
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        rid = request.request_id
+        if rid in self._streams:
+            raise InvalidInput(f"request id '{rid[:64]}' is already running")
+        self._streams[rid] = (asyncio.get_running_loop(), q)
+        finished = False
+        try:
+            self._submit(request)
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(rid, None)
+            if not finished:
+                self._abort(rid)
+
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        parameters: dict[str, Any] | None,
+    ) -> ReplicaResult:
+        """V2 infer: each text of the batch is a request; they run in the same engine batch."""
+        start = time.perf_counter_ns()
+        texts = inputs["text"].reshape(-1)
+        params = sampling_from(parameters or {})
+
+        async def one(raw: Any) -> str:
+            prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            req = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=params)
+            parts = [ev.text async for ev in self.generate(req)]
+            return "".join(parts)
+
+        results = await asyncio.gather(*(one(t) for t in texts))
+        out = np.array([r.encode() for r in results], dtype=object)
+        return ReplicaResult({"text": out}, 0, time.perf_counter_ns() - start)
+
+
+class ThreadGenerator(GeneratorBase):
+    """Continuous-batching generation on a dedicated thread of the server process."""
+
+    def __init__(self, make_engine: Callable[[], Any], label: str) -> None:
+        super().__init__(label)
+        self._make = make_engine
+        self.engine: Any = None
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -90,11 +167,12 @@ class ThreadGenerator:
                 loop.call_soon_threadsafe(_settle, ready, ModelLoadError(msg))
                 return
             loop.call_soon_threadsafe(_settle, ready, None)
-            self._loop()
+            run_engine(self.engine, self._inbox, self._wake, self._deliver, self.label)
 
         self._thread = threading.Thread(target=run, name=f"llm-{self.label}", daemon=True)
         self._thread.start()
         await ready
+        self.max_model_len = getattr(self.engine, "max_model_len", None)
         self._alive = True
         return Loaded(*SIGNATURE, "transformers_llm")
 
@@ -116,109 +194,70 @@ class ThreadGenerator:
         await asyncio.Event().wait()  # a thread never exits on its own
         return ""
 
-    # ---- the engine thread ---------------------------------------------------------------
-
-    def _loop(self) -> None:
-        engine = self.engine
-        while True:
-            if not engine.has_work():
-                self._wake.wait(1.0)
-            self._wake.clear()
-            while True:
-                try:
-                    cmd = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if cmd is _STOP:
-                    return
-                op, arg = cmd
-                if op == "add":
-                    try:
-                        engine.add_request(arg)
-                    except Exception as e:
-                        err = e if isinstance(e, InferdError) else InvalidInput(str(e))
-                        self._deliver(arg.request_id, err)
-                elif op == "abort":
-                    engine.abort(arg)
-            if not engine.has_work():
-                continue
-            try:
-                events = engine.step()
-            except Exception as e:  # the engine should not raise; never let the loop die
-                log.exception("generator %s: step failed", self.label)
-                self.last_error = f"{type(e).__name__}: {e}"
-                for rid in list(self._streams):
-                    self._deliver(rid, ReplicaFailed(f"generation failed: {self.last_error}"))
-                    engine.abort(rid)
-                continue
-            for event in events:
-                self._deliver(event.request_id, event)
-
-    def _deliver(self, request_id: str, item: Any) -> None:
-        target = self._streams.get(request_id)
-        if target is not None:
-            loop, q = target
-            loop.call_soon_threadsafe(q.put_nowait, item)
-
-    # ---- requests ------------------------------------------------------------------------
-
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        """Events of one request as the engine produces them; closing the iterator early
-        (the client went away) aborts the request."""
-        if not self._alive:
-            raise ReplicaFailed(f"generator {self.label} is not running")
-        q: asyncio.Queue[Any] = asyncio.Queue()
-        rid = request.request_id
-        if rid in self._streams:
-            raise InvalidInput(f"request id '{rid[:64]}' is already running")
-        self._streams[rid] = (asyncio.get_running_loop(), q)
+    def _submit(self, request: GenerateRequest) -> None:
         self._inbox.put(("add", request))
         self._wake.set()
-        finished = False
-        try:
-            while True:
-                item = await q.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                yield item
-                if item.finished:
-                    finished = True
-                    return
-        finally:
-            self._streams.pop(rid, None)
-            if not finished:
-                self._inbox.put(("abort", rid))
-                self._wake.set()
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+    def _abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+
+    async def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
         return str(self.engine.chat_prompt(messages))
 
     @property
     def stats(self) -> Any:
         return self.engine.stats if self.engine is not None else None
 
-    # ---- V2 infer: text in, text out (requests of one call run in the same batch) --------
 
-    async def infer(
-        self,
-        inputs: dict[str, np.ndarray],
-        outputs: Sequence[str] | None,
-        parameters: dict[str, Any] | None,
-    ) -> ReplicaResult:
-        start = time.perf_counter_ns()
-        texts = inputs["text"].reshape(-1)
-        params = sampling_from(parameters or {})
-
-        async def one(raw: Any) -> str:
-            prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            req = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=params)
-            parts = [ev.text async for ev in self.generate(req)]
-            return "".join(parts)
-
-        results = await asyncio.gather(*(one(t) for t in texts))
-        out = np.array([r.encode() for r in results], dtype=object)
-        return ReplicaResult({"text": out}, 0, time.perf_counter_ns() - start)
+def run_engine(
+    engine: Any,
+    inbox: queue.SimpleQueue[Any],
+    wake: threading.Event,
+    deliver: Callable[[str, Any], None],
+    label: str,
+) -> None:
+    """Step `engine` while it has work, admitting requests from `inbox` between steps (the
+    continuous-batching loop of a generator thread or worker process). `deliver(request_id,
+    item)` receives each TokenEvent, or an exception for a request that could not run."""
+    running: set[str] = set()
+    while True:
+        if not engine.has_work():
+            wake.wait(1.0)
+        wake.clear()
+        while True:
+            try:
+                cmd = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if cmd is _STOP:
+                return
+            op, arg = cmd
+            if op == "add":
+                try:
+                    engine.add_request(arg)
+                    running.add(arg.request_id)
+                except Exception as e:
+                    err = e if isinstance(e, InferdError) else InvalidInput(str(e))
+                    deliver(arg.request_id, err)
+            elif op == "abort":
+                engine.abort(arg)
+        if not engine.has_work():
+            continue
+        try:
+            events = engine.step()
+        except Exception as e:  # the engine should not raise; never let the loop die
+            log.exception("generator %s: step failed", label)
+            reason = f"generation failed: {type(e).__name__}: {e}"
+            for rid in list(running):
+                deliver(rid, ReplicaFailed(reason))
+                engine.abort(rid)
+            running.clear()
+            continue
+        for event in events:
+            if event.finished:
+                running.discard(event.request_id)
+            deliver(event.request_id, event)
 
 
 def sampling_from(parameters: dict[str, Any]) -> SamplingParams:

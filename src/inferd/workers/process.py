@@ -40,6 +40,38 @@ _KINDS: dict[str, type[InferdError]] = {
 }
 
 
+async def spawn_worker(
+    spec: ModelSpec, index: int
+) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Start `python -m inferd.workers.worker_main` on one end of a socket pair, with the
+    version's resource limits (CPU pinning, thread pools, GPU visibility)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    cpus = limits.cpu_set(spec.resources, index)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "inferd.workers.worker_main", str(child.fileno()),
+            pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            env=limits.worker_env(spec.resources, cpus),
+        )  # fmt: skip
+    finally:
+        child.close()
+    if cpus is not None:
+        limits.pin(proc.pid, cpus)
+    reader, writer = await asyncio.open_unix_connection(sock=parent)
+    return proc, reader, writer
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "connection lost"
+    if code < 0:
+        try:
+            return f"worker killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with code {code}"
+
+
 def _specs(raw: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
     return tuple(
         TensorSpec(t["name"], t["datatype"], tuple(t["shape"]), bool(t.get("optional")))
@@ -85,19 +117,7 @@ class ProcessReplica:
         return self._proc is not None and self._proc.returncode is None and not self._closing
 
     async def load(self) -> Loaded:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cpus = limits.cpu_set(self.spec.resources, self.index)
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "inferd.workers.worker_main", str(child.fileno()),
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                env=limits.worker_env(self.spec.resources, cpus),
-            )  # fmt: skip
-        finally:
-            child.close()
-        if cpus is not None:
-            limits.pin(self._proc.pid, cpus)
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        self._proc, self._reader, self._writer = await spawn_worker(self.spec, self.index)
         header = {
             "op": "load",
             "name": self.spec.name,
@@ -227,15 +247,7 @@ class ProcessReplica:
             return self._death
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), 2)
-        code = self._proc.returncode
-        if code is None:
-            return "connection lost"
-        if code < 0:
-            try:
-                return f"worker killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"worker killed by signal {-code}"
-        return f"worker exited with code {code}"
+        return exit_reason(self._proc.returncode)
 
     async def wait_exit(self) -> str:
         assert self._proc is not None

@@ -92,6 +92,16 @@ def serve(sock: socket.socket) -> None:
                     "inputs": [t.to_dict() | {"optional": t.optional} for t in inputs_sig],
                     "outputs": [t.to_dict() | {"optional": t.optional} for t in outputs_sig],
                 }
+            elif op == "load_llm":  # a generative replica: the socket becomes multiplexed
+                from inferd.workers.generation import engine_factory
+                from inferd.workers.generation_worker import serve_generation
+
+                spec = parse_model_config(header["name"], header["config"])
+                engine = engine_factory(spec, Path(header["path"]))()
+                write_frame_sync(sock, {"ok": True, "platform": "transformers_llm",
+                                        "max_model_len": engine.max_model_len})  # fmt: skip
+                serve_generation(sock, stream, engine)
+                return
             elif op == "unload":
                 if runtime is not None:
                     runtime.unload()

@@ -11,13 +11,19 @@ from starlette.exceptions import HTTPException
 
 from inferd.api.admin.routes import router
 from inferd.api.http.errors import status_of
+from inferd.api.http.websocket import TokenSocket, socket_router
 from inferd.control.plane import ControlPlane
 from inferd.core.errors import InferdError, RateLimited, Unavailable
+from inferd.serving.generation import Generation
 
 log = logging.getLogger("inferd.api")
 
 
-def management_app(control: ControlPlane, version: str) -> FastAPI:
+def management_app(
+    control: ControlPlane, version: str, generation: Generation | None = None
+) -> FastAPI:
+    """The management API; with `generation`, also the token-stream WebSocket routes (every
+    non-HTTP scope reaches this app, so `/v2/...` WebSocket paths are served here)."""
     app = FastAPI(
         title="inferd",
         version=version,
@@ -31,6 +37,8 @@ def management_app(control: ControlPlane, version: str) -> FastAPI:
     )
     app.state.control = control
     app.include_router(router)
+    if generation is not None:
+        app.include_router(socket_router(TokenSocket(generation, control.gate)))
 
     async def inferd_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InferdError)

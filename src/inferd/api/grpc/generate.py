@@ -170,7 +170,9 @@ class TokenStreams:
             put(error_response(request, INTERNAL_MESSAGE))
         log_rpc("ModelStreamInfer", request, code, start)
 
-    async def _generate(self, request: Any, principal: Principal, put: Callable[[Any], None]) -> None:
+    async def _generate(
+        self, request: Any, principal: Principal, put: Callable[[Any], None]
+    ) -> None:
         if self.engine.stopping:
             raise ServerNotReady("server is shutting down")
         call = to_generate(request)
@@ -179,7 +181,7 @@ class TokenStreams:
             admit = self.gate.admit(principal)
         name, version = request.model_name, request.model_version or None
         async with admit:
-            sv, _ = self.generation.generator(name, version)
+            sv = self.engine.version(name, version)
             events = self.generation.stream(name, version, call.request)
             assert isinstance(events, AsyncGenerator)
             parts: list[str] = []
@@ -197,3 +199,6 @@ class TokenStreams:
                     else:
                         last = ev if ev.finished else None
                         put(token_response(request, sv.name, sv.version, ev.text, last))
+                    if ev.finished:
+                        return
+        raise ModelExecutionError("generation ended without a final event")

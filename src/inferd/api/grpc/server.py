@@ -14,6 +14,7 @@ from inferd.api.grpc.health import HealthService
 from inferd.api.grpc.servicer import InferenceServicer
 from inferd.control.gate import Gate
 from inferd.serving.engine import InferenceEngine
+from inferd.serving.generation import Generation
 
 log = logging.getLogger("inferd.grpc")
 
@@ -38,11 +39,12 @@ class GrpcServer:
         server_name: str = "inferd",
         server_version: str = "0",
         gate: Gate | None = None,
+        generation: Generation | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.max_message_bytes = max_message_bytes
-        self.servicer = InferenceServicer(engine, server_name, server_version, gate)
+        self.servicer = InferenceServicer(engine, server_name, server_version, gate, generation)
         self.health = HealthService(lambda: engine.not_ready_reason() is None)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None

@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 from inferd.api.grpc.access import log_rpc
 from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, GrpcStatus, code_of
+from inferd.api.grpc.generate import TokenStreams
 from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
 from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.control.gate import Gate
@@ -33,6 +34,7 @@ from inferd.core.errors import (
     ServerNotReady,
 )
 from inferd.serving.engine import InferenceEngine
+from inferd.serving.generation import Generation
 
 log = logging.getLogger("inferd.grpc")
 
@@ -105,9 +107,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         server_name: str = "inferd",
         server_version: str = "0",
         gate: Gate | None = None,
+        generation: Generation | None = None,
     ) -> None:
         self.engine = engine
         self.gate = gate
+        #: `runtime: llm` models stream one response per token event in ModelStreamInfer.
+        self.tokens = TokenStreams(engine, generation, gate) if generation is not None else None
         self.server_name = server_name
         self.server_version = server_version
         self._streams: set[_Stream] = set()
@@ -253,6 +258,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._streams.discard(stream)
             stream.close()
 
+    async def stream_request(
+        self, request: Any, principal: Principal, put: Callable[[Any], None]
+    ) -> None:
+        """Answer one request of a stream: a generative model puts one response per token
+        event, any other model one response."""
+        tokens = self.tokens
+        if tokens is not None and tokens.handles(request, principal):
+            await tokens.run(request, principal, put)
+        else:
+            put(await self.stream_one(request, principal))
+
     async def stream_one(self, request: Any, principal: Principal = ANONYMOUS) -> Any:
         """One request of a stream -> ModelStreamInferResponse (never raises InferdError)."""
         start = time.perf_counter_ns()
@@ -344,7 +360,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 class _Stream:
     """One ModelStreamInfer call: a reader task spawns a task per request; responses are
-    queued as they complete and `None` marks the end (input closed and nothing in flight)."""
+    queued as they complete (a generation's token events one by one) and `None` marks the end
+    (input closed and nothing in flight)."""
 
     def __init__(
         self,
@@ -377,7 +394,7 @@ class _Stream:
 
     async def _one(self, request: Any) -> None:
         try:
-            self.out.put_nowait(await self.servicer.stream_one(request, self.principal))
+            await self.servicer.stream_request(request, self.principal, self.out.put_nowait)
         finally:
             self._slots.release()
             self._inflight -= 1

@@ -160,15 +160,15 @@ class OpenAIRoutes:
             }  # fmt: skip
             m = self.engine.model(name)
             if m.default is not None and m.default.runtime_name == "llm":
-                gen = m.default.scheduler.live()
-                eng = getattr(gen[0].replica, "engine", None) if gen else None
-                entry["max_model_len"] = getattr(eng, "max_model_len", None)
+                live = m.default.scheduler.live()
+                replica = live[0].replica if live else None
+                entry["max_model_len"] = getattr(replica, "max_model_len", None)
             data.append(entry)
         return {"object": "list", "data": data, "models": names}
 
     # ---- completions and chat ------------------------------------------------------------
 
-    def _prepare(
+    async def _prepare(
         self, kind: str, doc: dict[str, Any], model: str
     ) -> tuple[list[GenerateRequest], bool, bool]:
         _unsupported(doc)
@@ -192,7 +192,7 @@ class OpenAIRoutes:
                     raise ParamError(f"messages[{i}].content", "must be a string or text parts")
             max_tokens = _get(doc, "max_completion_tokens", (int,),
                               _get(doc, "max_tokens", (int,)))  # fmt: skip
-            prompts: list[Any] = [self.generation.chat_prompt(model, messages)]
+            prompts: list[Any] = [await self.generation.chat_prompt(model, messages)]
         else:
             max_tokens = _get(doc, "max_tokens", (int,), 16)
             prompt = doc.get("prompt")
@@ -221,7 +221,7 @@ class OpenAIRoutes:
     async def complete(self, kind: str, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
         """A non-streamed completion or chat completion."""
         model = self.allow(p, doc.get("model"))
-        requests, _, _ = self._prepare(kind, doc, model)
+        requests, _, _ = await self._prepare(kind, doc, model)
 
         async def run(r: GenerateRequest) -> TokenEvent:
             text, last = [], None
@@ -260,7 +260,7 @@ class OpenAIRoutes:
     ) -> tuple[AsyncGenerator[bytes, None], str]:
         """Validate and start a streamed completion: SSE chunks as an iterator."""
         model = self.allow(p, doc.get("model"))
-        requests, _, usage_chunk = self._prepare(kind, doc, model)
+        requests, _, usage_chunk = await self._prepare(kind, doc, model)
         if len(requests) != 1:
             raise ParamError("prompt", "streaming takes one prompt")
         req = requests[0]
