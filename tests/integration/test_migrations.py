@@ -7,6 +7,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,30 @@ def _schema_diff(conn: Connection, target: MetaData) -> list[object]:
     return list(compare_metadata(context, target))
 
 
-async def test_head_is_the_initial_revision() -> None:
+async def test_head_is_the_newest_revision() -> None:
     # Update when a revision is added; the upgrade-path tests below then cover it.
-    assert HEAD == "0001"
+    assert HEAD == "0002"
+
+
+async def test_upgrade_0001_to_0002_keeps_versions_and_adds_their_runtime(db: Database) -> None:
+    """A registry written by the first schema upgrades in place: rows survive, the new column
+    reads as empty, and new writes use it."""
+    await db.migrate(revision="0001")
+    store = RegistryStore(db)
+    owner = await store.create_user("alice", "h", Role.MEMBER)
+    model = await store.create_model(name="m", owner_id=owner.id, visibility=Visibility.PUBLIC)
+    async with db.engine.begin() as conn:  # a version row as the 0001 code wrote it
+        await conn.execute(text(
+            "INSERT INTO model_versions (id, model_id, version, status, reason, artifact_key, "
+            "artifact_format, sha256, size_bytes, source, inputs, outputs, created_at) VALUES "
+            "('v1', :m, 1, 'ready', '', 'k', 'onnx', 'ab', 10, 'upload:x', '[]', '[]', "
+            ":at)"), {"m": model.id, "at": datetime(2026, 1, 1, tzinfo=UTC)})  # fmt: skip
+    await db.migrate()
+    assert await db.current_revision() == "0002"
+    (old,) = await store.list_versions(model.id)
+    assert old.version == 1 and old.artifact_format == "onnx" and old.runtime == ""
+    updated = await store.update_version(old.id, runtime="onnx")
+    assert updated.runtime == "onnx"
 
 
 async def test_migrate_creates_the_schema_from_empty(db: Database) -> None:

@@ -342,3 +342,45 @@ def test_a_killed_generator_worker_fails_its_streams_and_is_replaced(
         time.sleep(0.1)
     r = client.completions.create(model="tiny", prompt="hello", max_tokens=3, **GREEDY)
     assert r.usage is not None and r.usage.completion_tokens == 3
+
+
+def test_private_llm_uploaded_deployed_and_called_with_a_key(tmp_path: Path) -> None:
+    """A user uploads a model folder (zip) as an LLM, deploys it, and calls it through the
+    OpenAI API with their key; others cannot see it."""
+    import io
+    import zipfile
+
+    from tests.integration.platform import Platform
+
+    folder = tiny_llm(tmp_path / "mine", "llama")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    p = Platform(tmp_path / "data").start()
+    try:
+        owner, other = p.user("llmowner"), p.user("someone")
+        assert (
+            p.http.post("/api/v1/models", headers=owner, json={"name": "mychat"}).status_code == 201
+        )
+        r = p.upload(owner, "mychat", buf.getvalue(), {"runtime": "llm"}, "model.zip")
+        assert r.status_code == 201, r.text
+        assert r.json()["format"] == "transformers" and r.json()["status"] == "ready"
+        dep = p.http.post("/api/v1/deployments", headers=owner, json={"model": "mychat"}).json()
+        assert p.wait_deployment(owner, dep["id"])["status"] == "ready"
+        key = p.http.post("/api/v1/keys", headers=owner, json={"name": "sdk"}).json()["key"]
+        assert p.server is not None
+        with openai.OpenAI(base_url=f"{p.server.url}/v1", api_key=key, max_retries=0) as mine:
+            out = mine.chat.completions.create(
+                model="mychat", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                **GREEDY)  # fmt: skip
+            assert out.usage is not None and out.usage.completion_tokens == 4
+        token = other["Authorization"].split()[1]
+        for api_key in (token, "EMPTY"):
+            with openai.OpenAI(base_url=f"{p.server.url}/v1", api_key=api_key,
+                               max_retries=0) as theirs:  # fmt: skip
+                with pytest.raises(openai.NotFoundError):
+                    theirs.completions.create(model="mychat", prompt="x", max_tokens=2)
+                assert "mychat" not in {m.id for m in theirs.models.list()}
+    finally:
+        p.stop()

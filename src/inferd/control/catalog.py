@@ -360,6 +360,7 @@ class Catalog:
             reason=warning,
             artifact_key=prefix,
             artifact_format=fmt.name,
+            runtime=runtime,
             sha256=staged.sha256,
             size_bytes=staged.size,
             inputs=sv_inputs,

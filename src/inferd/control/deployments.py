@@ -104,7 +104,7 @@ def deployment_spec(
         return out
 
     raw: dict[str, Any] = {
-        "runtime": cfg.runtime,
+        "runtime": cfg.runtime or version.runtime or None,
         "max_batch_size": mbs,
         "instances": max(cfg.min_replicas, 1),
         "instance_kind": cfg.instance_kind,

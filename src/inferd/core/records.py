@@ -107,6 +107,8 @@ class ModelVersion:
     artifact_key: str = ""
     #: Detected format: onnx, skops, pickle, xgboost, lightgbm, torchscript, torch_export, …
     artifact_format: str = ""
+    #: The runtime it was validated with (onnx, sklearn, llm, transformers, ...).
+    runtime: str = ""
     sha256: str = ""
     size_bytes: int = 0
     #: Where it came from: "upload:<filename>", "url:<url>", "repository:<path>".

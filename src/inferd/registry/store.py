@@ -328,6 +328,7 @@ class RegistryStore:
                 reason="",
                 artifact_key="",
                 artifact_format="",
+                runtime="",
                 sha256="",
                 size_bytes=0,
                 source=source,

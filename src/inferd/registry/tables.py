@@ -212,6 +212,8 @@ class VersionRow(Base):
     reason: Mapped[str] = mapped_column(Text(), nullable=False, default="")
     artifact_key: Mapped[str] = mapped_column(String(), nullable=False, default="")
     artifact_format: Mapped[str] = mapped_column(String(), nullable=False, default="")
+    #: The runtime the version was validated with (serving uses it unless a deployment says).
+    runtime: Mapped[str] = mapped_column(String(64), nullable=False, default="", server_default="")
     sha256: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     size_bytes: Mapped[int] = mapped_column(BigInteger(), nullable=False, default=0)
     source: Mapped[str] = mapped_column(Text(), nullable=False, default="")
@@ -238,6 +240,7 @@ class VersionRow(Base):
             reason=self.reason,
             artifact_key=self.artifact_key,
             artifact_format=self.artifact_format,
+            runtime=self.runtime,
             sha256=self.sha256,
             size_bytes=self.size_bytes,
             source=self.source,
@@ -367,6 +370,7 @@ VERSION_UPDATES: dict[str, Callable[[Any], Any]] = {
     "reason": str,
     "artifact_key": str,
     "artifact_format": str,
+    "runtime": str,
     "sha256": str,
     "size_bytes": int,
     "inputs": lambda v: [dict(x) for x in v],

@@ -44,7 +44,8 @@ def model(m: Model) -> dict[str, Any]:
 def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
     return {
         "id": v.id, "model": model_name, "version": v.version, "status": str(v.status),
-        "reason": v.reason, "format": v.artifact_format, "sha256": v.sha256,
+        "reason": v.reason, "format": v.artifact_format, "runtime": v.runtime or None,
+        "sha256": v.sha256,
         "size_bytes": v.size_bytes, "source": v.source, "inputs": list(v.inputs),
         "outputs": list(v.outputs), "sample_input": v.sample_input,
         "sample_output": v.sample_output, "created_at": _ts(v.created_at),
