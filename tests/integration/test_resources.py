@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from inferd.core.tensors import InferenceRequest, Tensor
@@ -82,5 +83,45 @@ async def test_cpu_pinning_gpu_hiding_and_memory_limit(tmp_path: Path) -> None:
         assert "over its memory limit of 300 MiB" in sched.slots[0].last_error
         r = await engine.infer("pinned", None, _request())  # the replacement serves
         assert {t.name for t in r.outputs} == {"CPUS", "ENV"}
+    finally:
+        await engine.stop()
+
+
+ENV_PROBE = textwrap.dedent(
+    """
+    import os
+    import numpy as np
+
+    class Model:
+        def infer(self, inputs, parameters):
+            names = sorted(os.environ)
+            return {"NAMES": np.array([n.encode() for n in names], object)}
+    """
+)
+
+
+async def test_worker_processes_do_not_see_server_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERD_REGISTRY__S3_SECRET_KEY", "s3-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("PGPASSWORD", "pg-secret")
+    monkeypatch.setenv("HARMLESS_SETTING", "1")
+    (tmp_path / "env" / "1").mkdir(parents=True)
+    (tmp_path / "env" / "1" / "model.py").write_text(ENV_PROBE)
+    (tmp_path / "env" / "model.yaml").write_text(textwrap.dedent("""
+        runtime: python
+        trusted: true
+        inputs: [{name: X, datatype: FP32, shape: [-1]}]
+        outputs: [{name: NAMES, datatype: BYTES, shape: [-1]}]
+        """))  # fmt: skip
+    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path))
+    await engine.start()
+    try:
+        r = await engine.infer("env", None, _request())
+        names = {n.decode() for n in r.outputs[0].data.tolist()}
+        assert "HARMLESS_SETTING" in names and "PATH" in names
+        leaked = {n for n in names if n.startswith(("INFERD_", "AWS_", "PG"))}
+        assert leaked == set()
     finally:
         await engine.stop()
