@@ -263,8 +263,10 @@ def test_image_generation(client: openai.OpenAI, server: RunningServer) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.images.generate(model="painter", prompt="x", size="30x30")
     assert "height" in str(bad.value) or "width" in str(bad.value)
+    # progress comes from the worker process step by step (2 batched steps per request)
     text = httpx.get(f"{server.url}/metrics").text
-    assert 'inferd_image_generation_steps_total{model="painter",version="1"} 6.0' in text
+    assert 'inferd_image_generation_steps_total{model="painter",version="1"} 4.0' in text
+    assert 'inferd_generation_progress_ratio{model="painter",version="1"} 1.0' in text
 
 
 def test_engine_error_mid_stream_arrives_in_band(

@@ -220,3 +220,6 @@ class LLMMetrics:
         self.image_steps = Counter("inferd_image_generation_steps",
                                    "Denoising steps run by image generation models", mv,
                                    registry=registry)  # fmt: skip
+        self.progress = Gauge("inferd_generation_progress_ratio",
+                              "Progress (0-1) of the latest long-running request, e.g. the "
+                              "denoising steps of an image", mv, registry=registry)  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +38,10 @@ class Runtime(ABC):
     @abstractmethod
     def load(self) -> None:
         """Import the framework and load the artifact."""
+
+    #: Set by the replica: long-running runtimes call it with (done, total) as they progress
+    #: (e.g. denoising steps); it may be called from the runtime's own thread.
+    progress_hook: Callable[[int, int], None] | None = None
 
     #: Set by `load()`: the signature `signature()` reports.
     _inputs: tuple[TensorSpec, ...] = ()

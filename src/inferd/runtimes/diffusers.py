@@ -189,6 +189,8 @@ class DiffusersRuntime(Runtime):
         def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             # Second-order schedulers run more timesteps than steps: the pipeline knows how many.
             self.progress = (step + 1, int(getattr(pipe, "num_timesteps", 0) or steps))
+            if self.progress_hook is not None:
+                self.progress_hook(*self.progress)
             return kwargs
 
         self.progress = (0, steps)

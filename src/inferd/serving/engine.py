@@ -303,11 +303,25 @@ class InferenceEngine:
 
             def make(i: int) -> Replica:
                 runtime = cls(spec, version, path)
-                return InProcessReplica(runtime, f"{label}-{i}", spec.execution_timeout_s)
+                replica = InProcessReplica(runtime, f"{label}-{i}", spec.execution_timeout_s)
+                replica.on_progress = progress
+                return replica
         else:
 
             def make(i: int) -> Replica:
-                return ProcessReplica(spec, version, path, runtime_name, f"{label}-{i}", index=i)
+                replica = ProcessReplica(spec, version, path, runtime_name, f"{label}-{i}",
+                                         index=i)  # fmt: skip
+                replica.on_progress = progress
+                return replica
+
+        llm = self.metrics.llm
+        steps = llm.image_steps.labels(spec.name, version)
+        ratio = llm.progress.labels(spec.name, version)
+
+        def progress(done: int, total: int) -> None:
+            # one report per denoising step: the counter moves live, the ratio shows how far
+            steps.inc()
+            ratio.set(done / total if total else 0.0)
 
         return await self._start_version(spec, version, runtime_name, make)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,6 +92,9 @@ class InProcessReplica:
         inputs, outputs = self.runtime.signature()
         return Loaded(inputs, outputs, self.runtime.platform)
 
+    #: Called on the event loop with (done, total) when the model reports progress.
+    on_progress: Callable[[int, int], None] | None = None
+
     async def infer(
         self,
         inputs: dict[str, np.ndarray],
@@ -100,6 +103,13 @@ class InProcessReplica:
     ) -> ReplicaResult:
         submitted = time.perf_counter_ns()
         loop = asyncio.get_running_loop()
+        if self.on_progress is not None and self.runtime.progress_hook is None:
+            report = self.on_progress
+
+            def hook(done: int, total: int) -> None:  # runs on the runtime's thread
+                loop.call_soon_threadsafe(report, done, total)
+
+            self.runtime.progress_hook = hook
         fut = loop.run_in_executor(self._pool, self._infer, inputs, outputs, parameters, submitted)
         try:
             async with asyncio.timeout(self._timeout):

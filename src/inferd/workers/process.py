@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ class ProcessReplica:
     ) -> None:
         self.spec = spec
         self.index = index
+        #: Called with (done, total) when the model reports progress during a request.
+        self.on_progress: Callable[[int, int], None] | None = None
         self._death: str | None = None
         self.version = version
         self.path = path
@@ -172,6 +174,10 @@ class ProcessReplica:
                 async with asyncio.timeout(timeout):
                     await self._writer.drain()
                     reply, out = await read_frame(self._reader)
+                    while reply.get("op") == "progress":  # sent while a long request runs
+                        if self.on_progress is not None:
+                            self.on_progress(int(reply["done"]), int(reply["total"]))
+                        reply, out = await read_frame(self._reader)
             except TimeoutError:
                 await self.kill()
                 raise ReplicaFailed(
@@ -202,6 +208,8 @@ class ProcessReplica:
         try:
             async with asyncio.timeout(timeout):
                 reply, _ = await read_frame(self._reader)
+                while reply.get("op") == "progress":
+                    reply, _ = await read_frame(self._reader)
             discard_shm(reply.get("outputs") or [])
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
             await self.kill()

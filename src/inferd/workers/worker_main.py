@@ -84,6 +84,10 @@ def serve(sock: socket.socket) -> None:
                 spec = parse_model_config(header["name"], header["config"])
                 cls = runtime_class(header["runtime"])
                 runtime = cls(spec, header["version"], Path(header["path"]))
+                # progress frames go out before the request's reply (the server reads them)
+                runtime.progress_hook = lambda done, total: write_frame_sync(
+                    sock, {"op": "progress", "done": done, "total": total}
+                )
                 runtime.load()
                 inputs_sig, outputs_sig = runtime.signature()
                 reply = {

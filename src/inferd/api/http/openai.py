@@ -349,9 +349,6 @@ class OpenAIRoutes:
         except InvalidInput as e:  # the runtime names the parameter first
             raise ParamError(e.message.split(" ", 1)[0].strip("'"), e.message) from None
         images = next(t.data for t in response.outputs if t.name == "image")
-        self.generation.metrics.image_steps.labels(sv.name, sv.version).inc(
-            int(params.get("num_inference_steps", 20)) * n
-        )
         return {"created": int(time.time()),
                 "data": [{"b64_json": base64.b64encode(bytes(img)).decode(),
                           "revised_prompt": None} for img in images.reshape(-1)]}  # fmt: skip
