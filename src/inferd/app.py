@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,10 +17,18 @@ from inferd.api.grpc import GrpcServer
 from inferd.api.http.openai import OpenAIRoutes
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.api.http.v2codec import decode_request, encode_response
-from inferd.control.catalog import SampleCodec
-from inferd.control.plane import ControlPlane, build_control_plane
+from inferd.auth.limits import ConcurrencyLimiter, RateLimiter
+from inferd.control.audit import Audit
+from inferd.control.catalog import Catalog, SampleCodec
+from inferd.control.deployments import Deployments
+from inferd.control.gate import Gate
+from inferd.control.identity import Identity
+from inferd.control.plane import ControlPlane
 from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.metrics import ServingMetrics
+from inferd.registry.artifacts import open_store
+from inferd.registry.db import Database, sqlite_url
+from inferd.registry.store import RegistryStore
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.generation import Generation
 from inferd.serving.objects import add_objects
@@ -57,7 +66,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     metrics = ServingMetrics(CollectorRegistry(auto_describe=True))
     repository = ModelRepository(settings.model_repository) if settings.model_repository else None
     engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s)
-    control = build_control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
+    control = _control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
     http = settings.http
     g = settings.grpc
     generation = Generation(engine, metrics.llm)
@@ -108,3 +117,32 @@ async def _stop(
         await grpc.stop(grace_s)
     await control.stop()
     await engine.stop()
+
+
+def _control_plane(settings: Settings, engine: InferenceEngine, codec: SampleCodec) -> ControlPlane:
+    data_dir = Path(settings.data_dir).expanduser()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    reg = settings.registry
+    db = Database(reg.database_url or sqlite_url(data_dir / "inferd.db"))
+    store = RegistryStore(db)
+    secret = reg.s3_secret_key.get_secret_value() if reg.s3_secret_key else None
+    access = reg.s3_access_key.get_secret_value() if reg.s3_access_key else None
+    artifacts = open_store(
+        reg.artifact_store or str(data_dir / "artifacts"),
+        endpoint_url=reg.s3_endpoint_url,
+        region=reg.s3_region,
+        access_key=access,
+        secret_key=secret,
+    )
+    lim = settings.limits
+    prefix = settings.redis_prefix
+    rate = RateLimiter(settings.redis_url, prefix, fail_open=lim.redis_fail_open)
+    concurrency = ConcurrencyLimiter(settings.redis_url, prefix, fail_open=lim.redis_fail_open)
+    audit = Audit(store)
+    identity = Identity(store, audit, settings.auth, lim, rate)
+    catalog = Catalog(store, artifacts, audit, engine, codec, reg, lim, data_dir,
+                      settings.auth.anonymous_inference)  # fmt: skip
+    deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s)
+    gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
+    return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
+                        concurrency)  # fmt: skip

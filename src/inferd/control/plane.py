@@ -5,19 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from inferd.auth.limits import ConcurrencyLimiter, RateLimiter
 from inferd.control.audit import Audit
-from inferd.control.catalog import Catalog, SampleCodec
+from inferd.control.catalog import Catalog
 from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
-from inferd.registry.artifacts import ArtifactStore, open_store
-from inferd.registry.db import Database, sqlite_url
+from inferd.registry.artifacts import ArtifactStore
+from inferd.registry.db import Database
 from inferd.registry.store import RegistryStore
-from inferd.serving.engine import InferenceEngine
-from inferd.settings import Settings
 
 log = logging.getLogger("inferd.control")
 
@@ -56,34 +53,3 @@ class ControlPlane:
         await self.rate.close()
         await self.concurrency.close()
         await self.db.close()
-
-
-def build_control_plane(
-    settings: Settings, engine: InferenceEngine, codec: SampleCodec
-) -> ControlPlane:
-    data_dir = Path(settings.data_dir).expanduser()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    reg = settings.registry
-    db = Database(reg.database_url or sqlite_url(data_dir / "inferd.db"))
-    store = RegistryStore(db)
-    secret = reg.s3_secret_key.get_secret_value() if reg.s3_secret_key else None
-    access = reg.s3_access_key.get_secret_value() if reg.s3_access_key else None
-    artifacts = open_store(
-        reg.artifact_store or str(data_dir / "artifacts"),
-        endpoint_url=reg.s3_endpoint_url,
-        region=reg.s3_region,
-        access_key=access,
-        secret_key=secret,
-    )
-    lim = settings.limits
-    prefix = settings.redis_prefix
-    rate = RateLimiter(settings.redis_url, prefix, fail_open=lim.redis_fail_open)
-    concurrency = ConcurrencyLimiter(settings.redis_url, prefix, fail_open=lim.redis_fail_open)
-    audit = Audit(store)
-    identity = Identity(store, audit, settings.auth, lim, rate)
-    catalog = Catalog(store, artifacts, audit, engine, codec, reg, lim, data_dir,
-                      settings.auth.anonymous_inference)  # fmt: skip
-    deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s)
-    gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
-    return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
-                        concurrency)  # fmt: skip

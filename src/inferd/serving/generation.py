@@ -27,15 +27,6 @@ class Generation:
         self.metrics = metrics
         self.clock = clock
 
-    def models(self) -> list[ServedVersion]:
-        """Default versions of every ready generative model."""
-        out = []
-        for m in self.engine.models():
-            sv = m.default
-            if sv is not None and sv.runtime_name == "llm":
-                out.append(sv)
-        return out
-
     def generator(
         self, name: str, version: str | None = None
     ) -> tuple[ServedVersion, GeneratorBase]:

@@ -162,52 +162,42 @@ class Scheduler:
     ) -> ReplicaResult:
         if self._stopping:
             raise ModelNotReady(f"model '{self.spec.name}' is unloading")
+        # the autoscaler's load: requests submitted and not answered yet (queued or running)
         self.active += 1
         self.last_request_at = self.clock()
         try:
-            return await self._submit(inputs, outputs, parameters, rows, timeout_s, on_queued)
+            cap = self.spec.max_queue_size
+            if cap and len(self.queue) >= cap:
+                raise Overloaded(
+                    f"model '{self.spec.name}' has {len(self.queue)} requests queued "
+                    f"(max_queue_size {cap}); retry later"
+                )
+            if self.spec.batching is None and not self.queue:
+                slot = self._idle_slot()
+                if slot is not None:  # fast path: a free replica and nobody waiting
+                    return await self._direct(slot, inputs, outputs, parameters, timeout_s)
+            key = batch_key(inputs, outputs, parameters) if self.spec.batching else None
+            loop = asyncio.get_running_loop()
+            item = WorkItem(inputs, outputs, parameters, Pending(rows, key, time.monotonic_ns()),
+                            loop.create_future())  # fmt: skip
+            self.queue.append(item)
+            self._wake.set()
+            if not self.slots:  # scaled to zero: start a replica (a cold start)
+                self._demand.set()
+            if on_queued is not None:
+                on_queued()
+            try:
+                if timeout_s is None:
+                    return await item.future
+                async with asyncio.timeout(timeout_s):
+                    return await item.future
+            except TimeoutError:
+                raise self._deadline(timeout_s, item.started) from None
+            finally:
+                if not item.future.done():
+                    item.future.cancel()  # not started: the loops skip it; started: result dropped
         finally:
             self.active -= 1
-
-    async def _submit(
-        self,
-        inputs: dict[str, np.ndarray],
-        outputs: list[str] | None,
-        parameters: dict[str, Any] | None,
-        rows: int,
-        timeout_s: float | None,
-        on_queued: Callable[[], None] | None,
-    ) -> ReplicaResult:
-        cap = self.spec.max_queue_size
-        if cap and len(self.queue) >= cap:
-            raise Overloaded(
-                f"model '{self.spec.name}' has {len(self.queue)} requests queued "
-                f"(max_queue_size {cap}); retry later"
-            )
-        if self.spec.batching is None and not self.queue:
-            slot = self._idle_slot()
-            if slot is not None:  # fast path: a free replica and nobody waiting
-                return await self._direct(slot, inputs, outputs, parameters, timeout_s)
-        key = batch_key(inputs, outputs, parameters) if self.spec.batching else None
-        loop = asyncio.get_running_loop()
-        item = WorkItem(inputs, outputs, parameters, Pending(rows, key, time.monotonic_ns()),
-                        loop.create_future())  # fmt: skip
-        self.queue.append(item)
-        self._wake.set()
-        if not self.slots:  # scaled to zero: start a replica (a cold start)
-            self._demand.set()
-        if on_queued is not None:
-            on_queued()
-        try:
-            if timeout_s is None:
-                return await item.future
-            async with asyncio.timeout(timeout_s):
-                return await item.future
-        except TimeoutError:
-            raise self._deadline(timeout_s, item.started) from None
-        finally:
-            if not item.future.done():
-                item.future.cancel()  # not started: the loops skip it; started: result dropped
 
     def _deadline(self, timeout_s: float | None, started: bool) -> DeadlineExceeded:
         state = "while running" if started else "before it started; it was dropped"

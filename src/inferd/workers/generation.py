@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -58,7 +59,7 @@ def engine_factory(spec: ModelSpec, path: Path) -> Callable[[], Any]:
     return make
 
 
-class GeneratorBase:
+class GeneratorBase(ABC):
     """What every generative replica shares: per-request event queues, the async stream API,
     and V2 `infer` (text in, text out) on top of it. Subclasses say how a request reaches the
     engine (`_submit`, `_abort`) and answer `chat_prompt`."""
@@ -75,17 +76,21 @@ class GeneratorBase:
         return self._alive
 
     @property
+    @abstractmethod
     def stats(self) -> Any:
-        raise NotImplementedError
+        """The engine's counters (running, waiting, steps, generated_tokens, kv_cache_usage)."""
 
+    @abstractmethod
     def _submit(self, request: GenerateRequest) -> None:
-        raise NotImplementedError
+        """Hand a request to the engine."""
 
+    @abstractmethod
     def _abort(self, request_id: str) -> None:
-        raise NotImplementedError
+        """Ask the engine to drop a request (its slot frees at the next step)."""
 
+    @abstractmethod
     async def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        raise NotImplementedError
+        """The prompt the tokenizer's chat template makes of `messages`."""
 
     def _deliver(self, request_id: str, item: Any) -> None:
         target = self._streams.get(request_id)

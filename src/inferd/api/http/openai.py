@@ -30,11 +30,9 @@ from inferd.serving.engine import InferenceEngine
 from inferd.serving.generation import Generation
 
 log = logging.getLogger("inferd.openai")
-PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable"}  # fmt: skip
-SendJson = Callable[[int, Any, list[tuple[bytes, bytes]]], Awaitable[None]]
 
 
 class ParamError(InvalidInput):

@@ -286,6 +286,7 @@ class DataPlaneApp:
         self._access(req, scope, status, start)
 
     def _admit(self, p: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+        """Rate and concurrency limits for the caller (nothing to do for anonymous calls)."""
         if self.gate is None or p.anonymous:
             return contextlib.nullcontext()
         return self.gate.admit(p)
@@ -427,9 +428,7 @@ class DataPlaneApp:
             req.route = "infer"
             self._method(req, "POST")
             await self._allow(req)
-            if self.gate is None or req.principal.anonymous:
-                return await self._infer(req, name, version)
-            async with self.gate.admit(req.principal):
+            async with self._admit(req.principal):
                 return await self._infer(req, name, version)
         if action == "":
             req.route = "model_metadata"
@@ -600,9 +599,7 @@ class DataPlaneApp:
         req.route = "predict"
         self._method(req, "POST")
         await self._allow(req)
-        if self.gate is None or req.principal.anonymous:
-            return await self._predict(req, name)
-        async with self.gate.admit(req.principal):
+        async with self._admit(req.principal):
             return await self._predict(req, name)
 
     async def _predict(self, req: Request, name: str) -> Response:
