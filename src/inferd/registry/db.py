@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -243,6 +244,30 @@ async def _restore_foreign_keys(conn: AsyncConnection) -> None:
         await conn.invalidate()
 
 
+def _ensure_wal(cursor: Any) -> None:
+    """Switches the database file to WAL (persistent: done once per file, then only read).
+
+    The switch needs an exclusive lock and SQLite answers SQLITE_BUSY at once rather than through
+    the busy handler when another connection holds one (nodes opening a new file together), so it
+    is retried here up to the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        cursor.execute("PRAGMA journal_mode")
+        mode = cursor.fetchone()
+        if mode and str(mode[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as e:  # the driver's OperationalError (sqlite3's, or an adapter's)
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     """WAL (readers never block the writer), enforced foreign keys (off by default in SQLite:
     the cascades depend on them), a busy timeout, and transactions that really begin.
@@ -256,7 +281,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _ensure_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         finally:
