@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--inferd-src", type=Path, default=None)
     ap.add_argument("--ort-threads", type=int, default=model_builder.ORT_THREADS)
     ap.add_argument("--mlserver-parallel-workers", type=int, default=0)
+    servers.add_batching_options(ap)
     ap.add_argument("--raw-mode", choices=["aio", "sync"], default="aio", help="raw server kind")
     ap.add_argument(
         "--inferd-instance-kind",
@@ -76,17 +77,15 @@ def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers
     """The ServerSpec of ``name`` with its gRPC listener on."""
     port = PORTS[name]
     if name == "inferd":
-        repo = models_root / "inferd"
-        if args.inferd_instance_kind != "process":
-            repo = servers.inferd_repo_with(
-                models_root, f"instance_kind: {args.inferd_instance_kind}"
-            )
+        repo, note = servers.inferd_variant(models_root, args.inferd_instance_kind, args.batching)
         spec = servers.inferd_spec(repo, port, args.inferd_src, port + 1)
-        if args.inferd_instance_kind != "process":
-            spec.config += f"; instance_kind: {args.inferd_instance_kind} in every model.yaml"
+        spec.config += note
         return spec
     if name == "mlserver":
-        return servers.mlserver_spec(models_root / "mlserver", port, args.mlserver_parallel_workers)
+        return servers.mlserver_variant(
+            models_root, port, args.mlserver_parallel_workers, args.batching,
+            args.mlserver_batch_time,
+        )  # fmt: skip
     if name == "kserve":
         return servers.kserve_spec(models_root / "kserve", port, grpc=True)
     if name == "raw":

@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="onnxruntime intra-op threads for every server and in-process (0: ORT default)",
     )
     ap.add_argument("--mlserver-parallel-workers", type=int, default=0)
+    servers.add_batching_options(ap)
     ap.add_argument(
         "--inferd-instance-kind",
         choices=["process", "thread"],
@@ -103,16 +104,15 @@ def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers
     """The ServerSpec for ``name``."""
     port = PORTS[name]
     if name == "inferd":
-        if args.inferd_instance_kind == "process":
-            return servers.inferd_spec(models_root / "inferd", port, args.inferd_src)
-        line = f"instance_kind: {args.inferd_instance_kind}"
-        spec = servers.inferd_spec(
-            servers.inferd_repo_with(models_root, line), port, args.inferd_src
-        )
-        spec.config += f"; {line} in every model.yaml"
+        repo, note = servers.inferd_variant(models_root, args.inferd_instance_kind, args.batching)
+        spec = servers.inferd_spec(repo, port, args.inferd_src)
+        spec.config += note
         return spec
     if name == "mlserver":
-        return servers.mlserver_spec(models_root / "mlserver", port, args.mlserver_parallel_workers)
+        return servers.mlserver_variant(
+            models_root, port, args.mlserver_parallel_workers, args.batching,
+            args.mlserver_batch_time,
+        )  # fmt: skip
     if name == "kserve":
         return servers.kserve_spec(models_root / "kserve", port)
     if name == "raw":

@@ -6,6 +6,7 @@ group (so stopping it stops any child it forked), logging to ``bench/out/logs/<s
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -359,3 +360,58 @@ def inferd_repo_with(models_root: Path, line: str) -> Path:
         yaml = model / "model.yaml"
         yaml.write_text((yaml.read_text() if yaml.exists() else "") + line + "\n")
     return dst
+
+
+def add_batching_options(ap: argparse.ArgumentParser) -> None:
+    """``--batching`` and ``--mlserver-batch-time`` (run.py and grpc_bench.py)."""
+    ap.add_argument(
+        "--batching",
+        type=int,
+        default=0,
+        help="N > 0: inferd's dynamic batching (max_batch_size N, no queue delay) and MLServer's "
+        "adaptive batching (max_batch_size N) on; KServe's ModelServer has none of its own",
+    )
+    ap.add_argument(
+        "--mlserver-batch-time",
+        type=float,
+        default=0.001,
+        help="MLServer's max_batch_time in seconds with --batching (it needs one > 0)",
+    )
+
+
+def inferd_variant(models_root: Path, instance_kind: str, batch: int) -> tuple[Path, str]:
+    """inferd's repository with the replica kind and dynamic batching asked for, and the
+    configuration note for the results ("" when it is inferd's defaults).
+
+    ``batch`` > 0: ``max_batch_size: batch`` and dynamic batching with no queue delay (a batch is
+    whatever has arrived when a replica is free: no request waits for company).
+    """
+    lines = []
+    if instance_kind != "process":
+        lines.append(f"instance_kind: {instance_kind}")
+    if batch > 0:
+        lines += [f"max_batch_size: {batch}", "dynamic_batching: {max_queue_delay: 0}"]
+    if not lines:
+        return models_root / "inferd", ""
+    repo = inferd_repo_with(models_root, "\n".join(lines))
+    return repo, "; " + ", ".join(lines) + " in every model.yaml"
+
+
+def mlserver_variant(
+    models_root: Path, port: int, parallel_workers: int, batch: int, batch_time_s: float
+) -> ServerSpec:
+    """MLServer on its repository, or with ``batch`` > 0 on a copy of it
+    (``models/mlserver-batching``) with its adaptive batching on (``max_batch_size``,
+    ``max_batch_time``) in every model-settings.json."""
+    if batch <= 0:
+        return mlserver_spec(models_root / "mlserver", port, parallel_workers)
+    src, dst = models_root / "mlserver", models_root / "mlserver-batching"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    for settings in dst.glob("*/model-settings.json"):
+        doc = json.loads(settings.read_text())
+        doc.update(max_batch_size=batch, max_batch_time=batch_time_s)
+        settings.write_text(json.dumps(doc, indent=2) + "\n")
+    spec = mlserver_spec(dst, port, parallel_workers)
+    spec.config += f"; adaptive batching max_batch_size {batch}, max_batch_time {batch_time_s:g} s"
+    return spec

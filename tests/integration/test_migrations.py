@@ -268,6 +268,23 @@ async def test_nodes_starting_together_migrate_once(database_url: str) -> None:
             await n.close()
 
 
+async def test_nodes_creating_a_new_sqlite_file_together(tmp_path: Path) -> None:
+    # The first connections to a new file race to switch it to WAL; SQLite answers that switch
+    # with "database is locked" at once (no busy handler) while another one holds the file.
+    for attempt in range(40):
+        url = sqlite_url(tmp_path / f"new-{attempt}.db")
+        nodes = [Database(url) for _ in range(3)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.migrate() for n in nodes)), timeout=60)
+            assert [await n.current_revision() for n in nodes] == [HEAD] * 3
+            async with nodes[0].engine.connect() as conn:
+                mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar_one()
+            assert mode == "wal"
+        finally:
+            for n in nodes:
+                await n.close()
+
+
 async def test_sqlite_locked_is_unavailable_and_logs_no_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
