@@ -22,6 +22,7 @@ from inferd.api.http import generate, v1
 from inferd.api.http.body import ClientDisconnected, compress, decode_content, read_body
 from inferd.api.http.errors import MethodNotAllowed, status_of
 from inferd.api.http.openai import OpenAIRoutes, serve_openai
+from inferd.api.http.request import Request
 from inferd.api.http.v2codec import (
     decode_raw,
     decode_request,
@@ -30,7 +31,7 @@ from inferd.api.http.v2codec import (
     parse_header_length,
 )
 from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
-from inferd.auth.principal import ANONYMOUS, Principal
+from inferd.auth.principal import Principal
 from inferd.control.gate import Gate
 from inferd.core.errors import (
     InferdError,
@@ -61,59 +62,6 @@ class HttpLimits:
     compress_min_bytes: int = 4096
 
 
-class Request:
-    """What a route needs from one HTTP request (headers read once)."""
-
-    __slots__ = (
-        "accept_encoding", "api_key", "authorization", "content_encoding", "content_length",
-        "header_length", "method", "model", "principal", "receive", "request_id", "route",
-        "timeout_s", "version", "watcher",
-    )  # fmt: skip
-
-    def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.method: str = scope["method"]
-        self.watcher: asyncio.Task[None] | None = None
-        self.receive = receive
-        self.content_length: int | None = None
-        self.content_encoding: str | None = None
-        self.accept_encoding: str | None = None
-        self.header_length: str | None = None
-        self.request_id: str | None = None
-        self.model: str | None = None
-        self.version: str | None = None
-        self.route = "other"
-        self.timeout_s: float | None = None
-        self.authorization: str | None = None
-        self.api_key: str | None = None
-        self.principal: Principal = ANONYMOUS
-        for k, v in scope["headers"]:
-            if k == b"content-length":
-                try:
-                    self.content_length = int(v)
-                except ValueError:
-                    raise InvalidInput("Content-Length is not an integer") from None
-            elif k == b"content-encoding":
-                self.content_encoding = v.decode("latin-1")
-            elif k == b"inference-header-content-length":
-                self.header_length = v.decode("latin-1")
-            elif k == b"accept-encoding":
-                self.accept_encoding = v.decode("latin-1")
-            elif k == b"x-request-id":
-                self.request_id = v.decode("latin-1")[:128]
-            elif k == TIMEOUT_HEADER:
-                self.timeout_s = _timeout(v)
-            elif k == b"authorization":
-                self.authorization = v.decode("latin-1")
-            elif k == b"x-api-key":
-                self.api_key = v.decode("latin-1")
-
-    def watch_disconnect(self) -> None:
-        """Start cancelling the current task if the client disconnects (idempotent)."""
-        task = asyncio.current_task()
-        if self.watcher is None and task is not None:
-            self.watcher = asyncio.create_task(_until_disconnect(self.receive, task))
-
-
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 #: The access policy of every data-plane route (tests/integration/test_access.py checks that
@@ -131,28 +79,6 @@ POLICY: dict[str, str] = {
 OPENAI_ROUTES = {"/v1/completions": "openai_completions", "/v1/chat/completions": "openai_chat",
                  "/v1/embeddings": "openai_embeddings",
                  "/v1/images/generations": "openai_images"}  # fmt: skip
-
-#: Per-request time limit in milliseconds (V2's `timeout` parameter, in µs, works too).
-TIMEOUT_HEADER = b"x-request-timeout-ms"
-
-
-def _timeout(raw: bytes) -> float:
-    try:
-        ms = float(raw)
-    except ValueError:
-        ms = -1.0
-    if not 0 < ms < 1e10:
-        raise InvalidInput("X-Request-Timeout-Ms must be a positive number of milliseconds")
-    return ms / 1000
-
-
-async def _until_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
-    """Cancel `task` (the request's handler) if its client goes away first."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            task.cancel()
-            return
 
 
 def _json(status: int, doc: Any) -> Response:
