@@ -6,6 +6,7 @@ help to behave like a server database under concurrency; see `_configure_sqlite`
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -173,6 +174,7 @@ class Database:
         sqlite = self.dialect == "sqlite"
         async with self._engine.connect() as conn:
             if sqlite:
+                await _ensure_wal(conn)
                 # A batch migration rebuilds a table (copy, drop, rename); with foreign keys
                 # enforced that DROP would cascade-delete every child row. SQLite ignores this
                 # pragma inside a transaction, so it is switched before BEGIN; foreign_key_check
@@ -221,13 +223,16 @@ def _current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _sqlite_pragma(connection: Connection, pragma: str) -> None:
-    """Runs a PRAGMA on the driver connection, outside SQLAlchemy's transaction handling."""
+def _sqlite_pragma(connection: Connection, pragma: str) -> Any:
+    """Runs a PRAGMA on the driver connection, outside SQLAlchemy's transaction handling;
+    returns the first column of its first row (None when it returns none)."""
     dbapi = connection.connection.dbapi_connection
     assert dbapi is not None
     cursor = dbapi.cursor()
     try:
         cursor.execute(f"PRAGMA {pragma}")
+        row = cursor.fetchone()
+        return row[0] if row else None
     finally:
         cursor.close()
 
@@ -244,33 +249,33 @@ async def _restore_foreign_keys(conn: AsyncConnection) -> None:
         await conn.invalidate()
 
 
-def _ensure_wal(cursor: Any) -> None:
+async def _ensure_wal(conn: AsyncConnection) -> None:
     """Switches the database file to WAL (persistent: done once per file, then only read).
 
-    The switch needs an exclusive lock and SQLite answers SQLITE_BUSY at once rather than through
-    the busy handler when another connection holds one (nodes opening a new file together), so it
-    is retried here up to the busy timeout.
+    The switch needs an exclusive lock, and SQLite answers it with SQLITE_BUSY at once (the busy
+    handler does not apply) while another connection holds the file, as when several nodes open
+    a new file together; so it is retried here, up to the busy timeout.
     """
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     delay = 0.005
     while True:
-        cursor.execute("PRAGMA journal_mode")
-        mode = cursor.fetchone()
-        if mode and str(mode[0]).lower() == "wal":
+        mode = await conn.run_sync(_sqlite_pragma, "journal_mode")
+        if str(mode).lower() == "wal":
             return
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            await conn.run_sync(_sqlite_pragma, "journal_mode=WAL")
             return
-        except Exception as e:  # the driver's OperationalError (sqlite3's, or an adapter's)
+        except Exception as e:  # the driver's OperationalError, not wrapped by SQLAlchemy here
             if "locked" not in str(e) or time.monotonic() >= deadline:
                 raise
-        time.sleep(delay)
+        await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL (readers never block the writer), enforced foreign keys (off by default in SQLite:
-    the cascades depend on them), a busy timeout, and transactions that really begin.
+    """Enforced foreign keys (off by default in SQLite: the cascades depend on them), a busy
+    timeout, and transactions that really begin. WAL (readers never block the writer) is a
+    property of the file, switched on once by `migrate()` (see `_ensure_wal`).
 
     The sqlite3 driver's legacy mode starts no transaction for SELECT or DDL; we switch it off and
     emit BEGIN ourselves (SQLAlchemy's documented recipe), with IMMEDIATE for write transactions.
@@ -281,7 +286,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            _ensure_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         finally:
