@@ -20,6 +20,7 @@ import orjson
 from starlette.types import Receive, Send
 
 from inferd.api.http.errors import status_of
+from inferd.api.http.request import until_disconnect
 from inferd.auth.keys import key_prefix
 from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.control.gate import Gate
@@ -432,7 +433,7 @@ async def send_sse(receive: Receive, send: Send, chunks: AsyncGenerator[bytes, N
         (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})  # fmt: skip
     task = asyncio.current_task()
     assert task is not None
-    watcher = asyncio.create_task(watch_disconnect(receive, task))
+    watcher = asyncio.create_task(until_disconnect(receive, task))
     try:
         async for piece in chunks:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
@@ -446,15 +447,6 @@ async def send_sse(receive: Receive, send: Send, chunks: AsyncGenerator[bytes, N
     finally:
         watcher.cancel()
     return 200
-
-
-async def watch_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
-    """Cancel the streaming task when the client goes away (frees its slot at the next step)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            task.cancel()
-            return
 
 
 async def serve_openai(

@@ -25,8 +25,8 @@ def _timeout(raw: bytes) -> float:
     return ms / 1000
 
 
-async def _until_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
-    """Cancel `task` (the request's handler) if its client goes away first."""
+async def until_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
+    """Cancel `task` (a request's handler or stream) if its client goes away first."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -84,4 +84,4 @@ class Request:
         """Start cancelling the current task if the client disconnects (idempotent)."""
         task = asyncio.current_task()
         if self.watcher is None and task is not None:
-            self.watcher = asyncio.create_task(_until_disconnect(self.receive, task))
+            self.watcher = asyncio.create_task(until_disconnect(self.receive, task))
