@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from inferd.core.errors import ModelLoadError, UntrustedArtifact
 from inferd.core.spec import ModelSpec, TensorSpec
 
 
@@ -73,8 +74,6 @@ class Runtime(ABC):
 
     def find_artifact(self, *suffixes: str) -> Path:
         """The single file in the version directory with one of `suffixes` (e.g. '.onnx')."""
-        from inferd.core.errors import ModelLoadError
-
         found = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix in suffixes)
         if not found:
             raise ModelLoadError(f"no {'/'.join(suffixes)} file in version {self.version}")
@@ -114,3 +113,34 @@ def check_output_names(model: str, wanted: Sequence[str] | None, known: Iterable
     for name in wanted or ():
         if name not in names:
             raise InvalidInput(f"unknown output '{name}' for model '{model}'")
+
+
+#: Weight files that are pickles (torch.save and friends): loading one can run arbitrary code.
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def safetensors_only(
+    path: Path, version: str, trusted: bool, ignore: frozenset[str] = frozenset()
+) -> bool:
+    """Check a Hugging Face style folder's weights; returns whether to load safetensors only.
+
+    A pickled weight file in a folder without safetensors needs `trusted: true` (UntrustedArtifact
+    otherwise); a folder with neither is a ModelLoadError. Files named in `ignore` (e.g. a
+    trainer's pickled arguments, never loaded) do not count.
+    """
+    files = [p for p in path.rglob("*") if p.is_file()]
+    with_safetensors = {p.parent for p in files if p.suffix == ".safetensors"}
+    pickled = [
+        p
+        for p in files
+        if p.suffix in PICKLE_WEIGHTS and p.parent not in with_safetensors and p.name not in ignore
+    ]
+    if pickled and not trusted:
+        raise UntrustedArtifact(
+            f"{pickled[0].relative_to(path)} is a pickle, which can run arbitrary code when "
+            "loaded; convert the weights to safetensors, or set 'trusted: true' in model.yaml if "
+            "you trust its author"
+        )
+    if not with_safetensors and not pickled:
+        raise ModelLoadError(f"no *.safetensors weights in version {version}")
+    return not pickled

@@ -22,14 +22,12 @@ from inferd.core.errors import (
     InvalidInput,
     ModelExecutionError,
     ModelLoadError,
-    UntrustedArtifact,
 )
 from inferd.core.spec import TensorSpec
-from inferd.runtimes.base import Runtime, framework_message
+from inferd.runtimes.base import Runtime, framework_message, safetensors_only
 
 #: Libraries a pipeline component may come from (others would import code inferd does not ship).
 COMPONENT_LIBRARIES = ("diffusers", "transformers")
-PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SIZE_RANGE = (8, 2048)
 STEPS_RANGE = (1, 200)
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -67,7 +65,7 @@ class DiffusersRuntime(Runtime):
                 "pip install diffusers transformers torch"
             ) from None
         self._check_index(diffusers)
-        use_safetensors = self._check_weights()
+        use_safetensors = safetensors_only(self.path, self.version, self.spec.trusted)
         params = self.spec.parameters
         device = params.get("device")
         if device is None:
@@ -140,23 +138,6 @@ class DiffusersRuntime(Runtime):
                     f"{' and '.join(COMPONENT_LIBRARIES)} components are loaded, never a "
                     "repository's own code"
                 )
-
-    def _check_weights(self) -> bool:
-        files = [p for p in self.path.rglob("*") if p.is_file()]
-        with_safetensors = {p.parent for p in files if p.suffix == ".safetensors"}
-        pickled = [
-            p for p in files if p.suffix in PICKLE_WEIGHTS and p.parent not in with_safetensors
-        ]
-        if pickled and not self.spec.trusted:
-            where = pickled[0].relative_to(self.path)
-            raise UntrustedArtifact(
-                f"{where} is a pickle, which can run arbitrary code when loaded; convert the "
-                "weights to safetensors, or set 'trusted: true' in model.yaml if you trust "
-                "its author"
-            )
-        if not with_safetensors and not pickled:
-            raise ModelLoadError(f"no *.safetensors weights in version {self.version}")
-        return not pickled
 
     def infer(
         self,

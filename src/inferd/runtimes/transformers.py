@@ -20,10 +20,9 @@ from inferd.core.errors import (
     InvalidInput,
     ModelExecutionError,
     ModelLoadError,
-    UntrustedArtifact,
 )
 from inferd.core.spec import TensorSpec
-from inferd.runtimes.base import Runtime, framework_message, int_parameter
+from inferd.runtimes.base import Runtime, framework_message, int_parameter, safetensors_only
 
 #: Accepted task names -> the task served.
 TASK_ALIASES: dict[str, str] = {
@@ -50,9 +49,9 @@ _MODEL_MAPPINGS: dict[str, str] = {
     "text-generation": "MODEL_FOR_CAUSAL_LM_MAPPING",
     "text2text-generation": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING",
 }
-#: Weight files read with pickle: refused unless the model is trusted.
-PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: Pickled files a Hugging Face folder may hold that no loader reads (the trainer's arguments).
+_NEVER_LOADED = frozenset({"training_args.bin"})
 _MAX_NEW_TOKENS_LIMIT = 4096
 
 
@@ -96,7 +95,9 @@ class TransformersRuntime(Runtime):
         if config_raw is None and not (self.path / "modules.json").is_file():
             raise ModelLoadError(f"no config.json in version {self.version}")
         self._refuse_custom_code()
-        use_safetensors = self._check_weights()
+        use_safetensors = safetensors_only(
+            self.path, self.version, self.spec.trusted, ignore=frozenset({"training_args.bin"})
+        )
         self.task = self._resolve_task(config_raw or {})
         self._device = _pick_device(torch, params.get("device"))
         if params.get("num_threads") is not None:
@@ -145,28 +146,6 @@ class TransformersRuntime(Runtime):
                         f"modules.json names module type '{str(kind)[:80]}', which is not part of "
                         "sentence-transformers; inferd never runs a model repository's code"
                     )
-
-    def _check_weights(self) -> bool:
-        """Whether to require safetensors: pickle-only weight folders need `trusted: true`."""
-        files = [p for p in self.path.rglob("*") if p.is_file()]
-        folders_with_safetensors = {p.parent for p in files if p.suffix == ".safetensors"}
-        pickled = [
-            p
-            for p in files
-            if p.suffix in PICKLE_WEIGHTS
-            and p.parent not in folders_with_safetensors
-            and p.name != "training_args.bin"
-        ]
-        if pickled and not self.spec.trusted:
-            where = pickled[0].relative_to(self.path)
-            raise UntrustedArtifact(
-                f"{where} is a pickle, which can run arbitrary code when loaded; convert the "
-                "weights to safetensors, or set 'trusted: true' in model.yaml if you trust "
-                "its author"
-            )
-        if not folders_with_safetensors and not pickled:
-            raise ModelLoadError(f"no *.safetensors weights in version {self.version}")
-        return not pickled
 
     def _resolve_task(self, config: dict[str, Any]) -> str:
         wanted = self.spec.task or self.spec.parameters.get("task")

@@ -18,7 +18,7 @@ from inferd.core.spec import ModelSpec, spec_to_config
 from inferd.workers.generation import SIGNATURE, GeneratorBase
 from inferd.workers.generation_worker import event_from_wire, request_to_wire
 from inferd.workers.inprocess import Loaded
-from inferd.workers.process import exit_reason, spawn_worker
+from inferd.workers.process import exit_reason, kill_worker, spawn_worker
 from inferd.workers.protocol import encode_frame, read_frame
 
 log = logging.getLogger("inferd.generation")
@@ -162,10 +162,7 @@ class ProcessGenerator(GeneratorBase):
         return self._reason
 
     async def _kill(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
+        await kill_worker(self._proc)
         if self._writer is not None:
             self._writer.close()
 

@@ -40,6 +40,14 @@ _KINDS: dict[str, type[InferdError]] = {
 }
 
 
+async def kill_worker(proc: asyncio.subprocess.Process | None) -> None:
+    """SIGKILL a worker process (if it still runs) and reap it."""
+    if proc is not None and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 async def spawn_worker(
     spec: ModelSpec, index: int
 ) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader, asyncio.StreamWriter]:
@@ -263,10 +271,7 @@ class ProcessReplica:
         return await self._exit_reason()
 
     async def kill(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
+        await kill_worker(self._proc)
         self._close_socket()
 
     def _close_socket(self) -> None:
