@@ -73,7 +73,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     grpc = None
     if g.enabled:
         grpc = GrpcServer(engine, g.host, g.port, g.max_message_bytes, http.server_name,
-                          __version__, control.gate, generation)  # fmt: skip
+                          __version__, control.gate, generation, g.transport)  # fmt: skip
     openai = OpenAIRoutes(engine, generation, control.gate)
     asgi = DataPlaneApp(
         engine,

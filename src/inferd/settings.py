@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,10 @@ class GrpcSettings(BaseModel):
     port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     max_message_bytes: int = Field(
         2**31 - 1, gt=0, description="Largest gRPC message sent or received (as tritonclient)"
+    )
+    transport: Literal["native", "grpcio"] = Field(
+        "native",
+        description="native: inferd's HTTP/2 on the event loop (fastest); grpcio: grpc.aio",
     )
 
 

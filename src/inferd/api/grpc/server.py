@@ -1,16 +1,20 @@
 """The gRPC listener: Triton's `inference.GRPCInferenceService` and `grpc.health.v1.Health`.
 
-A `grpc.aio` server on the app's event loop, started and stopped by the app's lifespan hooks.
+Two transports serve the same servicers on the app's event loop, started and stopped by the
+app's lifespan hooks: `native` (default; inferd's own HTTP/2 in `http2.py` + `calls.py`, no
+thread hop per call) and `grpcio` (a `grpc.aio` server). See docs/design-decisions.md.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import grpc
-from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from inferd.api.grpc.health import HealthService
+from inferd.api.grpc.calls import Method, NativeServer, Router
+from inferd.api.grpc.health import SERVICE, HealthCheckRequest, HealthService
 from inferd.api.grpc.servicer import InferenceServicer
 from inferd.control.gate import Gate
 from inferd.serving.engine import InferenceEngine
@@ -40,17 +44,48 @@ class GrpcServer:
         server_version: str = "0",
         gate: Gate | None = None,
         generation: Generation | None = None,
+        transport: Literal["native", "grpcio"] = "native",
     ) -> None:
         self.host = host
+        self.transport = transport
         self.requested_port = port
         self.max_message_bytes = max_message_bytes
         self.servicer = InferenceServicer(engine, server_name, server_version, gate, generation)
         self.health = HealthService(lambda: engine.not_ready_reason() is None)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._native: NativeServer | None = None
+
+    def router(self) -> Router:
+        """The native transport's method table: both services."""
+        router = Router()
+        router.add_service(
+            service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer
+        )
+        health = f"/{SERVICE}/"
+        router.add(Method(health + "Check", self.health.check, HealthCheckRequest.FromString))
+        router.add(
+            Method(
+                health + "Watch",
+                self.health.watch,
+                HealthCheckRequest.FromString,
+                server_streaming=True,
+            )
+        )
+        return router
 
     async def start(self) -> None:
         """Bind and start serving (on the running event loop); a busy port is an error."""
+        if self.transport == "native":
+            native = NativeServer(self.router(), self.max_message_bytes)
+            where = address(self.host, self.requested_port)
+            try:
+                port = await native.start(self.host, self.requested_port)
+            except OSError as e:
+                raise RuntimeError(f"gRPC cannot listen on {where}: {e.strerror or e}") from None
+            self._native, self.port = native, port
+            self._started(port)
+            return
         limit = min(self.max_message_bytes, _MAX_LIMIT)
         server = grpc.aio.server(
             options=[
@@ -73,18 +108,25 @@ class GrpcServer:
             raise RuntimeError(f"gRPC cannot listen on {where}")
         await server.start()
         self._server, self.port = server, port
+        self._started(port)
+
+    def _started(self, port: int) -> None:
         log.info(
             "gRPC listening on %s",
             address(self.host, port),
-            extra={"fields": {"host": self.host, "port": port}},
+            extra={"fields": {"host": self.host, "port": port, "transport": self.transport}},
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new RPCs, let running ones finish within `grace_s`, then cancel the rest."""
         server, self._server = self._server, None
-        if server is None:
+        native, self._native = self._native, None
+        if server is None and native is None:
             return
         self.health.shutdown()
         self.servicer.drain()
-        await server.stop(grace_s)
+        if native is not None:
+            await native.stop(grace_s)
+        if server is not None:
+            await server.stop(grace_s)
         log.info("gRPC stopped")
