@@ -30,6 +30,7 @@ END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+ENHANCE_YOUR_CALM = 11
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE = 1, 2, 3, 4
 MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 5, 6
 MAX_WINDOW = 2**31 - 1
@@ -49,6 +50,10 @@ OUR_MAX_HEADER_LIST = 32 << 10
 #: Complete messages of a client stream waiting for its handler beyond which the stream's
 #: window is no longer refilled (the client then waits).
 STREAM_BACKLOG = 4 << 20
+#: Client resets of running calls, net of calls answered, after which the connection is closed
+#: (a client that opens and resets streams in a loop, "rapid reset", makes the server work for
+#: nothing while never reaching the stream limit).
+MAX_NET_RESETS = 200
 #: Longest grpc-message sent back (the whole header block must fit one 16 KiB frame).
 MAX_STATUS_MESSAGE = 4096
 
@@ -349,6 +354,7 @@ class Connection(asyncio.Protocol):
         self._indexed: dict[bytes, list[tuple[str, str]]] = {}
         self._continuation: tuple[int, int, bytearray] | None = None
         self._credit: dict[int, Stream] = {}
+        self._resets = 0
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
 
@@ -418,6 +424,16 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    # A client that does not read what it is sent (PING or SETTINGS floods, large answers) is not
+    # read from either until it catches up, so the output buffer stays bounded.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
     # ---- frames ----------------------------------------------------------------------------
 
     def _frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
@@ -447,6 +463,9 @@ class Connection(asyncio.Protocol):
                 stream.local_closed = stream.remote_closed = True
                 if stream.call is not None:
                     stream.call.reset()
+                    self._resets += 1
+                    if self._resets > MAX_NET_RESETS:
+                        raise ConnectionError_(ENHANCE_YOUR_CALM, "too many streams reset")
                 self._check_idle()
         elif ftype == GOAWAY:
             self.goaway_sent = True  # no new streams either way
@@ -668,6 +687,8 @@ class Connection(asyncio.Protocol):
 
     def closed_locally(self, stream: Stream) -> None:
         """Our side of `stream` is done (trailers sent)."""
+        if self._resets:
+            self._resets -= 1
         if not stream.remote_closed:
             # the client may still be sending: tell it to stop (as grpc servers do)
             stream.remote_closed = True
