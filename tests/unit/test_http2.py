@@ -553,3 +553,25 @@ def test_a_client_that_does_not_read_is_not_read_from() -> None:
     assert not c.wire.reading
     c.conn.resume_writing()
     assert c.wire.reading
+
+
+def test_which_header_blocks_leave_the_table_alone() -> None:
+    enc = hpack.Encoder()
+    fields = [(":method", "POST"), (":path", "/t.S/Unary"), ("x-id", "1")]
+    assert not H.keeps_table(enc.encode(fields))  # first use: fields enter the table
+    assert H.keeps_table(enc.encode(fields))  # now only indexes
+    never = [hpack.NeverIndexedHeaderTuple("authorization", "secret")]
+    assert H.keeps_table(enc.encode(never))
+    enc.header_table_size = 1024
+    assert not H.keeps_table(enc.encode(fields))  # carries a table size update
+    assert not H.keeps_table(b"\x0f")  # truncated
+
+
+async def test_cached_header_blocks_follow_table_changes() -> None:
+    c = Client(router())
+    for i, key in enumerate(["a", "a", "bb", "bb", "a"]):
+        # the same literal-free block means different things once the table changes
+        c.call(2 * i + 1, request(""), path="/t.S/Meta", x_key=key)
+        await settle()
+        answer = c.answers()[2 * i + 1]
+        assert HealthCheckResponse.FromString(answer["data"][5:]).status == len(key)

@@ -351,7 +351,7 @@ class Connection(asyncio.Protocol):
         self._need = len(PREFACE)
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = OUR_MAX_HEADER_LIST
-        self._indexed: dict[bytes, list[tuple[str, str]]] = {}
+        self._blocks: dict[bytes, list[tuple[str, str]]] = {}
         self._continuation: tuple[int, int, bytearray] | None = None
         self._credit: dict[int, Stream] = {}
         self._resets = 0
@@ -531,9 +531,10 @@ class Connection(asyncio.Protocol):
             self._header_block(sid, pending[1], bytes(block))
 
     def _decode(self, block: bytes) -> list[tuple[str, str]]:
-        # A block of one-byte indexed fields only (every byte >= 0x80) leaves the dynamic table
-        # as it is, so its decoding can be reused until a block changes the table.
-        cached = self._indexed.get(block)
+        # A block that leaves the dynamic table as it is (indexed fields and literals without
+        # indexing only) decodes the same way until another block changes the table, so its
+        # decoding is reused: clients repeat the same block for every call of a method.
+        cached = self._blocks.get(block)
         if cached is not None:
             return cached
         try:
@@ -542,11 +543,11 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "header list too large") from None
         except hpack.HPACKError as e:
             raise ConnectionError_(COMPRESSION_ERROR, f"bad header block: {e}") from None
-        if all(b >= 0x80 for b in block):
-            if len(self._indexed) < 64:
-                self._indexed[block] = headers
+        if keeps_table(block):
+            if len(self._blocks) < 64:
+                self._blocks[block] = headers
         else:
-            self._indexed.clear()
+            self._blocks.clear()
         return headers
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
@@ -733,6 +734,46 @@ class Connection(asyncio.Protocol):
             host = addr[0]
             return f"ipv6:[{host}]:{addr[1]}" if ":" in host else f"ipv4:{host}:{addr[1]}"
         return str(addr or "")
+
+
+def _int_end(block: bytes, pos: int, prefix_mask: int) -> tuple[int, int]:
+    """An HPACK integer at `pos`: (value, position after it)."""
+    value = block[pos] & prefix_mask
+    pos += 1
+    if value < prefix_mask:
+        return value, pos
+    shift = 0
+    while True:
+        b = block[pos]
+        pos += 1
+        value += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def keeps_table(block: bytes) -> bool:
+    """Whether decoding `block` leaves the HPACK dynamic table unchanged (no literal with
+    incremental indexing, no table size update). Only walks the representations; a malformed
+    block is not cacheable."""
+    pos, n = 0, len(block)
+    try:
+        while pos < n:
+            b = block[pos]
+            if b & 0x80:  # indexed field
+                _, pos = _int_end(block, pos, 0x7F)
+            elif (b & 0xE0) in (0x20, 0x40, 0x60):  # adds to the table or resizes it
+                return False
+            else:  # literal without indexing / never indexed: name index or name, then value
+                index, pos = _int_end(block, pos, 0x0F)
+                if not index:
+                    length, pos = _int_end(block, pos, 0x7F)
+                    pos += length
+                length, pos = _int_end(block, pos, 0x7F)
+                pos += length
+    except IndexError:
+        return False
+    return pos == n
 
 
 def _unpad(payload: bytes) -> bytes:
