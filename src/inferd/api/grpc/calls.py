@@ -160,6 +160,7 @@ class ServerCall:
     """One call: fed by its stream (`http2.Call`), seen by the handler as its context."""
 
     __slots__ = (
+        "_cancelled",
         "_deadline",
         "_expired",
         "_metadata",
@@ -191,6 +192,7 @@ class ServerCall:
         )
         self._task: asyncio.Task[None] | None = None
         self._expired = False
+        self._cancelled = False
         self._timer = (
             None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._expire)
         )
@@ -216,6 +218,7 @@ class ServerCall:
 
     def reset(self) -> None:
         """The client reset the stream or the connection closed: stop the handler."""
+        self._cancelled = True
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
@@ -238,10 +241,8 @@ class ServerCall:
         return self.stream.conn.peer()
 
     def cancelled(self) -> bool:
-        return self.stream.local_closed and not self._task_done()
-
-    def _task_done(self) -> bool:
-        return self._task is None or self._task.done()
+        """Whether the client reset the call or its connection is gone."""
+        return self._cancelled
 
     # ---- running -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import struct
 import zlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -58,7 +59,7 @@ MAX_NET_RESETS = 200
 MAX_STATUS_MESSAGE = 4096
 
 
-def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def frame(ftype: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     """One HTTP/2 frame."""
     n = len(payload)
     return _FRAME.pack(n >> 8, n & 0xFF, ftype, flags, stream_id) + payload
@@ -165,7 +166,7 @@ class Stream:
         self.deferred = 0  # credit held back while the backlog is full
         self.backlog = 0  # bytes of complete messages not yet taken by the handler
         self.send_window = conn.peer_window
-        self.out: list[bytes] = []  # DATA payload waiting for send window
+        self.out: deque[memoryview] = deque()  # DATA payload waiting for send window
         self.trailers: bytes | None = None  # waiting behind `out`
         self.headers_sent = False
         self.remote_closed = False
@@ -258,7 +259,7 @@ class Stream:
         if not self.headers_sent:
             self.headers_sent = True
             self.conn.write(frame(HEADERS, END_HEADERS, self.id, RESPONSE_HEADERS))
-        self.out.append(_MESSAGE.pack(0, len(message)) + message)
+        self.out.append(memoryview(_MESSAGE.pack(0, len(message)) + message))
         self.flush()
 
     def pending(self) -> int:
@@ -289,9 +290,9 @@ class Stream:
                 break
             head = out[0]
             if len(head) <= room:
-                out.pop(0)
+                out.popleft()
                 part = head
-            else:
+            else:  # views: splitting a large message copies nothing
                 part, out[0] = head[:room], head[room:]
             self.send_window -= len(part)
             conn.send_window -= len(part)
@@ -393,21 +394,22 @@ class Connection(asyncio.Protocol):
     def _frames(self, buf: bytearray) -> None:
         pos, n = 0, len(buf)
         try:
-            while n - pos >= 9:
-                hi, lo, ftype, flags, sid = _FRAME.unpack_from(buf, pos)
-                length = (hi << 8) | lo
-                if length > OUR_MAX_FRAME:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, f"frame of {length} bytes")
-                end = pos + 9 + length
-                if end > n:
-                    self._need = end - pos
-                    return
-                payload = bytes(buf[pos + 9 : end])
-                pos = end
-                self._frame(ftype, flags, sid & 0x7FFFFFFF, payload)
-                if self.closed:
-                    return
-            self._need = 9
+            with memoryview(buf) as view:
+                while n - pos >= 9:
+                    hi, lo, ftype, flags, sid = _FRAME.unpack_from(view, pos)
+                    length = (hi << 8) | lo
+                    if length > OUR_MAX_FRAME:
+                        raise ConnectionError_(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                    end = pos + 9 + length
+                    if end > n:
+                        self._need = end - pos
+                        return
+                    payload = bytes(view[pos + 9 : end])
+                    pos = end
+                    self._frame(ftype, flags, sid & 0x7FFFFFFF, payload)
+                    if self.closed:
+                        return
+                self._need = 9
         finally:
             del buf[:pos]
 
