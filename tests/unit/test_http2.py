@@ -575,3 +575,15 @@ async def test_cached_header_blocks_follow_table_changes() -> None:
         await settle()
         answer = c.answers()[2 * i + 1]
         assert HealthCheckResponse.FromString(answer["data"][5:]).status == len(key)
+
+
+async def test_answer_over_the_limit_is_not_sent() -> None:
+    async def large(request: Any, context: Any) -> Any:
+        return HealthCheckRequest(service="z" * 2000)
+
+    c = Client(router(big=Method("/t.S/Big", large, HealthCheckRequest.FromString)), 1000)
+    c.call(1, request(""), path="/t.S/Big")
+    await settle()
+    answer = c.answers()[1]
+    assert status_of(answer) == ("8", "Sent message larger than max (2003 vs. 1000)")
+    assert answer["data"] == b""

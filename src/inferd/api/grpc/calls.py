@@ -256,6 +256,16 @@ class ServerCall:
         if self._task is not None:
             self._task.cancel()
 
+    def _serialize(self, response: Any) -> bytes:
+        payload: bytes = response.SerializeToString()
+        limit = self.stream.max_message
+        if len(payload) > limit:
+            raise Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(payload)} vs. {limit})",
+            )
+        return payload
+
     async def _requests(self) -> AsyncIterator[Any]:
         queue = self._queue
         assert queue is not None
@@ -277,13 +287,13 @@ class ServerCall:
                     return
             if method.server_streaming:
                 async for response in method.handler(request, self):
-                    stream.send_message(response.SerializeToString())
+                    stream.send_message(self._serialize(response))
                     while stream.pending() > MAX_PENDING and not stream.local_closed:
                         await asyncio.sleep(0.005)
                 stream.finish(0, "")
             else:
                 response = await method.handler(request, self)
-                stream.respond(response.SerializeToString())
+                stream.respond(self._serialize(response))
         except Abort as a:
             stream.finish(a.code.value[0], a.details)
         except asyncio.CancelledError:
