@@ -13,11 +13,13 @@ from typing import Any
 import hpack
 import pytest
 
-from inferd.api.grpc import http2
+from inferd.api.grpc import frames
 from inferd.api.grpc.calls import Method, Router, parse_timeout
+from inferd.api.grpc.headers import keeps_table
 from inferd.api.grpc.health import HealthCheckRequest, HealthCheckResponse
+from inferd.api.grpc.http2 import Connection
 
-H = http2
+H = frames
 PREFACE = H.PREFACE
 
 
@@ -66,7 +68,7 @@ class Client:
 
     def __init__(self, router: Router, max_message: int = 1 << 20) -> None:
         self.wire = Wire()
-        self.conn = H.Connection(router, max_message)
+        self.conn = Connection(router, max_message)
         self.conn.connection_made(self.wire)  # type: ignore[arg-type]
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
@@ -450,7 +452,7 @@ async def test_data_beyond_the_stream_window_resets_the_stream() -> None:
 
 def test_not_http2_is_closed() -> None:
     wire = Wire()
-    conn = H.Connection(router(), 1 << 20)
+    conn = Connection(router(), 1 << 20)
     conn.connection_made(wire)  # type: ignore[arg-type]
     conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert wire.closed
@@ -558,13 +560,13 @@ def test_a_client_that_does_not_read_is_not_read_from() -> None:
 def test_which_header_blocks_leave_the_table_alone() -> None:
     enc = hpack.Encoder()
     fields = [(":method", "POST"), (":path", "/t.S/Unary"), ("x-id", "1")]
-    assert not H.keeps_table(enc.encode(fields))  # first use: fields enter the table
-    assert H.keeps_table(enc.encode(fields))  # now only indexes
+    assert not keeps_table(enc.encode(fields))  # first use: fields enter the table
+    assert keeps_table(enc.encode(fields))  # now only indexes
     never = [hpack.NeverIndexedHeaderTuple("authorization", "secret")]
-    assert H.keeps_table(enc.encode(never))
+    assert keeps_table(enc.encode(never))
     enc.header_table_size = 1024
-    assert not H.keeps_table(enc.encode(fields))  # carries a table size update
-    assert not H.keeps_table(b"\x0f")  # truncated
+    assert not keeps_table(enc.encode(fields))  # carries a table size update
+    assert not keeps_table(b"\x0f")  # truncated
 
 
 async def test_cached_header_blocks_follow_table_changes() -> None:

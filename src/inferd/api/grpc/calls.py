@@ -26,6 +26,8 @@ from google.protobuf import message_factory
 
 from inferd.api.grpc import http2
 from inferd.api.grpc.errors import INTERNAL_MESSAGE
+from inferd.api.grpc.frames import StreamError
+from inferd.api.grpc.stream import Stream
 
 log = logging.getLogger("inferd.grpc")
 
@@ -95,7 +97,7 @@ class Router:
                 )
             )
 
-    def open(self, stream: http2.Stream, headers: list[tuple[str, str]]) -> ServerCall | None:
+    def open(self, stream: Stream, headers: list[tuple[str, str]]) -> ServerCall | None:
         path = method_name = content_type = ""
         timeout = encoding = None
         metadata: list[tuple[str, str | bytes]] = []
@@ -157,7 +159,7 @@ def _unbase64(value: str) -> bytes:
 
 
 class ServerCall:
-    """One call: fed by its stream (`http2.Call`), seen by the handler as its context."""
+    """One call: fed by its stream (`stream.Call`), seen by the handler as its context."""
 
     __slots__ = (
         "_cancelled",
@@ -176,7 +178,7 @@ class ServerCall:
     def __init__(
         self,
         router: Router,
-        stream: http2.Stream,
+        stream: Stream,
         method: Method,
         metadata: tuple[tuple[str, str | bytes], ...],
         deadline: float | None,
@@ -197,14 +199,14 @@ class ServerCall:
             None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._expire)
         )
 
-    # ---- http2.Call --------------------------------------------------------------------
+    # ---- stream.Call --------------------------------------------------------------------
 
     def message(self, payload: bytes) -> None:
         if self._queue is not None:
             self.stream.backlog += len(payload)
             self._queue.put_nowait(payload)
         elif self._payload is not None:
-            raise http2.StreamError(UNIMPLEMENTED, "more than one request message in a unary call")
+            raise StreamError(UNIMPLEMENTED, "more than one request message in a unary call")
         else:
             self._payload = payload
 
@@ -212,7 +214,7 @@ class ServerCall:
         if self._queue is not None:
             self._queue.put_nowait(None)
         elif self._payload is None:
-            raise http2.StreamError(UNIMPLEMENTED, "no request message in a unary call")
+            raise StreamError(UNIMPLEMENTED, "no request message in a unary call")
         else:
             self.start()
 

@@ -1,0 +1,91 @@
+"""HPACK for the gRPC transport: the constant blocks this server answers with (no dynamic
+table, so they never depend on the peer's table size) and `keeps_table`, which says whether a
+received block may be decoded once and reused."""
+
+from __future__ import annotations
+
+from inferd.api.grpc.frames import MAX_STATUS_MESSAGE
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """A header field as a literal without indexing, new name, no Huffman coding."""
+    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+
+
+def _percent_encode(message: str) -> bytes:
+    """grpc-message: UTF-8 with bytes outside 0x20-0x7E and '%' percent-encoded."""
+    raw = message.encode("utf-8", "replace")[:MAX_STATUS_MESSAGE]
+    if all(0x20 <= b <= 0x7E and b != 0x25 for b in raw):
+        return raw
+    return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
+
+
+# `:status: 200` (static index 8) and `content-type: application/grpc` (name index 31).
+RESPONSE_HEADERS = b"\x88\x0f\x10\x10application/grpc"
+OK_TRAILERS = _literal(b"grpc-status", b"0")
+
+
+def status_block(code: int, message: str) -> bytes:
+    """The trailer fields of a status (without `:status`)."""
+    block = _literal(b"grpc-status", str(code).encode())
+    if message:
+        block += _literal(b"grpc-message", _percent_encode(message))
+    return block
+
+
+def http_error_block(status: int) -> bytes:
+    """A plain HTTP error response to a request that is not gRPC."""
+    return b"\x08" + _hpack_int(3, 7) + str(status).encode()
+
+
+def _int_end(block: bytes, pos: int, prefix_mask: int) -> tuple[int, int]:
+    """An HPACK integer at `pos`: (value, position after it)."""
+    value = block[pos] & prefix_mask
+    pos += 1
+    if value < prefix_mask:
+        return value, pos
+    shift = 0
+    while True:
+        b = block[pos]
+        pos += 1
+        value += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def keeps_table(block: bytes) -> bool:
+    """Whether decoding `block` leaves the HPACK dynamic table unchanged (no literal with
+    incremental indexing, no table size update). Only walks the representations; a malformed
+    block is not cacheable."""
+    pos, n = 0, len(block)
+    try:
+        while pos < n:
+            b = block[pos]
+            if b & 0x80:  # indexed field
+                _, pos = _int_end(block, pos, 0x7F)
+            elif (b & 0xE0) in (0x20, 0x40, 0x60):  # adds to the table or resizes it
+                return False
+            else:  # literal without indexing / never indexed: name index or name, then value
+                index, pos = _int_end(block, pos, 0x0F)
+                if not index:
+                    length, pos = _int_end(block, pos, 0x7F)
+                    pos += length
+                length, pos = _int_end(block, pos, 0x7F)
+                pos += length
+    except IndexError:
+        return False
+    return pos == n

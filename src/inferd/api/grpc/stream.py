@@ -1,0 +1,215 @@
+"""One HTTP/2 stream of a gRPC call: splitting DATA into messages, answering under flow control."""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from inferd.api.grpc.frames import (
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    MESSAGE_PREFIX,
+    OUR_STREAM_WINDOW,
+    STREAM_BACKLOG,
+    U32,
+    WINDOW_UPDATE,
+    StreamError,
+    frame,
+)
+from inferd.api.grpc.headers import OK_TRAILERS, RESPONSE_HEADERS, http_error_block, status_block
+
+if TYPE_CHECKING:
+    from inferd.api.grpc.http2 import Connection
+
+
+class Call(Protocol):
+    """What a stream reports to: set by the dispatcher when the stream opens."""
+
+    def message(self, payload: bytes) -> None: ...
+    def end(self) -> None: ...
+    def reset(self) -> None: ...
+
+
+class Stream:
+    """One HTTP/2 stream of a gRPC call: its receive buffer and its side of flow control."""
+
+    __slots__ = (
+        "_buf",
+        "backlog",
+        "call",
+        "conn",
+        "deferred",
+        "encoding",
+        "headers_sent",
+        "id",
+        "local_closed",
+        "max_message",
+        "out",
+        "recv_window",
+        "remote_closed",
+        "send_window",
+        "trailers",
+        "unacked",
+    )
+
+    def __init__(self, conn: Connection, stream_id: int) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.call: Call | None = None
+        self.encoding = "identity"
+        self.max_message = conn.max_message
+        self._buf = bytearray()
+        self.recv_window = OUR_STREAM_WINDOW
+        self.unacked = 0  # received bytes not yet credited back
+        self.deferred = 0  # credit held back while the backlog is full
+        self.backlog = 0  # bytes of complete messages not yet taken by the handler
+        self.send_window = conn.peer_window
+        self.out: deque[memoryview] = deque()  # DATA payload waiting for send window
+        self.trailers: bytes | None = None  # waiting behind `out`
+        self.headers_sent = False
+        self.remote_closed = False
+        self.local_closed = False
+
+    # ---- receiving -----------------------------------------------------------------------
+
+    def _data(self, payload: bytes) -> None:
+        """Split DATA into gRPC messages for the call."""
+        buf = self._buf
+        if not buf and len(payload) >= 5:
+            flag, length = MESSAGE_PREFIX.unpack_from(payload)
+            if len(payload) == length + 5:  # the common case: one whole message
+                self._deliver(flag, length, payload[5:])
+                return
+        buf += payload
+        while len(buf) >= 5:
+            flag, length = MESSAGE_PREFIX.unpack_from(buf)
+            if length > self.max_message:
+                self._deliver(flag, length, b"")  # raises
+            if len(buf) < length + 5:
+                return
+            message = bytes(buf[5 : length + 5])
+            del buf[: length + 5]
+            self._deliver(flag, length, message)
+
+    def _deliver(self, flag: int, length: int, message: bytes) -> None:
+        if length > self.max_message:
+            raise StreamError(
+                8, f"Received message larger than max ({length} vs. {self.max_message})"
+            )
+        if flag:
+            message = self._decompress(message)
+        if self.call is not None:
+            self.call.message(message)
+
+    def _decompress(self, message: bytes) -> bytes:
+        encoding = self.encoding
+        if encoding == "identity":
+            raise StreamError(13, "compressed message without a grpc-encoding header")
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(message, self.max_message + 1)
+        except zlib.error as e:
+            raise StreamError(13, f"cannot decompress the message ({encoding}): {e}") from None
+        if len(out) > self.max_message or d.unconsumed_tail:
+            raise StreamError(8, f"decompressed message larger than max ({self.max_message})")
+        return out
+
+    def consumed(self, n: int) -> None:
+        """The handler took `n` bytes of backlog: release credit held back for them."""
+        self.backlog -= n
+        if self.deferred and self.backlog < STREAM_BACKLOG and not self.remote_closed:
+            credit, self.deferred = self.deferred, 0
+            self.recv_window += credit
+            self.conn.write(frame(WINDOW_UPDATE, 0, self.id, U32.pack(credit)))
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def respond(self, message: bytes) -> None:
+        """A whole unary answer: headers, one message, OK trailers (one write when it fits)."""
+        conn = self.conn
+        if self.local_closed:
+            return
+        size = len(message) + 5
+        if (
+            not self.headers_sent
+            and size <= self.send_window
+            and size <= conn.send_window
+            and size <= conn.peer_max_frame
+        ):
+            self.send_window -= size
+            conn.send_window -= size
+            self.headers_sent = self.local_closed = True
+            conn.write(
+                frame(HEADERS, END_HEADERS, self.id, RESPONSE_HEADERS)
+                + frame(DATA, 0, self.id, MESSAGE_PREFIX.pack(0, len(message)) + message)
+                + frame(HEADERS, END_HEADERS | END_STREAM, self.id, OK_TRAILERS)
+            )
+            conn.closed_locally(self)
+            return
+        self.send_message(message)
+        self.finish(0, "")
+
+    def send_message(self, message: bytes) -> None:
+        """Queue one message (headers first if not yet sent); sent as windows allow."""
+        if self.local_closed or self.trailers is not None:
+            return
+        if not self.headers_sent:
+            self.headers_sent = True
+            self.conn.write(frame(HEADERS, END_HEADERS, self.id, RESPONSE_HEADERS))
+        self.out.append(memoryview(MESSAGE_PREFIX.pack(0, len(message)) + message))
+        self.flush()
+
+    def pending(self) -> int:
+        """Bytes queued behind flow control."""
+        return sum(len(b) for b in self.out)
+
+    def finish(self, code: int, message: str) -> None:
+        """End the call with a status (trailers-only when nothing was sent yet)."""
+        if self.local_closed or self.trailers is not None:
+            return
+        block = status_block(code, message) if code or message else OK_TRAILERS
+        if not self.headers_sent:
+            self.headers_sent = True
+            self.trailers = RESPONSE_HEADERS + block
+        else:
+            self.trailers = block
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the windows allow; the trailers once all data is out."""
+        conn = self.conn
+        out = self.out
+        chunks: list[bytes] = []
+        while out:
+            room = min(self.send_window, conn.send_window, conn.peer_max_frame)
+            if room <= 0:
+                conn.blocked[self.id] = self
+                break
+            head = out[0]
+            if len(head) <= room:
+                out.popleft()
+                part = head
+            else:  # views: splitting a large message copies nothing
+                part, out[0] = head[:room], head[room:]
+            self.send_window -= len(part)
+            conn.send_window -= len(part)
+            chunks.append(frame(DATA, 0, self.id, part))
+        trailers = self.trailers
+        done = not out and trailers is not None and not self.local_closed
+        if done and trailers is not None:
+            self.local_closed = True
+            chunks.append(frame(HEADERS, END_HEADERS | END_STREAM, self.id, trailers))
+        if chunks:
+            conn.write(b"".join(chunks))
+        if done:
+            conn.closed_locally(self)
+
+    def reply_http(self, status: int) -> None:
+        """Answer a request that is not gRPC with a bare HTTP status."""
+        self.headers_sent = self.local_closed = True
+        self.conn.write(frame(HEADERS, END_HEADERS | END_STREAM, self.id, http_error_block(status)))
+        self.conn.closed_locally(self)
