@@ -64,6 +64,7 @@ class StreamError(Exception):
 
 
 def unpad(payload: bytes) -> bytes:
+    """The payload of a PADDED frame without its pad length and padding."""
     if not payload:
         raise ConnectionFault(PROTOCOL_ERROR, "padded frame without a pad length")
     pad = payload[0]
