@@ -589,3 +589,13 @@ async def test_answer_over_the_limit_is_not_sent() -> None:
     answer = c.answers()[1]
     assert status_of(answer) == ("8", "Sent message larger than max (2003 vs. 1000)")
     assert answer["data"] == b""
+
+
+async def test_an_empty_header_name_is_ignored() -> None:
+    c = Client(router())
+    block = c.headers() + b"\x00\x00\x01x"  # literal, empty name, value "x"
+    c.send(
+        H.frame(H.HEADERS, H.END_HEADERS, 1, block) + H.frame(H.DATA, H.END_STREAM, 1, request("a"))
+    )
+    await settle()
+    assert status_of(c.answers()[1]) == ("0", "")

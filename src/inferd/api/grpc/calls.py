@@ -102,7 +102,7 @@ class Router:
         timeout = encoding = None
         metadata: list[tuple[str, str | bytes]] = []
         for key, value in headers:
-            if key[0] == ":":
+            if key.startswith(":"):
                 if key == ":path":
                     path = value
                 elif key == ":method":

@@ -329,7 +329,12 @@ class Connection(asyncio.Protocol):
         stream = Stream(self, sid)
         self.streams[sid] = stream
         self.idle.clear()
-        stream.call = self.dispatcher.open(stream, headers)
+        try:
+            stream.call = self.dispatcher.open(stream, headers)
+        except Exception:  # a bug must fail this call, not every call of the connection
+            log.exception("cannot open gRPC stream %d", sid)
+            stream.finish(13, "internal server error")
+            return
         if flags & END_STREAM and sid in self.streams:
             try:
                 self._remote_end(stream)
