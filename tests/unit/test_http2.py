@@ -132,10 +132,6 @@ async def slow(request: Any, context: Any) -> Any:
     return HealthCheckResponse(status=1)
 
 
-async def big(request: Any, context: Any) -> Any:
-    return HealthCheckResponse(status=1, **{})  # replaced per test
-
-
 async def echo_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
     async for r in requests:
         yield HealthCheckResponse(status=len(r.service))

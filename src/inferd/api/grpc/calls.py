@@ -17,9 +17,9 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf import message_factory
@@ -40,8 +40,14 @@ _ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 #: Answers of a server stream queued behind flow control before its handler waits.
 MAX_PENDING = 4 << 20
 
-UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED = 2, 3, 4
-UNIMPLEMENTED, INTERNAL, UNAVAILABLE, CANCELLED = 12, 13, 14, 1
+
+class Context(Protocol):
+    """What the servicers use of a call's context: `ServerCall` on the native transport,
+    `grpc.aio.ServicerContext` on grpcio."""
+
+    def invocation_metadata(self) -> Any: ...
+    def time_remaining(self) -> float | None: ...
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,16 +131,17 @@ class Router:
             stream.reply_http(415)
             return None
         if self.stopping:
-            stream.finish(UNAVAILABLE, "server is shutting down")
+            stream.finish(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
             return None
         method = self.methods.get(path)
         if method is None:
-            stream.finish(UNIMPLEMENTED, f"Method not found: {path[:200]}")
+            stream.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path[:200]}")
             return None
         if encoding is not None and encoding != "identity":
             if encoding not in _ENCODINGS:
                 stream.finish(
-                    UNIMPLEMENTED, f"Compression algorithm '{encoding[:32]}' not supported"
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"Compression algorithm '{encoding[:32]}' not supported",
                 )
                 return None
             stream.encoding = encoding
@@ -142,7 +149,7 @@ class Router:
         if timeout is not None:
             seconds = parse_timeout(timeout)
             if seconds is None:
-                stream.finish(INTERNAL, f"malformed grpc-timeout {timeout[:16]!r}")
+                stream.finish(grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {timeout[:16]!r}")
                 return None
             deadline = asyncio.get_running_loop().time() + seconds
         call = ServerCall(self, stream, method, tuple(metadata), deadline)
@@ -206,7 +213,9 @@ class ServerCall:
             self.stream.backlog += len(payload)
             self._queue.put_nowait(payload)
         elif self._payload is not None:
-            raise StreamError(UNIMPLEMENTED, "more than one request message in a unary call")
+            raise StreamError(
+                grpc.StatusCode.UNIMPLEMENTED, "more than one request message in a unary call"
+            )
         else:
             self._payload = payload
 
@@ -214,7 +223,7 @@ class ServerCall:
         if self._queue is not None:
             self._queue.put_nowait(None)
         elif self._payload is None:
-            raise StreamError(UNIMPLEMENTED, "no request message in a unary call")
+            raise StreamError(grpc.StatusCode.UNIMPLEMENTED, "no request message in a unary call")
         else:
             self.start()
 
@@ -254,7 +263,7 @@ class ServerCall:
 
     def _expire(self) -> None:
         self._expired = True
-        self.stream.finish(DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self.stream.finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         if self._task is not None:
             self._task.cancel()
 
@@ -285,28 +294,28 @@ class ServerCall:
                 try:
                     request = method.deserialize(payload or b"")
                 except Exception:
-                    stream.finish(INTERNAL, "cannot parse the request message")
+                    stream.finish(grpc.StatusCode.INTERNAL, "cannot parse the request message")
                     return
             if method.server_streaming:
                 async for response in method.handler(request, self):
                     stream.send_message(self._serialize(response))
                     while stream.pending() > MAX_PENDING and not stream.local_closed:
                         await asyncio.sleep(0.005)
-                stream.finish(0, "")
+                stream.finish(grpc.StatusCode.OK, "")
             else:
                 response = await method.handler(request, self)
                 stream.respond(self._serialize(response))
         except Abort as a:
-            stream.finish(a.code.value[0], a.details)
+            stream.finish(a.code, a.details)
         except asyncio.CancelledError:
             if not self._expired:
-                stream.finish(
-                    UNAVAILABLE if self.router.stopping else CANCELLED,
-                    "server is shutting down" if self.router.stopping else "Cancelled",
-                )
+                if self.router.stopping:
+                    stream.finish(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+                else:
+                    stream.finish(grpc.StatusCode.CANCELLED, "Cancelled")
         except Exception:
             log.exception("unhandled error in gRPC %s", method.path)
-            stream.finish(UNKNOWN, INTERNAL_MESSAGE)
+            stream.finish(grpc.StatusCode.UNKNOWN, INTERNAL_MESSAGE)
         finally:
             if self._timer is not None:
                 self._timer.cancel()
@@ -348,15 +357,11 @@ class NativeServer:
         for w in waits:
             w.cancel()
         self.router.stopping = True
-        _cancel(self.router.calls)
+        for call in list(self.router.calls):
+            call.reset()
         await asyncio.sleep(0)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
-
-
-def _cancel(calls: Iterable[ServerCall]) -> None:
-    for call in list(calls):
-        call.reset()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import struct
 
+import grpc
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE = range(9)
 CONTINUATION = 9
@@ -57,7 +59,7 @@ class ConnectionFault(Exception):
 class StreamError(Exception):
     """A gRPC status to answer a stream with (raised while reading its messages)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

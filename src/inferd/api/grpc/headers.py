@@ -4,6 +4,8 @@ received block may be decoded once and reused."""
 
 from __future__ import annotations
 
+import grpc
+
 from inferd.api.grpc.frames import MAX_STATUS_MESSAGE
 
 
@@ -38,9 +40,9 @@ RESPONSE_HEADERS = b"\x88\x0f\x10\x10application/grpc"
 OK_TRAILERS = _literal(b"grpc-status", b"0")
 
 
-def status_block(code: int, message: str) -> bytes:
+def status_block(code: grpc.StatusCode, message: str) -> bytes:
     """The trailer fields of a status (without `:status`)."""
-    block = _literal(b"grpc-status", str(code).encode())
+    block = _literal(b"grpc-status", str(code.value[0]).encode())
     if message:
         block += _literal(b"grpc-message", _percent_encode(message))
     return block

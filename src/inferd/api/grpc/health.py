@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from inferd.api.grpc.access import log_rpc
+from inferd.api.grpc.calls import Context
 
 SERVICE = "grpc.health.v1.Health"
 #: Services Check/Watch answer for: the whole server ("") and the inference service.
@@ -71,7 +72,7 @@ class HealthService:
         """Report NOT_SERVING from now on and end every Watch."""
         self._stopping.set()
 
-    async def check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def check(self, request: Any, context: Context) -> Any:
         start = time.perf_counter_ns()
         status = self._status(request.service)
         if status == SERVICE_UNKNOWN:
@@ -80,7 +81,7 @@ class HealthService:
         log_rpc("Health/Check", request, grpc.StatusCode.OK, start)
         return HealthCheckResponse(status=status)
 
-    async def watch(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def watch(self, request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter_ns()
         last = None
         try:

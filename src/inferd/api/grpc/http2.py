@@ -17,8 +17,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+import grpc
 import hpack
 
+from inferd.api.grpc.errors import INTERNAL_MESSAGE
 from inferd.api.grpc.frames import (
     ACK,
     COMPRESSION_ERROR,
@@ -97,7 +99,7 @@ class Connection(asyncio.Protocol):
         self.send_window = 65_535
         self.recv_window = OUR_CONN_WINDOW
         self.unacked = 0
-        self.goaway_sent = False
+        self.draining = False  # GOAWAY sent or received: no new streams
         self.closed = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -224,7 +226,7 @@ class Connection(asyncio.Protocol):
                         raise ConnectionFault(ENHANCE_YOUR_CALM, "too many streams reset")
                 self._check_idle()
         elif ftype == GOAWAY:
-            self.goaway_sent = True  # no new streams either way
+            self.draining = True
             self._check_idle()
         elif ftype == PUSH_PROMISE:
             raise ConnectionFault(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
@@ -254,7 +256,7 @@ class Connection(asyncio.Protocol):
         stream.unacked += size
         try:
             if payload:
-                stream._data(payload)
+                stream.receive(payload)
             if flags & END_STREAM:
                 self._remote_end(stream)
             elif stream.unacked:
@@ -323,7 +325,7 @@ class Connection(asyncio.Protocol):
                 return  # a stream already closed
             raise ConnectionFault(PROTOCOL_ERROR, f"bad new stream id {sid}")
         self.last_stream_id = sid
-        if self.goaway_sent or len(self.streams) >= OUR_MAX_STREAMS:
+        if self.draining or len(self.streams) >= OUR_MAX_STREAMS:
             self.write(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
             return
         stream = Stream(self, sid)
@@ -333,7 +335,7 @@ class Connection(asyncio.Protocol):
             stream.call = self.dispatcher.open(stream, headers)
         except Exception:  # a bug must fail this call, not every call of the connection
             log.exception("cannot open gRPC stream %d", sid)
-            stream.finish(13, "internal server error")
+            stream.finish(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
             return
         if flags & END_STREAM and sid in self.streams:
             try:
@@ -345,7 +347,7 @@ class Connection(asyncio.Protocol):
         stream.remote_closed = True
         self._credit.pop(stream.id, None)
         if stream._buf:
-            raise StreamError(13, "the request ended inside a message")
+            raise StreamError(grpc.StatusCode.INTERNAL, "the request ended inside a message")
         if stream.call is not None:
             stream.call.end()
         if stream.local_closed:
@@ -466,14 +468,14 @@ class Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         if not self.streams:
             self.idle.set()
-            if self.goaway_sent and self.transport is not None:
+            if self.draining and self.transport is not None:
                 self.transport.close()
 
     def goaway(self, code: int = NO_ERROR, message: str = "") -> None:
         """Tell the client no new streams will be taken; close once the open ones are done."""
-        if self.closed or (self.goaway_sent and code == NO_ERROR):
+        if self.closed or (self.draining and code == NO_ERROR):
             return
-        self.goaway_sent = True
+        self.draining = True
         self.write(
             frame(
                 GOAWAY, 0, 0, GOAWAY_BODY.pack(self.last_stream_id, code) + message.encode()[:256]

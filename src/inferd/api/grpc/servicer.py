@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from inferd.api.grpc.access import log_rpc
+from inferd.api.grpc.calls import Context
 from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, GrpcStatus, code_of
 from inferd.api.grpc.generate import TokenStreams
@@ -42,7 +43,7 @@ OK = grpc.StatusCode.OK
 #: Requests of one ModelStreamInfer stream running at once; more wait (flow control).
 MAX_STREAM_INFLIGHT = 128
 
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[Any, Any, Context], Awaitable[Any]]
 
 #: The access policy of every RPC (tests check each method of the service has one); meanings as
 #: the REST table in `inferd.api.http.server.POLICY`.
@@ -63,7 +64,7 @@ def rpc(fn: Handler) -> Handler:
     method = fn.__name__
 
     @functools.wraps(fn)
-    async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(self: Any, request: Any, context: Context) -> Any:
         start = time.perf_counter_ns()
         try:
             response = await fn(self, request, context)
@@ -85,7 +86,7 @@ def rpc(fn: Handler) -> Handler:
 
 
 def _unimplemented(method: str, what: str) -> Handler:
-    async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(self: Any, request: Any, context: Context) -> Any:
         raise GrpcStatus(
             grpc.StatusCode.UNIMPLEMENTED, f"inferd does not implement {method} ({what})"
         )
@@ -119,7 +120,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---- access ------------------------------------------------------------------------
 
-    async def caller(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def caller(self, context: Context) -> Principal:
         """The principal behind the call's `authorization` / `x-api-key` metadata."""
         if self.gate is None:
             return ANONYMOUS
@@ -133,9 +134,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return ANONYMOUS
         return await self.gate.principal(authorization, api_key)
 
-    async def allow(
-        self, context: grpc.aio.ServicerContext, method: str, model: str | None = None
-    ) -> Principal:
+    async def allow(self, context: Context, method: str, model: str | None = None) -> Principal:
         """Apply `POLICY[method]`; raises when the caller may not do this."""
         gate = self.gate
         p = await self.caller(context)
@@ -157,15 +156,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # ---- health and metadata -----------------------------------------------------------
 
     @rpc
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerLive(self, request: Any, context: Context) -> Any:
         return pb.ServerLiveResponse(live=self.engine.live())
 
     @rpc
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerReady(self, request: Any, context: Context) -> Any:
         return pb.ServerReadyResponse(ready=self.engine.not_ready_reason() is None)
 
     @rpc
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelReady(self, request: Any, context: Context) -> Any:
         # As Triton: an unknown or unready model is `ready: false` with status OK.
         try:
             await self.allow(context, "ModelReady", request.name)
@@ -175,13 +174,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=True)
 
     @rpc
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
         return pb.ServerMetadataResponse(
             name=self.server_name, version=self.server_version, extensions=EXTENSIONS
         )
 
     @rpc
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
         await self.allow(context, "ModelMetadata", request.name)
         model = self.engine.model(request.name)
         sv = self.engine.version(request.name, request.version or None)
@@ -196,7 +195,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @rpc
-    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelConfig(self, request: Any, context: Context) -> Any:
         await self.allow(context, "ModelConfig", request.name)
         model = self.engine.model(request.name)
         doc = model_config(model, self.engine.version(request.name, request.version or None))
@@ -206,7 +205,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     @rpc
-    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelStatistics(self, request: Any, context: Context) -> Any:
         p = await self.allow(context, "ModelStatistics", request.name or None)
         stats = self.engine.stats(request.name or None, request.version or None)
         if not request.name and self.gate is not None:
@@ -238,11 +237,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return from_core(await engine.infer_decoded(sv, lambda: to_core(request, timeout_s)))
 
     @rpc
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
         return await self.infer(request, context.time_remaining(), await self.caller(context))
 
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         """Answer each request as it completes; errors travel in-band, the stream stays open."""
         try:
@@ -302,7 +301,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # ---- repository ----------------------------------------------------------------------
 
     @rpc
-    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
         p = await self.allow(context, "RepositoryIndex")
         names = self._visible_names(p)
         index = pb.RepositoryIndexResponse.ModelIndex
@@ -315,7 +314,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @rpc
-    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         name = request.model_name
         await self.allow(context, "RepositoryModelLoad", name)
         raw_config = None
@@ -341,7 +340,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelLoadResponse()
 
     @rpc
-    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         await self.allow(context, "RepositoryModelUnload", request.model_name)
         await self.engine.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()

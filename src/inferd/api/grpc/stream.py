@@ -6,6 +6,8 @@ import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+import grpc
+
 from inferd.api.grpc.frames import (
     DATA,
     END_HEADERS,
@@ -75,7 +77,7 @@ class Stream:
 
     # ---- receiving -----------------------------------------------------------------------
 
-    def _data(self, payload: bytes) -> None:
+    def receive(self, payload: bytes) -> None:
         """Split DATA into gRPC messages for the call."""
         buf = self._buf
         if not buf and len(payload) >= 5:
@@ -86,19 +88,22 @@ class Stream:
         buf += payload
         while len(buf) >= 5:
             flag, length = MESSAGE_PREFIX.unpack_from(buf)
-            if length > self.max_message:
-                self._deliver(flag, length, b"")  # raises
+            self._check_length(length)  # before the rest of a message too large arrives
             if len(buf) < length + 5:
                 return
             message = bytes(buf[5 : length + 5])
             del buf[: length + 5]
             self._deliver(flag, length, message)
 
-    def _deliver(self, flag: int, length: int, message: bytes) -> None:
+    def _check_length(self, length: int) -> None:
         if length > self.max_message:
             raise StreamError(
-                8, f"Received message larger than max ({length} vs. {self.max_message})"
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Received message larger than max ({length} vs. {self.max_message})",
             )
+
+    def _deliver(self, flag: int, length: int, message: bytes) -> None:
+        self._check_length(length)
         if flag:
             message = self._decompress(message)
         if self.call is not None:
@@ -107,15 +112,22 @@ class Stream:
     def _decompress(self, message: bytes) -> bytes:
         encoding = self.encoding
         if encoding == "identity":
-            raise StreamError(13, "compressed message without a grpc-encoding header")
+            raise StreamError(
+                grpc.StatusCode.INTERNAL, "compressed message without a grpc-encoding header"
+            )
         wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
         d = zlib.decompressobj(wbits)
         try:
             out = d.decompress(message, self.max_message + 1)
         except zlib.error as e:
-            raise StreamError(13, f"cannot decompress the message ({encoding}): {e}") from None
+            raise StreamError(
+                grpc.StatusCode.INTERNAL, f"cannot decompress the message ({encoding}): {e}"
+            ) from None
         if len(out) > self.max_message or d.unconsumed_tail:
-            raise StreamError(8, f"decompressed message larger than max ({self.max_message})")
+            raise StreamError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"decompressed message larger than max ({self.max_message})",
+            )
         return out
 
     def consumed(self, n: int) -> None:
@@ -151,7 +163,7 @@ class Stream:
             conn.closed_locally(self)
             return
         self.send_message(message)
-        self.finish(0, "")
+        self.finish(grpc.StatusCode.OK, "")
 
     def send_message(self, message: bytes) -> None:
         """Queue one message (headers first if not yet sent); sent as windows allow."""
@@ -167,11 +179,12 @@ class Stream:
         """Bytes queued behind flow control."""
         return sum(len(b) for b in self.out)
 
-    def finish(self, code: int, message: str) -> None:
+    def finish(self, code: grpc.StatusCode, message: str) -> None:
         """End the call with a status (trailers-only when nothing was sent yet)."""
         if self.local_closed or self.trailers is not None:
             return
-        block = status_block(code, message) if code or message else OK_TRAILERS
+        ok = code is grpc.StatusCode.OK and not message
+        block = OK_TRAILERS if ok else status_block(code, message)
         if not self.headers_sent:
             self.headers_sent = True
             self.trailers = RESPONSE_HEADERS + block
