@@ -131,3 +131,16 @@ def test_shutdown_lets_running_calls_finish(transport: str) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(request(np.ones(1)), timeout=2)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # nobody listens any more
+
+
+def test_health_service(server: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        assert check(b"", timeout=10) == b"\x08\x01"  # SERVING
+        watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+        stream = watch(b"", timeout=10)
+        assert next(stream) == b"\x08\x01"
+        stream.cancel()
+        with pytest.raises(grpc.RpcError) as err:
+            check(b"\x0a\x04nope", timeout=10)  # service "nope"
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from inferd.api.grpc.access import log_rpc
-from inferd.api.grpc.calls import Context
+from inferd.api.grpc.calls import Context, Method
 
 SERVICE = "grpc.health.v1.Health"
 #: Services Check/Watch answer for: the whole server ("") and the inference service.
@@ -99,20 +99,29 @@ class HealthService:
         finally:
             log_rpc("Health/Watch", request, grpc.StatusCode.OK, start)
 
+    def methods(self) -> list[Method]:
+        """Check and Watch, as the native transport's method table takes them."""
+        parse = HealthCheckRequest.FromString
+        return [
+            Method(f"/{SERVICE}/Check", self.check, parse),
+            Method(f"/{SERVICE}/Watch", self.watch, parse, server_streaming=True),
+        ]
+
     def handler(self) -> grpc.GenericRpcHandler:
+        """The same methods for grpcio's server."""
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.check,
-                    request_deserializer=HealthCheckRequest.FromString,
+                m.path.rsplit("/", 1)[1]: (
+                    grpc.unary_stream_rpc_method_handler
+                    if m.server_streaming
+                    else grpc.unary_unary_rpc_method_handler
+                )(
+                    m.handler,
+                    request_deserializer=m.deserialize,
                     response_serializer=HealthCheckResponse.SerializeToString,
-                ),
-                "Watch": grpc.unary_stream_rpc_method_handler(
-                    self.watch,
-                    request_deserializer=HealthCheckRequest.FromString,
-                    response_serializer=HealthCheckResponse.SerializeToString,
-                ),
+                )
+                for m in self.methods()
             },
         )
 

@@ -13,8 +13,8 @@ from typing import Literal
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from inferd.api.grpc.calls import Method, NativeServer, Router
-from inferd.api.grpc.health import SERVICE, HealthCheckRequest, HealthService
+from inferd.api.grpc.calls import NativeServer, Router
+from inferd.api.grpc.health import HealthService
 from inferd.api.grpc.servicer import InferenceServicer
 from inferd.control.gate import Gate
 from inferd.serving.engine import InferenceEngine
@@ -62,16 +62,8 @@ class GrpcServer:
         router.add_service(
             service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer
         )
-        health = f"/{SERVICE}/"
-        router.add(Method(health + "Check", self.health.check, HealthCheckRequest.FromString))
-        router.add(
-            Method(
-                health + "Watch",
-                self.health.watch,
-                HealthCheckRequest.FromString,
-                server_streaming=True,
-            )
-        )
+        for method in self.health.methods():
+            router.add(method)
         return router
 
     async def start(self) -> None:
