@@ -19,7 +19,49 @@ class HttpSettings(BaseModel):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request body, also after decompression (413)"
     )
-    max_chunks: int = Field(65_536, gt=0, description="Most body chunks accepted per request")
+    max_chunks: int = Field(
+        65_536,
+        gt=0,
+        description="Most chunks of a chunked (Transfer-Encoding: chunked) request body, counted "
+        "on the wire (400 and the connection is closed)",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="The whole request head (request line and headers) must arrive within this "
+        "time of its first byte, or of the connection opening (408, then close)",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Time a request body gets after its head, plus one second per "
+        "body_min_bytes_per_s bytes received; a stalled body is cut off (408, or close once the "
+        "response has started)",
+    )
+    body_min_bytes_per_s: int = Field(
+        16_384,
+        ge=0,
+        description="Average rate a body must keep up to earn time beyond body_timeout_s "
+        "(0: the whole body must arrive within body_timeout_s)",
+    )
+    keep_alive_timeout_s: float = Field(
+        30.0, gt=0, description="An idle keep-alive connection is closed after this time"
+    )
+    max_header_count: int = Field(
+        100, gt=0, description="Most header fields in one request (431 and close)"
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        gt=0,
+        description="Largest request head: target URL plus header names and values (431 and "
+        "close)",
+    )
+    max_connections_per_client: int = Field(
+        256,
+        gt=0,
+        description="Open connections one client address may hold; a new one over it is closed "
+        "at once",
+    )
     server_name: str = Field("inferd", description="Name reported by GET /v2")
     access_log: bool = Field(True, description="One JSON access-log line per request")
 
@@ -49,7 +91,17 @@ class AuthSettings(BaseModel):
     anonymous_inference: bool = Field(
         True, description="Callers without credentials may use public models (never private ones)"
     )
-    public_metrics: bool = Field(True, description="/metrics readable without credentials")
+    public_metrics: bool = Field(
+        True,
+        description="/metrics readable without credentials; callers who are not admins see "
+        "only the series of models they may see (public ones, and their own)",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Token a scraper sends as `Authorization: Bearer <token>` to read every "
+        "series of /metrics, private models' included (unset: only admins read those)",
+    )
     open_registration: bool = Field(
         False, description="Anyone may register a member account (otherwise admins create users)"
     )
@@ -117,6 +169,11 @@ class RegistrySettings(BaseModel):
     max_upload_bytes: int = Field(10 * 2**30, gt=0, description="Largest artifact upload/import")
     allow_private_urls: bool = Field(
         False, description="Let URL imports reach loopback/private addresses (SSRF guard off)"
+    )
+    skops_trusted_types: list[str] = Field(
+        default_factory=lambda: ["sklearn.tree._tree.Tree"],
+        description="Classes every uploaded skops model may use beyond skops' own trusted set "
+        "(the operator's list; users cannot widen it unless an admin marked them trusted)",
     )
     reconcile_interval_s: float = Field(
         5.0, gt=0, description="How often the reconciler re-reads deployments (other nodes' edits)"

@@ -35,9 +35,10 @@ from inferd.core.errors import (
 from inferd.core.records import Model, ModelVersion, Scope, User, VersionStatus, Visibility
 from inferd.core.spec import check_name, parse_model_config
 from inferd.core.tensors import InferenceRequest, InferenceResponse
+from inferd.core.trust import check_loosening, strip_loosening, with_operator_types
 from inferd.registry.archives import extract
 from inferd.registry.artifacts import ArtifactStore, version_prefix
-from inferd.registry.fetch import FetchResult, download, is_public_ip
+from inferd.registry.fetch import FetchResult, check_url, download, is_public_ip
 from inferd.registry.formats import Format, detect_dir_format, detect_format
 from inferd.registry.store import RegistryStore
 from inferd.serving.engine import InferenceEngine
@@ -220,7 +221,13 @@ class Catalog:
         unknown = set(fields) - set(MODEL_FIELDS)
         if unknown:
             raise InvalidInput(f"{sorted(unknown)[0]}: cannot be changed")
+        # none of a model's fields has a null (types are the request model's job: ModelPatch)
+        null = sorted(k for k, v in fields.items() if v is None)
+        if null:
+            raise InvalidInput(f"{null[0]}: must not be null")
         if "visibility" in fields:
+            if fields["visibility"] not in tuple(Visibility):
+                raise InvalidInput("visibility: must be 'private' or 'public'")
             fields["visibility"] = Visibility(fields["visibility"])
         model = await self.store.update_model(model.id, **fields)
         self.by_name[model.name] = model
@@ -266,11 +273,19 @@ class Catalog:
             await self.check_quota(model.owner_id, declared)
         return model
 
+    async def check_meta(self, actor: Actor, model: Model, meta: VersionMeta) -> None:
+        """Refuse, before anything is stored or loaded, meta that loosens a load-time safety
+        check for a model whose owner is not trusted (see core.trust)."""
+        owner = await self.store.get_user(model.owner_id)
+        check_loosening(meta.parameters, field="parameters", owner_trusted=owner.trusted,
+                        actor_admin=actor.principal.is_admin, runtime=meta.runtime)  # fmt: skip
+
     async def add_version(
         self, actor: Actor, model: Model, staged: Staged, meta: VersionMeta
     ) -> ModelVersion:
         """Turn a staged file into a version: validated and stored, or failed with a reason."""
         try:
+            await self.check_meta(actor, model, meta)
             await self.check_quota(model.owner_id, staged.size)
             mv = await self.store.create_version(model.id, source=staged.source,
                                                  created_by=actor.principal.user_id)  # fmt: skip
@@ -287,6 +302,8 @@ class Catalog:
         model = await self.prepare_upload(actor, name, None)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidInput("url: only http:// and https:// URLs can be imported")
+        await self.check_meta(actor, model, meta)
+        await check_url(url, allow_ip=self._allow_ip())
         mv = await self.store.create_version(model.id, source=f"url:{url[:2000]}",
                                              created_by=actor.principal.user_id)  # fmt: skip
         task = asyncio.get_running_loop().create_task(self._fetch(actor, model, mv, url, meta))
@@ -295,15 +312,18 @@ class Catalog:
         await self.audit.record(actor, "version.import", "version", mv.id, url=url[:2000])
         return mv
 
+    def _allow_ip(self) -> Callable[[Any], bool]:
+        return (lambda _ip: True) if self.settings.allow_private_urls else is_public_ip
+
     async def _fetch(
         self, actor: Actor, model: Model, mv: ModelVersion, url: str, meta: VersionMeta
     ) -> None:
         target = self.staging_file()
-        allow = (lambda _ip: True) if self.settings.allow_private_urls else is_public_ip
         try:
             result: FetchResult = await download(
-                url, target.parent, max_bytes=self.settings.max_upload_bytes, allow_ip=allow
-            )
+                url, target.parent, max_bytes=self.settings.max_upload_bytes,
+                allow_ip=self._allow_ip(),
+            )  # fmt: skip
             staged = Staged(result.path, result.filename, result.size, result.sha256,
                             mv.source)  # fmt: skip
             await self.check_quota(model.owner_id, staged.size)
@@ -429,8 +449,13 @@ class Catalog:
         runtime: str,
         meta: VersionMeta,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None, str]:
+        # checked at submission; stripped again here so that nothing loosening reaches a load
+        # for an owner who is not trusted, whichever way the meta got here
+        parameters = with_operator_types(
+            strip_loosening(meta.parameters, owner.trusted), self.settings.skops_trusted_types
+        )
         raw = self.spec_config(runtime, meta.inputs, meta.outputs, meta.max_batch_size,
-                               meta.parameters, owner.trusted)  # fmt: skip
+                               parameters, owner.trusted)  # fmt: skip
         try:
             spec = parse_model_config(model.name, raw)
         except InvalidInput as e:

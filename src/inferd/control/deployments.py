@@ -25,9 +25,11 @@ from inferd.core.records import (
     Model,
     ModelVersion,
     Scope,
+    User,
     VersionStatus,
 )
 from inferd.core.spec import ModelSpec, parse_model_config
+from inferd.core.trust import check_loosening, strip_loosening, with_operator_types
 from inferd.registry.store import RegistryStore
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.repository import ModelSource
@@ -80,8 +82,28 @@ def parse_config(raw: Any) -> DeploymentConfig:
     return cfg
 
 
+def check_config_trust(
+    actor: Actor, owner: User, cfg: DeploymentConfig, previous: DeploymentConfig | None
+) -> None:
+    """Refuse config that loosens a load-time safety check (core.trust): it needs a trusted owner,
+    and callables in a skops allow-list need an admin. What the stored config already holds (an
+    admin put it there) may be sent back unchanged by the owner."""
+    params = cfg.parameters
+    if previous is not None and isinstance(params, dict):
+        params = {k: v for k, v in params.items() if previous.parameters.get(k) != v}
+        if not owner.trusted:  # trust withdrawn since: nothing loosening is kept
+            params = cfg.parameters
+    check_loosening(params, field="config.parameters", owner_trusted=owner.trusted,
+                    actor_admin=actor.principal.is_admin, runtime=cfg.runtime,
+                    runtime_field="config.runtime")  # fmt: skip
+
+
 def deployment_spec(
-    model: Model, version: ModelVersion, cfg: DeploymentConfig, trusted: bool
+    model: Model,
+    version: ModelVersion,
+    cfg: DeploymentConfig,
+    trusted: bool,
+    operator_types: list[str] | None = None,
 ) -> ModelSpec:
     """The data plane's ModelSpec for a deployed version (validated; errors name the field)."""
     b = dict(cfg.batching)
@@ -109,7 +131,11 @@ def deployment_spec(
         "instances": max(cfg.min_replicas, 1),
         "instance_kind": cfg.instance_kind,
         "resources": dict(cfg.resources) or None,
-        "parameters": dict(cfg.parameters),
+        # refused when written (check_config_trust); dropped here too, so that an owner whose
+        # trust was withdrawn after the config was stored loads nothing loosened
+        "parameters": with_operator_types(
+            strip_loosening(cfg.parameters, trusted), operator_types or []
+        ),
         "trusted": trusted,
         "required": False,
         "inputs": io(version.inputs, "input"),
@@ -186,6 +212,7 @@ class Deployments:
             )
         mv = await self._ready_version(model, version)
         owner = await self.store.get_user(model.owner_id)
+        check_config_trust(actor, owner, cfg, None)
         deployment_spec(model, mv, cfg, owner.trusted)  # validate before storing
         dep = await self.store.create_deployment(model.id, mv.version, cfg,
                                                  actor.principal.user_id)  # fmt: skip
@@ -234,6 +261,8 @@ class Deployments:
         dep, model = await self._managed(actor, deployment_id)
         mv = await self._ready_version(model, version if version is not None else dep.version)
         owner = await self.store.get_user(model.owner_id)
+        if cfg is not None:
+            check_config_trust(actor, owner, cfg, dep.config)
         deployment_spec(model, mv, cfg or dep.config, owner.trusted)
         dep = await self.store.update_deployment(dep.id, version=mv.version, config=cfg)
         await self.audit.record(actor, "deployment.update", "deployment", dep.id,
@@ -309,7 +338,9 @@ class Deployments:
             model = await self.store.get_model(dep.model_id)
             mv = await self.store.get_version(model.id, dep.version)
             owner = await self.store.get_user(model.owner_id)
-            spec = deployment_spec(model, mv, dep.config, owner.trusted)
+            spec = deployment_spec(
+                model, mv, dep.config, owner.trusted, self.catalog.settings.skops_trusted_types
+            )
             local: Path = await self.catalog.materialize(model, mv.version)
             await self.engine.load_source(ModelSource(spec, local.parent, (str(mv.version),)))
         except InferdError as e:

@@ -235,6 +235,18 @@ async def _pinned_address(
     return answers[0]
 
 
+async def check_url(
+    url: str,
+    *,
+    allow_ip: Callable[[IPAddress], bool] = is_public_ip,
+    resolver: Resolver | None = None,
+) -> None:
+    """What can be checked before a download is accepted: scheme, host spelling and the resolved
+    addresses (InvalidInput naming `url`). The download checks again, on every hop, because an
+    answer may change between now and then."""
+    await _pinned_address(_parse(url), resolver or _default_resolver, allow_ip)
+
+
 # ---- the download ----------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 from inferd.core.datatypes import NUMPY_DTYPES
 from inferd.core.errors import ModelExecutionError, ModelLoadError, UntrustedArtifact
 from inferd.core.spec import ModelSpec, TensorSpec
+from inferd.core.trust import DATA_PACKAGES, SAFE_STDLIB_TYPES, touches_files_or_processes
 from inferd.runtimes.base import Runtime, framework_message
 
 _PICKLES = (".joblib", ".pkl", ".pickle")
@@ -20,7 +22,8 @@ class SklearnRuntime(Runtime):
     """Serves a fitted estimator's `predict` and, when it has one, `predict_proba`.
 
     `.skops` files are loaded with skops: every type skops does not trust by default must be
-    listed in `parameters.trusted_types` (or the whole model marked `trusted: true`).
+    listed in `parameters.trusted_types`; a model marked `trusted: true` may also use data classes
+    (estimators, numpy/scipy types) skops does not know, never functions.
     `.joblib`/`.pkl`/`.pickle` can run arbitrary code when read, so they load only with
     `trusted: true`. One input, `input` (or the first input declared in model.yaml), a 2-D
     feature matrix; outputs `predict` [-1] and `predict_proba` [-1, n_classes].
@@ -74,12 +77,16 @@ class SklearnRuntime(Runtime):
             untrusted = sio.get_untrusted_types(file=artifact)
             missing = [t for t in untrusted if t not in trusted]
             if missing and self.spec.trusted:
-                # `trusted: true` is the admin vouching for the owner: accept what the file names.
-                trusted, missing = [*trusted, *missing], []
+                # `trusted: true` is an admin vouching for the owner: the file may use data
+                # classes skops does not know, but never a callable (posix.system, builtins.exec,
+                # numpy.load ...): those are admitted only when named in trusted_types.
+                data = [t for t in missing if is_data_class(t)]
+                trusted, missing = [*trusted, *data], [t for t in missing if t not in data]
             if missing:
                 raise UntrustedArtifact(
                     f"{artifact.name} contains types skops does not trust: {', '.join(missing)}; "
-                    "list them in parameters.trusted_types in model.yaml if you trust them"
+                    "an admin (or model.yaml in the model repository) can list them in "
+                    "parameters.trusted_types"
                 )
             return sio.load(artifact, trusted=trusted)
         except ModelLoadError:
@@ -186,3 +193,21 @@ def _as_datatype(value: np.ndarray, datatype: str) -> np.ndarray:
         flat = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in value.ravel()]
         return np.array(flat, dtype=object).reshape(value.shape)
     return value.astype(NUMPY_DTYPES[datatype], copy=False)
+
+
+def is_data_class(type_name: str) -> bool:
+    """Whether a type named in a skops file is a class of a data package (or a safe builtin type)
+    — resolved here, in the worker, where importing scikit-learn, numpy or scipy modules is
+    harmless. Modules of any other package are not imported: importing can itself run code."""
+    if type_name in SAFE_STDLIB_TYPES:
+        return True
+    if type_name.split(".", 1)[0] not in DATA_PACKAGES or touches_files_or_processes(type_name):
+        return False
+    module_name, _, attr = type_name.rpartition(".")
+    if module_name.split(".", 1)[0] not in DATA_PACKAGES:
+        return False
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except Exception:
+        return False
+    return isinstance(obj, type)
