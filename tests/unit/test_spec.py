@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from inferd.core.errors import InvalidInput
-from inferd.core.spec import TensorSpec, VersionPolicy, check_name, parse_model_config
+from inferd.core.spec import (
+    TensorSpec,
+    VersionPolicy,
+    check_name,
+    parse_model_config,
+    spec_to_config,
+)
 
 
 def test_full_config() -> None:
@@ -60,6 +66,16 @@ def test_errors_name_the_field(raw: dict, field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_model_config("m", raw)
     assert field in err.value.message
+
+
+def test_liveness_timeout() -> None:
+    assert parse_model_config("m", None).liveness_timeout_s == 5.0
+    spec = parse_model_config("m", {"liveness_timeout_s": 1.5})
+    assert spec.liveness_timeout_s == 1.5
+    assert parse_model_config("m", spec_to_config(spec)) == spec  # what the worker is sent
+    for bad in (0, -1, "5", True, None):
+        with pytest.raises(InvalidInput, match="'liveness_timeout_s' must be a positive number"):
+            parse_model_config("m", {"liveness_timeout_s": bad})
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,9 @@ class ModelSpec:
     max_queue_size: int = 0
     #: A single execution running longer than this marks its replica hung (it is replaced).
     execution_timeout_s: float = 60.0
+    #: A process replica whose worker the kernel reports stopped (SIGSTOP, a debugger) this long
+    #: is killed and replaced, busy or not; a slow model that still runs waits for the above.
+    liveness_timeout_s: float = 5.0
     #: None = a fixed `instances` count; otherwise replicas follow the load within bounds.
     autoscaling: AutoscalingPolicy | None = None
     #: CPU, memory and GPU limits of each worker process.
@@ -135,6 +138,7 @@ _KNOWN_KEYS = {
     "dynamic_batching",
     "max_queue_size",
     "execution_timeout_s",
+    "liveness_timeout_s",
     "autoscaling",
     "resources",
 }
@@ -296,6 +300,9 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     timeout = raw.get("execution_timeout_s", 60.0)
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
         raise InvalidInput("'execution_timeout_s' must be a positive number of seconds")
+    liveness = raw.get("liveness_timeout_s", 5.0)
+    if not isinstance(liveness, int | float) or isinstance(liveness, bool) or liveness <= 0:
+        raise InvalidInput("'liveness_timeout_s' must be a positive number of seconds")
     return ModelSpec(
         name=name,
         runtime=runtime,
@@ -314,6 +321,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         batching=_batching(raw.get("dynamic_batching"), mbs),
         max_queue_size=_int_field(raw, "max_queue_size", 0, 0),
         execution_timeout_s=float(timeout),
+        liveness_timeout_s=float(liveness),
         autoscaling=autoscaling,
         resources=resources,
     )
@@ -343,6 +351,7 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
         "instance_kind": spec.instance_kind,
         "max_queue_size": spec.max_queue_size,
         "execution_timeout_s": spec.execution_timeout_s,
+        "liveness_timeout_s": spec.liveness_timeout_s,
     }
     out["autoscaling"] = autoscaling_to_config(spec.autoscaling)
     out["resources"] = resources_to_config(spec.resources)

@@ -18,7 +18,7 @@ from inferd.core.spec import ModelSpec, spec_to_config
 from inferd.workers.generation import SIGNATURE, GeneratorBase
 from inferd.workers.generation_worker import event_from_wire, request_to_wire
 from inferd.workers.inprocess import Loaded
-from inferd.workers.process import exit_reason, kill_worker, spawn_worker
+from inferd.workers.process import exit_reason, kill_worker, spawn_worker, watch_liveness
 from inferd.workers.protocol import encode_frame, read_frame
 
 log = logging.getLogger("inferd.generation")
@@ -47,6 +47,9 @@ class ProcessGenerator(GeneratorBase):
         self._stats: Any = None
         self._dead: asyncio.Event = asyncio.Event()
         self._reason = ""
+        #: Set when the worker was killed for staying stopped: reported instead of SIGKILL.
+        self._death: str | None = None
+        self._liveness: asyncio.Task[None] | None = None
         self.max_model_len: int | None = None
 
     @property
@@ -59,6 +62,9 @@ class ProcessGenerator(GeneratorBase):
 
     async def load(self) -> Loaded:
         self._proc, reader, self._writer = await spawn_worker(self.spec, self.index)
+        self._liveness = watch_liveness(
+            self._proc, self.spec.liveness_timeout_s, self.label, self._hung
+        )
         header = {"op": "load_llm", "name": self.spec.name, "config": spec_to_config(self.spec),
                   "version": self.version, "path": str(self.path)}  # fmt: skip
         self._writer.writelines(encode_frame(header))
@@ -68,7 +74,7 @@ class ProcessGenerator(GeneratorBase):
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             await self._kill()
             code = self._proc.returncode if self._proc else None
-            why = exit_reason(code)
+            why = self._death or exit_reason(code)
             raise ModelLoadError(f"the generator worker did not load: {why}") from None
         if not reply.get("ok"):
             await self._kill()
@@ -79,6 +85,9 @@ class ProcessGenerator(GeneratorBase):
         self._alive = True
         self._reader_task = asyncio.create_task(self._read(reader), name=f"{self.label}-reader")
         return Loaded(*SIGNATURE, "transformers_llm")
+
+    def _hung(self, reason: str) -> None:
+        self._death = reason
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -103,7 +112,7 @@ class ProcessGenerator(GeneratorBase):
         if self._proc is not None:
             with contextlib.suppress(TimeoutError):
                 code = await asyncio.wait_for(self._proc.wait(), 2)
-        self._reason = exit_reason(code) if self._alive else "unloaded"
+        self._reason = self._death or (exit_reason(code) if self._alive else "unloaded")
         was_alive, self._alive = self._alive, False
         failure = ReplicaFailed(f"generator {self.label} failed: {self._reason}")
         for rid in list(self._streams):
@@ -163,6 +172,8 @@ class ProcessGenerator(GeneratorBase):
 
     async def _kill(self) -> None:
         await kill_worker(self._proc)
+        if self._liveness is not None:
+            self._liveness.cancel()
         if self._writer is not None:
             self._writer.close()
 
@@ -179,5 +190,7 @@ class ProcessGenerator(GeneratorBase):
             await self._kill()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
+        if self._liveness is not None:
+            self._liveness.cancel()
         if self._writer is not None:
             self._writer.close()

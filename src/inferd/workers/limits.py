@@ -68,3 +68,16 @@ def resident_bytes(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of a process (Linux /proc: R running, S sleeping, D disk
+    wait, T stopped by a signal, t stopped by a tracer, Z zombie), None when unknown or gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may itself hold spaces or parentheses
+    after = stat.rpartition(b")")[2].split()
+    return after[0].decode("ascii", "replace") if after else None

@@ -69,6 +69,59 @@ async def spawn_worker(
     return proc, reader, writer
 
 
+#: Process states in which a worker cannot run at all: "T" stopped by a signal (SIGSTOP,
+#: SIGTSTP, ...), "t" held stopped by a tracer (a debugger).
+STOPPED_STATES = frozenset("Tt")
+
+
+async def stopped_too_long(proc: asyncio.subprocess.Process, timeout_s: float) -> str | None:
+    """Wait until the kernel has reported `proc` stopped for `timeout_s` in a row, and say so;
+    None once it exits (or where the state cannot be read: no /proc).
+
+    Liveness is read from the kernel, not asked of the worker: a model call may hold the GIL in
+    a C extension for seconds, which would starve a heartbeat thread inside the worker and get a
+    healthy worker killed, while the process state stays R or S however busy the model is. So a
+    slow model that still runs is left to `execution_timeout_s`; only a worker that cannot run
+    at all is cut off early. Sampled a few times per timeout, off the request path."""
+    period = max(timeout_s / 5, 0.05)
+    since: float | None = None
+    while proc.returncode is None:
+        await asyncio.sleep(period)
+        state = limits.process_state(proc.pid)
+        if state is None:
+            return None
+        if state not in STOPPED_STATES:
+            since = None
+            continue
+        now = time.monotonic()
+        if since is None:
+            since = now
+        elif now - since >= timeout_s:
+            how = "by a signal" if state == "T" else "by a debugger"
+            return (
+                f"stopped responding (worker process {proc.pid} was stopped {how} for over "
+                f"{timeout_s:g} s, its liveness_timeout_s); it was killed"
+            )
+    return None
+
+
+def watch_liveness(
+    proc: asyncio.subprocess.Process, timeout_s: float, label: str, on_hung: Callable[[str], None]
+) -> asyncio.Task[None]:
+    """A task that SIGKILLs `proc` once it stayed stopped for `timeout_s`, after telling
+    `on_hung` why: the owner's reader then sees the socket close and reports that reason."""
+
+    async def watch() -> None:
+        reason = await stopped_too_long(proc, timeout_s)
+        if reason is not None and proc.returncode is None:
+            log.warning("replica %s %s", label, reason)
+            on_hung(reason)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    return asyncio.create_task(watch(), name=f"{label}-liveness")
+
+
 def exit_reason(code: int | None) -> str:
     if code is None:
         return "connection lost"
@@ -117,6 +170,7 @@ class ProcessReplica:
         self._use_shm = shm_available()
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
+        self._liveness: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -128,6 +182,9 @@ class ProcessReplica:
 
     async def load(self) -> Loaded:
         self._proc, self._reader, self._writer = await spawn_worker(self.spec, self.index)
+        self._liveness = watch_liveness(
+            self._proc, self.spec.liveness_timeout_s, self.label, self._hung
+        )
         header = {
             "op": "load",
             "name": self.spec.name,
@@ -148,6 +205,9 @@ class ProcessReplica:
             await self.kill()
             raise ModelLoadError(f"out of memory: {over} after loading")
         return Loaded(_specs(reply["inputs"]), _specs(reply["outputs"]), reply["platform"])
+
+    def _hung(self, reason: str) -> None:
+        self._death = reason
 
     def _over_memory(self) -> str | None:
         """Why the worker is over its memory limit, or None (also None without a limit)."""
@@ -275,6 +335,8 @@ class ProcessReplica:
         self._close_socket()
 
     def _close_socket(self) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
         if self._writer is not None:
             self._writer.close()
 
