@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--inferd-src", type=Path, default=None)
+    ap.add_argument("--inferd-base-src", type=Path, default=None, help="tree of `inferd-base`")
     ap.add_argument("--ort-threads", type=int, default=model_builder.ORT_THREADS)
     ap.add_argument("--mlserver-parallel-workers", type=int, default=0)
     servers.add_batching_options(ap)
@@ -76,9 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers.ServerSpec:
     """The ServerSpec of ``name`` with its gRPC listener on."""
     port = PORTS[name]
-    if name == "inferd":
+    if name in ("inferd", "inferd-base"):
         repo, note = servers.inferd_variant(models_root, args.inferd_instance_kind, args.batching)
-        spec = servers.inferd_spec(repo, port, args.inferd_src, port + 1)
+        src = args.inferd_base_src if name == "inferd-base" else args.inferd_src
+        if name == "inferd-base" and src is None:
+            raise SystemExit("--servers inferd-base needs --inferd-base-src")
+        spec = servers.inferd_spec(repo, port, src, port + 1)
+        spec.name = name
         spec.config += note
         return spec
     if name == "mlserver":

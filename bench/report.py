@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NOT_PEERS = {"inferd", "raw"}
+NOT_PEERS = {"inferd", "inferd-base", "raw"}
 
 
 def _rows(results: dict[str, Any], **match: Any) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ import models as model_builder  # noqa: E402
 import servers  # noqa: E402
 from report import render_markdown, summarise  # noqa: E402
 
-PORTS = {"inferd": 18000, "mlserver": 18100, "kserve": 18200, "raw": 18300}
+PORTS = {"inferd": 18000, "mlserver": 18100, "kserve": 18200, "raw": 18300, "inferd-base": 18400}
 METRICS = ("infer_per_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms")
 
 
@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--servers", default="inferd,mlserver,kserve", help="inferd,mlserver,kserve,raw"
+        "--servers",
+        default="inferd,mlserver,kserve",
+        help="inferd,mlserver,kserve,raw; inferd-base: a second inferd from --inferd-base-src",
     )
     ap.add_argument("--models", default="mlp,iris", help="mlp,iris")
     ap.add_argument("--protocols", default="v2", help="v2 and/or v1 (v1: inferd, kserve only)")
@@ -68,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="inferd source tree to put on PYTHONPATH (default: this checkout's src/)",
+    )
+    ap.add_argument(
+        "--inferd-base-src",
+        type=Path,
+        default=None,
+        help="the source tree of the `inferd-base` server (e.g. an export of an older commit), "
+        "to measure a change before/after in one interleaved run",
     )
     ap.add_argument(
         "--ort-threads",
@@ -103,9 +112,13 @@ def _cpu(n: int) -> int | None:
 def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers.ServerSpec:
     """The ServerSpec for ``name``."""
     port = PORTS[name]
-    if name == "inferd":
+    if name in ("inferd", "inferd-base"):
         repo, note = servers.inferd_variant(models_root, args.inferd_instance_kind, args.batching)
-        spec = servers.inferd_spec(repo, port, args.inferd_src)
+        src = args.inferd_base_src if name == "inferd-base" else args.inferd_src
+        if name == "inferd-base" and src is None:
+            raise SystemExit("--servers inferd-base needs --inferd-base-src")
+        spec = servers.inferd_spec(repo, port, src)
+        spec.name = name
         spec.config += note
         return spec
     if name == "mlserver":
