@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from inferd.api.http.protocol import protocol_class
 from inferd.app import Server, build
 from inferd.observability.logs import configure_logging
 from inferd.settings import Settings
@@ -26,13 +27,14 @@ def _config(server: Server, sock_port: int) -> uvicorn.Config:
         host=s.http.host,
         port=sock_port,
         loop="uvloop",
-        http="httptools",
+        # httptools, plus head/body deadlines and header, chunk and per-client caps
+        http=protocol_class(s.http),
         lifespan="on",
         access_log=False,
         log_config=None,
         log_level=s.log_level,
         timeout_graceful_shutdown=math.ceil(s.shutdown_grace_s),
-        timeout_keep_alive=30,
+        timeout_keep_alive=math.ceil(s.http.keep_alive_timeout_s),
         server_header=False,
         proxy_headers=False,  # X-Forwarded-* are not trusted unless a proxy is configured
         date_header=False,

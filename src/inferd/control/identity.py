@@ -48,6 +48,17 @@ def check_username(username: Any) -> str:
     return username
 
 
+def check_user_fields(fields: dict[str, Any]) -> None:
+    """Refuse, naming the field, what the store cannot hold: a null role or flag (they have no
+    "unset"; a null quota means the server default), a role that is not one. Types are the API's
+    request model's job (`UserPatch`)."""
+    for name in ("role", "trusted", "disabled"):
+        if name in fields and fields[name] is None:
+            raise InvalidInput(f"{name}: must not be null")
+    if "role" in fields and fields["role"] not in tuple(Role):
+        raise InvalidInput("role: must be 'admin' or 'member'")
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPair:
     access_token: str
@@ -284,6 +295,7 @@ class Identity:
         unknown = set(fields) - USER_FIELDS
         if unknown:
             raise InvalidInput(f"{sorted(unknown)[0]}: not a field an admin can set")
+        check_user_fields(fields)
         if "role" in fields:
             fields["role"] = Role(fields["role"])
         user = await self.store.update_user(user_id, **fields)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
 
 #: Latency buckets in seconds: sub-millisecond resolution for fast models, up to a minute.
 LATENCY_BUCKETS = (
@@ -176,8 +178,42 @@ class ServingMetrics:
             except KeyError:
                 pass
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, shown: Callable[[str], bool] | None = None) -> bytes:
+        """The text exposition; with `shown`, only the series whose `model` label it accepts
+        (series without that label are always kept)."""
+        if shown is None:
+            return generate_latest(self.registry)
+        return generate_latest(_ModelFilter(self.registry, shown))
+
+
+class _ModelFilter:
+    """A read-only view of a registry without the series of models the caller may not see;
+    `generate_latest` renders it like the registry itself."""
+
+    def __init__(self, registry: CollectorRegistry, shown: Callable[[str], bool]) -> None:
+        self.registry = registry
+        self.shown = shown
+
+    def collect(self) -> Iterator[Metric]:
+        decided: dict[str, bool] = {}  # one decision per model name, not per sample
+
+        def keep(model: str | None) -> bool:
+            if model is None:
+                return True
+            ok = decided.get(model)
+            if ok is None:
+                ok = decided[model] = self.shown(model)
+            return ok
+
+        for family in self.registry.collect():
+            samples = [s for s in family.samples if keep(s.labels.get("model"))]
+            if len(samples) == len(family.samples):
+                yield family
+                continue
+            # A copy: the family may be the registry's own object for custom collectors.
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = samples
+            yield kept
 
 
 #: vLLM's bucket lists (seconds), so dashboards built for it read these the same way.

@@ -15,7 +15,7 @@ from inferd.auth.policy import require, require_admin
 from inferd.auth.principal import ANONYMOUS
 from inferd.control.audit import Actor
 from inferd.control.plane import ControlPlane
-from inferd.core.errors import Unauthenticated
+from inferd.core.errors import InvalidInput, Unauthenticated
 from inferd.core.records import Scope
 
 
@@ -50,6 +50,7 @@ class Policy:
             require(p, Scope.MANAGE)
         elif self.name == "admin":
             require_admin(p)
+        _check_parameters(request)
         client = request.client.host if request.client else ""
         actor = Actor(p, client, {"route": f"{request.method} {request.url.path}"[:300]})
         async with cp.gate.admit(p):
@@ -57,6 +58,14 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"Policy({self.name})"
+
+
+def _check_parameters(request: Request) -> None:
+    """Path and query values may not hold NUL: PostgreSQL cannot compare text with it, so a
+    lookup would fail as a server error instead of answering "not found"."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidInput(f"{name}: must not contain NUL characters")
 
 
 PUBLIC = Policy("public")

@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic_core import PydanticCustomError
 
 from inferd.api.admin import views
 from inferd.api.admin.policy import ADMIN, AUTHENTICATED, MANAGE, OPTIONAL, PUBLIC, control
@@ -21,8 +22,38 @@ from inferd.control.deployments import parse_config
 from inferd.core.errors import InvalidInput
 from inferd.core.records import Role, Scope
 
-router = APIRouter(prefix="/api/v1")
-VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="Version number")]
+#: Every error answer has this shape (and a 4xx status); bad input is 400 naming the field.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": views.Error, "description": "Refused: 400 bad input (the message names the "
+            "field), 401, 403, 404, 409, 413, 422, 429 …"},
+}  # fmt: skip
+router = APIRouter(prefix="/api/v1", responses=ERRORS)
+#: Bounds of the database's integer columns: a larger number is a 400, not a failed write.
+INT32 = 2**31 - 1
+#: 8 PiB: beyond any disk, and a number the OpenAPI document (floats) states exactly.
+MAX_BYTES = 2**53
+VersionNumber = Annotated[int, Path(ge=1, le=INT32, description="Version number")]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "must not contain NUL characters")
+    return value
+
+
+#: Every string of a request body: none has a use for NUL, and PostgreSQL cannot store or
+#: compare text holding it.
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _optional(**constraints: Any) -> Any:
+    """A PATCH field that may be left out but not set to null: what it changes has no null
+    value. Left out, it is not in `model_dump(exclude_unset=True)`; null is a 400 naming it."""
+    return Field(None, json_schema_extra=_drop_default, **constraints)
 
 
 class _Body(BaseModel):
@@ -30,69 +61,73 @@ class _Body(BaseModel):
 
 
 class RegisterBody(_Body):
-    username: str
-    password: str
+    username: Text = Field(max_length=256)
+    password: Text = Field(max_length=1024)
     role: Role = Role.MEMBER
 
 
 class LoginBody(_Body):
-    username: str = Field(max_length=256)
-    password: str = Field(max_length=1024)
+    username: Text = Field(max_length=256)
+    password: Text = Field(max_length=1024)
 
 
 class RefreshBody(_Body):
-    refresh_token: str = Field(max_length=4096)
+    refresh_token: Text = Field(max_length=4096)
 
 
 class UserPatch(_Body):
-    role: Role | None = None
-    trusted: bool | None = None
-    disabled: bool | None = None
-    rpm_limit: int | None = Field(None, gt=0)
-    concurrency_limit: int | None = Field(None, gt=0)
-    storage_quota_bytes: int | None = Field(None, gt=0)
+    """Leave a field out to keep it; a quota set to null returns to the server default."""
+
+    role: Role = _optional()
+    trusted: StrictBool = _optional()
+    disabled: StrictBool = _optional()
+    rpm_limit: StrictInt | None = Field(None, gt=0, le=INT32)
+    concurrency_limit: StrictInt | None = Field(None, gt=0, le=INT32)
+    storage_quota_bytes: StrictInt | None = Field(None, gt=0, le=MAX_BYTES)
 
 
 class KeyBody(_Body):
-    name: str = Field(min_length=1, max_length=100)
-    scopes: list[Scope] = Field(default_factory=lambda: [Scope.INFER])
+    name: Text = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.INFER], max_length=3)
     expires_at: datetime | None = None
-    user_id: str | None = None
+    user_id: Text | None = Field(None, max_length=64)
 
 
 class ModelBody(_Body):
-    name: str
-    description: str = Field("", max_length=10_000)
-    framework: str = Field("", max_length=64)
-    model_type: str = Field("", max_length=64)
-    task_type: str = Field("", max_length=64)
-    tags: list[str] = Field(default_factory=list, max_length=64)
+    name: Text = Field(max_length=256)
+    description: Text = Field("", max_length=10_000)
+    framework: Text = Field("", max_length=64)
+    model_type: Text = Field("", max_length=64)
+    task_type: Text = Field("", max_length=64)
+    tags: list[Annotated[Text, Field(max_length=64)]] = Field(default_factory=list, max_length=64)
     visibility: Literal["private", "public"] = "private"
 
 
 class ModelPatch(_Body):
-    description: str | None = Field(None, max_length=10_000)
-    framework: str | None = Field(None, max_length=64)
-    model_type: str | None = Field(None, max_length=64)
-    task_type: str | None = Field(None, max_length=64)
-    tags: list[str] | None = Field(None, max_length=64)
-    visibility: Literal["private", "public"] | None = None
+    """Leave a field out to keep it."""
+
+    description: Text = _optional(max_length=10_000)
+    framework: Text = _optional(max_length=64)
+    model_type: Text = _optional(max_length=64)
+    task_type: Text = _optional(max_length=64)
+    tags: list[Annotated[Text, Field(max_length=64)]] = _optional(max_length=64)
+    visibility: Literal["private", "public"] = _optional()
 
 
 class MetaBody(_Body):
     """What the uploader states about a version (the rest is detected)."""
 
-    runtime: str | None = Field(None, max_length=64)
+    runtime: Text | None = Field(None, max_length=64)
     inputs: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
     outputs: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
-    max_batch_size: int = Field(0, ge=0)
+    max_batch_size: StrictInt = Field(0, ge=0, le=INT32)
     parameters: dict[str, Any] = Field(default_factory=dict)
     sample_input: dict[str, Any] | None = None
     sample_output: dict[str, Any] | None = None
 
 
 class ImportBody(MetaBody):
-    url: str = Field(max_length=4096)
+    url: Text = Field(max_length=4096)
 
 
 class VersionPatch(_Body):
@@ -101,13 +136,13 @@ class VersionPatch(_Body):
 
 
 class DeployBody(_Body):
-    model: str
-    version: int | None = Field(None, ge=1, le=2**31 - 1)
+    model: Text = Field(max_length=256)
+    version: StrictInt | None = Field(None, ge=1, le=INT32)
     config: dict[str, Any] | None = None
 
 
 class DeploymentPatch(_Body):
-    version: int | None = Field(None, ge=1, le=2**31 - 1)
+    version: StrictInt | None = Field(None, ge=1, le=INT32)
     config: dict[str, Any] | None = None
 
 

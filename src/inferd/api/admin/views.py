@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+
 from inferd.core.records import ApiKey, Deployment, Model, ModelVersion, User
+
+
+class Error(BaseModel):
+    """Every refusal: `{"error": "<field>: <what is wrong>"}` for bad input."""
+
+    error: str
 
 
 def _ts(t: datetime | None) -> str | None:

@@ -1,4 +1,4 @@
-"""Reading request bodies under caps: size, chunk count, and decompressed size."""
+"""Reading request bodies under caps: size, and size after decompression."""
 
 from __future__ import annotations
 
@@ -13,13 +13,18 @@ class ClientDisconnected(Exception):
     """The client went away before its body arrived."""
 
 
+#: Piece size for incremental decompression.
+_STEP = 64 * 1024
+
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-async def read_body(
-    receive: Receive, content_length: int | None, max_bytes: int, max_chunks: int
-) -> bytes:
-    """Read the whole body; 413 as soon as it is over `max_bytes` (without reading the rest)."""
+async def read_body(receive: Receive, content_length: int | None, max_bytes: int) -> bytes:
+    """Read the whole body; 413 as soon as it is over `max_bytes` (without reading the rest).
+
+    The number of wire chunks (`http.max_chunks`) is capped by the listener protocol
+    (`api/http/protocol.py`): ASGI messages do not map to chunks, uvicorn coalesces whatever
+    arrived between two `receive()` calls into one message."""
     if content_length is not None and content_length > max_bytes:
         raise PayloadTooLarge(
             f"request body of {content_length} bytes exceeds the limit of {max_bytes} bytes"
@@ -27,7 +32,6 @@ async def read_body(
     first = b""
     chunks: list[bytes] | None = None
     total = 0
-    count = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -35,11 +39,8 @@ async def read_body(
         data = message.get("body", b"")
         if data:
             total += len(data)
-            count += 1
             if total > max_bytes:
                 raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
-            if count > max_chunks:
-                raise InvalidInput(f"request body arrived in more than {max_chunks} chunks")
             if chunks is not None:
                 chunks.append(data)
             elif first:
@@ -62,16 +63,36 @@ def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
         raise UnsupportedMediaType(
             f"unsupported Content-Encoding '{encoding[:32]}' (supported: gzip, deflate, identity)"
         )
+    out: list[bytes] = []
+    total = 0
     d = zlib.decompressobj(wbits)
+    view = memoryview(body)
     try:
-        out = d.decompress(body, max_bytes + 1)
+        # Input and output both go through in _STEP pieces: the output so that a bomb is
+        # refused once it passes the cap (peak memory ~ the cap, not twice it, as one call
+        # with max_length would cost), the input so that `unconsumed_tail` never copies
+        # more than one piece.
+        for start in range(0, len(body), _STEP):
+            data: bytes | memoryview = view[start : start + _STEP]
+            while True:
+                piece = d.decompress(data, _STEP)
+                total += len(piece)
+                if total > max_bytes:
+                    raise PayloadTooLarge(
+                        f"decompressed request body exceeds the limit of {max_bytes} bytes"
+                    )
+                out.append(piece)
+                data = d.unconsumed_tail
+                # A full piece may leave output pending inside zlib even with no input left.
+                if d.eof or (not data and len(piece) < _STEP):
+                    break
+            if d.eof:
+                break
     except zlib.error as e:
         raise InvalidInput(f"request body is not valid {enc} data: {e}") from None
-    if len(out) > max_bytes or d.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {max_bytes} bytes")
     if not d.eof:
         raise InvalidInput(f"request body is truncated {enc} data")
-    return out
+    return b"".join(out)
 
 
 def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:

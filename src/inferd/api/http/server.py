@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from inferd.api.http.v2codec import (
     parse_header_length,
 )
 from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
+from inferd.auth.policy import can_see
 from inferd.auth.principal import Principal
 from inferd.control.gate import Gate
 from inferd.core.errors import (
@@ -58,6 +60,7 @@ class HttpLimits:
     """Caps applied to every request before decoding."""
 
     max_body_bytes: int = 64 * 1024 * 1024
+    #: Not read here: wire chunks are counted by the listener protocol (api/http/protocol.py).
     max_chunks: int = 65_536
     compress_min_bytes: int = 4096
 
@@ -65,8 +68,9 @@ class HttpLimits:
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 #: The access policy of every data-plane route (tests/integration/test_access.py checks that
-#: each route has one): public, metrics (public unless configured), list (filtered to what the
-#: caller may see), view / infer (the named model must be visible / callable), admin.
+#: each route has one): public, metrics (public unless configured; series filtered like a
+#: list), list (filtered to what the caller may see), view / infer (the named model must be
+#: visible / callable), admin.
 POLICY: dict[str, str] = {
     "root": "public", "live": "public", "ready": "public", "server_metadata": "public",
     "metrics": "metrics", "models": "list", "stats": "list", "model_stats": "view",
@@ -275,8 +279,8 @@ class DataPlaneApp:
         if path == "/metrics":
             req.route = "metrics"
             self._method(req, "GET")
-            await self._allow(req)
-            return 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE.encode())]
+            shown = await self._metrics_shown(req)
+            return 200, self.metrics.render(shown), [(b"content-type", CONTENT_TYPE.encode())]
         if path == "/":
             req.route = "root"
             return _json(200, {"status": "alive"})
@@ -298,6 +302,37 @@ class DataPlaneApp:
             gate.admin(p)
         elif policy == "metrics":
             gate.metrics(p)
+
+    async def _metrics_shown(self, req: Request) -> Callable[[str], bool] | None:
+        """Whose series /metrics shows the caller: every model's (None) to an admin or to the
+        operator's scrape token (`auth.metrics_token`); otherwise the models the caller may see
+        (public ones, its own), by the rule the listings use. A name the server neither knows
+        nor serves (a deleted model's leftover series) is shown to no one else."""
+        gate = self.gate
+        if gate is None:
+            return None
+        token = gate.identity.settings.metrics_token
+        if token is not None and req.authorization is not None:
+            scheme, _, value = req.authorization.partition(" ")
+            secret = token.get_secret_value().encode()
+            if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), secret):
+                return None
+        await self._allow(req)
+        p = req.principal
+        if p.is_admin:
+            return None
+        by_name = gate.catalog.by_name
+        served = {m.name for m in self.engine.models()}
+
+        def shown(name: str) -> bool:
+            model = by_name.get(name)
+            if model is None:  # a repository model: public while it is served
+                return name in served
+            # /metrics is public by the operator's choice, so anonymous callers see what any
+            # caller may see (public models) even where anonymous inference is off
+            return model.system or can_see(p, model, allow_anonymous=True)
+
+        return shown
 
     async def _names(self, req: Request) -> list[str]:
         """Model names for a listing route, filtered to what the caller may see."""
@@ -407,7 +442,7 @@ class DataPlaneApp:
 
     async def _body(self, req: Request) -> bytes:
         limit = self.limits.max_body_bytes
-        body = await read_body(req.receive, req.content_length, limit, self.limits.max_chunks)
+        body = await read_body(req.receive, req.content_length, limit)
         return decode_content(body, req.content_encoding, limit)
 
     async def _infer(self, req: Request, name: str, version: str | None) -> Response:
