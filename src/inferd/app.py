@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from inferd._version import __version__
 from inferd.api.admin.app import management_app
-from inferd.api.grpc import GrpcServer
+from inferd.api.grpc import GrpcServer, Limits
 from inferd.api.http.openai import OpenAIRoutes
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.api.http.v2codec import decode_request, encode_response
@@ -34,6 +34,7 @@ from inferd.serving.generation import Generation
 from inferd.serving.objects import add_objects
 from inferd.serving.repository import ModelRepository
 from inferd.settings import Settings
+from inferd.workers.isolation import WorkerIsolation
 
 
 @dataclass
@@ -64,8 +65,14 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     `models` maps names to in-memory model objects to serve besides the repository's.
     """
     metrics = ServingMetrics(CollectorRegistry(auto_describe=True))
-    repository = ModelRepository(settings.model_repository) if settings.model_repository else None
-    engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s)
+    w = settings.workers
+    repository = (
+        ModelRepository(settings.model_repository, network=w.repository_network)
+        if settings.model_repository
+        else None
+    )
+    engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s,
+                             isolation=_worker_isolation(settings))  # fmt: skip
     control = _control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
     http = settings.http
     g = settings.grpc
@@ -73,7 +80,8 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     grpc = None
     if g.enabled:
         grpc = GrpcServer(engine, g.host, g.port, g.max_message_bytes, http.server_name,
-                          __version__, control.gate, generation, g.transport)  # fmt: skip
+                          __version__, control.gate, generation, g.transport,
+                          Limits.of(g))  # fmt: skip
     openai = OpenAIRoutes(engine, generation, control.gate)
     asgi = DataPlaneApp(
         engine,
@@ -88,6 +96,17 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
         openai=openai,
     )
     return Server(settings, engine, metrics, asgi, control, grpc)
+
+
+def _worker_isolation(settings: Settings) -> WorkerIsolation:
+    """Workers see nothing of the data dir (the database, every user's models) nor of a local
+    artifact store, apart from the model folder each one serves."""
+    w = settings.workers
+    hide = [Path(settings.data_dir).expanduser()]
+    store = settings.registry.artifact_store
+    if store and not store.startswith("s3://"):
+        hide.append(Path(store.removeprefix("file://")))
+    return WorkerIsolation(w.user, w.require_network_isolation, w.env_allow, w.scratch_dir, hide)
 
 
 async def _start(
@@ -121,7 +140,8 @@ async def _stop(
 
 def _control_plane(settings: Settings, engine: InferenceEngine, codec: SampleCodec) -> ControlPlane:
     data_dir = Path(settings.data_dir).expanduser()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # the database (JWT key, password hashes), every user's artifacts: the server's alone
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     reg = settings.registry
     db = Database(reg.database_url or sqlite_url(data_dir / "inferd.db"))
     store = RegistryStore(db)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -75,12 +75,53 @@ class GrpcSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 unless told otherwise")
     port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     max_message_bytes: int = Field(
-        2**31 - 1, gt=0, description="Largest gRPC message sent or received (as tritonclient)"
+        64 * 1024 * 1024,
+        gt=0,
+        description="Largest gRPC message sent or received, also after decompression "
+        "(RESOURCE_EXHAUSTED)",
     )
     transport: Literal["native", "grpcio"] = Field(
         "native",
         description="native: inferd's HTTP/2 on the event loop (fastest); grpcio: grpc.aio",
     )
+    # The native transport's bounds (docs/grpc-api.md#limits); grpcio applies the idle and
+    # keepalive ones too.
+    max_buffered_bytes_per_connection: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="Request bytes one connection may hold before its handlers take them "
+        "(partial and waiting messages); the call that goes over gets RESOURCE_EXHAUSTED",
+    )
+    max_buffered_bytes_total: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="The same, summed over every gRPC connection of the server",
+    )
+    idle_timeout_s: float = Field(
+        300.0, ge=0, description="Close a connection without a call for this long (0: never)"
+    )
+    read_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="Close a connection whose frame or header block stays incomplete this long "
+        "(0: never)",
+    )
+    keepalive_interval_s: float = Field(
+        60.0, ge=0, description="PING a connection silent for this long (0: never)"
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="Close a connection whose PING is not answered within this"
+    )
+
+    @model_validator(mode="after")
+    def _buffers_hold_a_message(self) -> GrpcSettings:
+        if self.max_buffered_bytes_per_connection < self.max_message_bytes:
+            raise ValueError("max_buffered_bytes_per_connection must be >= max_message_bytes")
+        if self.max_buffered_bytes_total < self.max_buffered_bytes_per_connection:
+            raise ValueError(
+                "max_buffered_bytes_total must be >= max_buffered_bytes_per_connection"
+            )
+        return self
 
 
 class AuthSettings(BaseModel):
@@ -180,6 +221,39 @@ class RegistrySettings(BaseModel):
     )
 
 
+class WorkerSettings(BaseModel):
+    """Isolation of the worker processes that run model code (docs/model-repository.md,
+    "Worker isolation")."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    user: str = Field(
+        "nobody",
+        description="Unprivileged user the worker processes run as when the server runs as "
+        "root ('' keeps them as root); a server that is not root runs them as its own user",
+    )
+    repository_network: bool = Field(
+        True,
+        description="Workers of model-repository models may use the network unless their "
+        "model.yaml says `network: false` (uploaded models never may)",
+    )
+    require_network_isolation: bool = Field(
+        False,
+        description="Refuse to load a model that must run without network when the kernel "
+        "gives no network namespace (otherwise a warning, once, and it loads with the network)",
+    )
+    env_allow: list[str] = Field(
+        default_factory=list,
+        description="Environment variables passed to every worker beyond the built-in "
+        "allow-list: names, or prefixes ending in '*' (INFERD_* never)",
+    )
+    scratch_dir: Path | None = Field(
+        None,
+        description="Where each worker gets its private, writable temp dir (TMPDIR); default: "
+        "the system temp dir",
+    )
+
+
 class Settings(BaseSettings):
     """The root of inferd's configuration; `app.build()` turns it into a running server."""
 
@@ -203,3 +277,4 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -120,7 +120,8 @@ async def test_worker_processes_do_not_see_server_secrets(
     try:
         r = await engine.infer("env", None, _request())
         names = {n.decode() for n in r.outputs[0].data.tolist()}
-        assert "HARMLESS_SETTING" in names and "PATH" in names
+        # an allow-list: what the worker needs (PATH), not whatever the server was given
+        assert "PATH" in names and "HARMLESS_SETTING" not in names
         leaked = {n for n in names if n.startswith(("INFERD_", "AWS_", "PG"))}
         assert leaked == set()
     finally:

@@ -113,7 +113,10 @@ def test_empty_tensor() -> None:
     assert decode_json_data("x", "FP32", [], (0, 4)).shape == (0, 4)
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", " 12x", "99999999999999999999999", "101"])
+# "\u00b2" and "1\u00b9": latin-1 superscripts that str.isdigit() accepts and int() refuses.
+@pytest.mark.parametrize(
+    "value", ["-1", "abc", " 12x", "99999999999999999999999", "101", "\u00b2", "1\u00b9"]
+)
 def test_header_length_validation(value: str) -> None:
     with pytest.raises(InvalidInput, match="Inference-Header-Content-Length"):
         parse_header_length(value, 100)
@@ -145,6 +148,9 @@ def test_decode_request_fields() -> None:
     [
         ({"inputs": [{"datatype": "FP32", "shape": [1], "data": [1]}]}, "'name' is required"),
         ({"inputs": [{"name": "a", "shape": [1], "data": [1]}]}, "datatype"),
+        ({"inputs": [{"name": "a", "datatype": ["FP32"], "shape": [1], "data": [1]}]}, "datatype"),
+        ({"inputs": [{"name": "a", "datatype": {"FP32": 1}, "shape": [1], "data": [1]}]},
+         "datatype"),
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": "1", "data": [1]}]}, "shape"),
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1.5], "data": [1]}]}, "shape"),
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1]}]}, "'data' is required"),
@@ -157,6 +163,39 @@ def test_decode_request_fields() -> None:
 def test_decode_request_errors_name_the_field(doc: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         decode_request(orjson.dumps(doc), None)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([1] * 65, "65 dimensions, at most 32"),  # numpy: ValueError past 64
+        ([0, 2**62, 2**62], "larger than any tensor"),
+        ([2**61, 0], "larger than any tensor"),
+    ],
+)
+def test_shapes_numpy_cannot_hold_are_refused(shape: list[int], message: str) -> None:
+    # Found by tests/fuzz: numpy's ValueError escaped (a 500) for both body forms.
+    doc = {"inputs": [{"name": "a", "datatype": "FP64", "shape": shape, "data": []}]}
+    with pytest.raises(InvalidInput, match=f"input 'a': 'shape'.*{message}"):
+        decode_request(orjson.dumps(doc), None)
+    del doc["inputs"][0]["data"]  # type: ignore[attr-defined]
+    doc["inputs"][0]["parameters"] = {"binary_data_size": 0}  # type: ignore[index]
+    header = orjson.dumps(doc)
+    with pytest.raises(InvalidInput, match=f"input 'a': 'shape'.*{message}"):
+        decode_request(header, len(header))
+
+
+def test_bytes_nested_deeper_than_the_shape_after_the_first_element() -> None:
+    # Found by tests/fuzz: only first elements were depth-checked, so a later element nested
+    # ~1000 deep exhausted the stack (RecursionError) while flattening BYTES.
+    n = 1020  # orjson's own nesting limit is 1024
+    body = b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[2],"data":["a",'
+    body += b"[" * n + b'"b"' + b"]" * n + b"]}]}"
+    with pytest.raises(InvalidInput, match="input 's': 'data' is nested deeper than the 1"):
+        decode_request(body, None)
+    with pytest.raises(InvalidInput, match="nested deeper than the 2"):
+        decode_json_data("s", "BYTES", [["a"], [["b"]]], (2, 1))
+    assert decode_json_data("s", "BYTES", [["a"], ["b"]], (2, 1)).tolist() == [[b"a"], [b"b"]]
 
 
 def test_raw_request_shapes() -> None:

@@ -247,6 +247,27 @@ def test_envelope_errors() -> None:
     refused(req, "outputs[0]", "'name'")
 
 
+@pytest.mark.parametrize(
+    ("shape", "raw", "words"),
+    [
+        ([1] * 65, None, ("'IN'", "65 dimensions", "at most 32")),  # numpy: ValueError past 64
+        ([0, 2**62, 2**62], b"", ("'IN'", "larger than any tensor")),
+        ([2**61, 0], None, ("'IN'", "larger than any tensor")),
+    ],
+)
+def test_shapes_numpy_cannot_hold_are_refused(
+    shape: list[int], raw: bytes | None, words: tuple[str, ...]
+) -> None:
+    # Found by tests/fuzz (grpc_codec): numpy's ValueError escaped as an internal error.
+    req = pb.ModelInferRequest(model_name="m")
+    t = req.inputs.add(name="IN", datatype="FP64", shape=shape)
+    if raw is None:
+        t.contents.fp64_contents.extend([1.0] if 0 not in shape else [])
+    else:
+        req.raw_input_contents.append(raw)
+    refused(req, *words)
+
+
 def test_empty_typed_tensor_is_fine() -> None:
     req = pb.ModelInferRequest(model_name="m")
     req.inputs.add(name="IN", datatype="FP32", shape=[0, 3])

@@ -1,9 +1,12 @@
-"""Worker IPC frames: every datatype round-trips, through the socket buffers and /dev/shm."""
+"""Worker IPC frames: every datatype round-trips, through the socket buffers and through files in
+a shared-memory folder; hostile files there are refused."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,19 +34,21 @@ def sample(datatype: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("use_shm", [False, True])
-def test_every_datatype_round_trips(use_shm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_datatype_round_trips(
+    use_shm: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    shm = tmp_path if use_shm else None
     if use_shm:
         monkeypatch.setattr(protocol, "SHM_THRESHOLD", 1)
     arrays = {dt: sample(dt) for dt in NUMPY_DTYPES}
     buffers: list[protocol.Buffer] = []
-    metas = pack_tensors(arrays, use_shm, buffers)
+    metas = pack_tensors(arrays, shm, buffers)
     assert (len(buffers) == 0) == use_shm
     raw = [bytes(b) for b in buffers]
-    out = unpack_tensors(metas, raw)
+    out = unpack_tensors(metas, raw, shm)
     for dt, arr in arrays.items():
         assert out[dt].dtype == arr.dtype and out[dt].tolist() == arr.tolist()
-    leftovers = [m["shm"] for m in metas if "shm" in m]
-    assert all(not (protocol.SHM_DIR / name).exists() for name in leftovers)
+    assert list(tmp_path.iterdir()) == []  # every file was taken
 
 
 async def test_frames_over_a_socket_pair() -> None:
@@ -51,7 +56,7 @@ async def test_frames_over_a_socket_pair() -> None:
     reader, writer = await asyncio.open_unix_connection(sock=a)
     big = np.arange(300_000, dtype=np.float32)
     buffers: list[protocol.Buffer] = []
-    metas = pack_tensors({"x": big}, False, buffers)
+    metas = pack_tensors({"x": big}, None, buffers)
     stream = b.makefile("rb")
     reading = asyncio.create_task(asyncio.to_thread(read_frame_sync, stream))
     writer.writelines(encode_frame({"op": "infer", "inputs": metas}, buffers))
@@ -65,7 +70,26 @@ async def test_frames_over_a_socket_pair() -> None:
     b.close()
 
 
-def test_shm_names_are_confined() -> None:
+def test_shm_names_are_confined(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         unpack_tensors([{"name": "x", "datatype": "FP32", "shape": [1],
-                         "shm": "../etc/passwd", "size": 4}], [])  # fmt: skip
+                         "shm": "../etc/passwd", "size": 4}], [], tmp_path)  # fmt: skip
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_bytes(b"x")
+    protocol.discard_shm([{"shm": f"../{outside.name}"}], tmp_path)
+    assert outside.exists()
+
+
+def test_hostile_shm_files_are_refused(tmp_path: Path) -> None:
+    """The worker writes its folder: what it leaves there cannot make the server read a file
+    only the server may read, wait forever on a FIFO, or crash on a short mapping."""
+    secret = tmp_path.parent / f"{tmp_path.name}-secret"
+    secret.write_bytes(b"\0" * 64)
+    (tmp_path / "inferd-link").symlink_to(secret)
+    os.mkfifo(tmp_path / "inferd-fifo")
+    (tmp_path / "inferd-short").write_bytes(b"\0" * 4)
+    os.link(secret, tmp_path / "inferd-hardlink")
+    for name in ("inferd-link", "inferd-fifo", "inferd-short", "inferd-hardlink"):
+        meta = {"name": "x", "datatype": "FP32", "shape": [16], "shm": name, "size": 64}
+        with pytest.raises((ValueError, OSError)):
+            unpack_tensors([meta], [], tmp_path)

@@ -272,3 +272,15 @@ def test_corrupt_gzip_stream(tmp_path: Path, dest: Path) -> None:
     with pytest.raises(Unprocessable):
         extract(tmp_path / "bad.tgz", dest)
     assert list(dest.iterdir()) == []
+
+
+def test_zip_whose_directory_lies_about_its_offset(tmp_path: Path, dest: Path) -> None:
+    # Found by tests/fuzz (archives): zipfile shifts every entry by the directory's claimed
+    # offset, so a claim 100 bytes too far puts the first entry before the file's start and
+    # seek() raised OSError(EINVAL) — read as a server fault instead of a damaged upload.
+    raw = bytearray(make_zip(tmp_path / "a.zip", NORMAL).read_bytes())
+    end = raw.rindex(b"PK\x05\x06")
+    offset = int.from_bytes(raw[end + 16 : end + 20], "little")
+    raw[end + 16 : end + 20] = (offset + 100).to_bytes(4, "little")
+    (tmp_path / "a.zip").write_bytes(bytes(raw))
+    assert_refused(tmp_path / "a.zip", dest, "damaged zip archive .*'model/'.* outside it")

@@ -74,6 +74,26 @@ def test_onnx_with_external_data_outside_its_directory_is_refused(tmp_path: Path
         detect_format(path)
 
 
+def test_onnx_external_data_location_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    # Found by tests/fuzz (formats): protobuf hands a non-UTF-8 string back as bytes, and the
+    # location check raised TypeError (a 500) instead of refusing the file.
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [1], [1.0])
+    weight.data_location = TensorProto.EXTERNAL
+    del weight.float_data[:]
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "..Z../etc/passwd"
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Add", ["X", "W"], ["Y"])], "g", [x], [y], [weight])
+    raw = helper.make_model(graph).SerializeToString()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(raw.replace(b"..Z..", b"..\x8e.."))  # same length: framing intact
+    with pytest.raises(Unprocessable, match=r"external data location 'b'\.\.\\x8e"):
+        detect_format(path)
+
+
 def test_skops(tmp_path: Path) -> None:
     import skops.io as sio
     from sklearn.linear_model import LogisticRegression
@@ -229,6 +249,20 @@ def test_compressed_bomb_is_only_peeked_at(tmp_path: Path) -> None:
 
 
 # ---- archives and junk ------------------------------------------------------------------------
+
+
+def test_zip_needing_an_unsupported_version_is_unprocessable(tmp_path: Path) -> None:
+    # Found by tests/fuzz (formats): zipfile raises NotImplementedError for a central directory
+    # entry that needs a newer zip version than it reads; that escaped detection (a 500).
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("model/data.bin", b"x")
+    raw = bytearray(buf.getvalue())
+    entry = raw.index(b"PK\x01\x02")
+    raw[entry + 6 : entry + 8] = (226).to_bytes(2, "little")  # "version needed": 22.6
+    (tmp_path / "m.zip").write_bytes(bytes(raw))
+    with pytest.raises(Unprocessable, match=r"'m\.zip' is a damaged zip"):
+        detect_format(tmp_path / "m.zip")
 
 
 def test_plain_zip_and_tars_are_archives(tmp_path: Path) -> None:

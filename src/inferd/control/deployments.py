@@ -138,6 +138,8 @@ def deployment_spec(
         ),
         "trusted": trusted,
         "required": False,
+        # uploaded code never reaches the network, trusted owner or not (workers.* docs)
+        "network": False,
         "inputs": io(version.inputs, "input"),
         "outputs": io(version.outputs, "output"),
     }

@@ -106,6 +106,9 @@ class ModelSpec:
     autoscaling: AutoscalingPolicy | None = None
     #: CPU, memory and GPU limits of each worker process.
     resources: Resources = field(default_factory=Resources)
+    #: Whether its worker processes may use the network. Off unless said: uploaded models never
+    #: may; the model repository turns it on for its models (`workers.repository_network`).
+    network: bool = False
 
     def batched(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         """Declared shapes as full shapes: the batch dimension (-1) in front when batching."""
@@ -141,6 +144,7 @@ _KNOWN_KEYS = {
     "liveness_timeout_s",
     "autoscaling",
     "resources",
+    "network",
 }
 INSTANCE_KINDS = ("process", "thread")
 
@@ -284,7 +288,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     runtime = raw.get("runtime", raw.get("backend"))
     if runtime is not None and not isinstance(runtime, str):
         raise InvalidInput("'runtime' must be a string")
-    for key in ("trusted", "required"):
+    for key in ("trusted", "required", "network"):
         if key in raw and not isinstance(raw[key], bool):
             raise InvalidInput(f"'{key}' must be true or false")
     labels = raw.get("labels") or []
@@ -324,6 +328,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         liveness_timeout_s=float(liveness),
         autoscaling=autoscaling,
         resources=resources,
+        network=bool(raw.get("network", False)),
     )
 
 
@@ -352,6 +357,7 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
         "max_queue_size": spec.max_queue_size,
         "execution_timeout_s": spec.execution_timeout_s,
         "liveness_timeout_s": spec.liveness_timeout_s,
+        "network": spec.network,
     }
     out["autoscaling"] = autoscaling_to_config(spec.autoscaling)
     out["resources"] = resources_to_config(spec.resources)

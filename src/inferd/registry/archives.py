@@ -72,13 +72,18 @@ def _shown(name: str) -> str:
 # ---- readers: one entry at a time, type-checked -------------------------------------------------
 
 
-def _zip_entries(zf: zipfile.ZipFile, limits: ArchiveLimits) -> Iterator[_Entry]:
+def _zip_entries(zf: zipfile.ZipFile, limits: ArchiveLimits, size: int) -> Iterator[_Entry]:
     infos = zf.infolist()
     if len(infos) > limits.max_entries:
         raise Unprocessable(f"archive has over {limits.max_entries} entries")
     for info in infos:
         # orig_filename keeps what zipfile's own sanitising would cut at a NUL.
         raw = info.orig_filename
+        # zipfile shifts entry offsets by where the central directory claims to be; a claim
+        # that lies gives offsets before the file's start, and seek() fails with an OSError
+        # that would read as a server fault.
+        if not 0 <= info.header_offset < size:
+            raise Unprocessable(f"damaged zip archive (entry '{_shown(raw)}' lies outside it)")
         mode = info.external_attr >> 16
         kind = stat.S_IFMT(mode)
         if kind == stat.S_IFLNK:
@@ -242,7 +247,7 @@ def extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) 
         if magic in (b"PK\x03\x04", b"PK\x05\x06"):
             try:
                 with zipfile.ZipFile(archive) as zf:
-                    for entry in _zip_entries(zf, limits):
+                    for entry in _zip_entries(zf, limits, writer.archive_size):
                         writer.add(entry)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
                 raise Unprocessable(f"damaged zip archive ({_reason(e)})") from None

@@ -7,8 +7,10 @@ help to behave like a server database under concurrency; see `_configure_sqlite`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -69,6 +71,18 @@ _ASYNCPG_CONNECTION_ERRORS = {
 def sqlite_url(path: Path) -> str:
     """The aiosqlite URL for a database file (made absolute, so the working directory is moot)."""
     return f"sqlite+aiosqlite:///{Path(path).resolve()}"
+
+
+def private_file(path: Path) -> None:
+    """Create the SQLite file readable by the server's user only (0600), or make it so (with
+    its journals): it holds the JWT signing key and password hashes. Where that fails, SQLite
+    reports the problem when it connects."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        with contextlib.suppress(OSError):
+            if file.stat().st_uid == os.geteuid() and file.stat().st_mode & 0o077:
+                file.chmod(0o600)
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -133,6 +147,8 @@ class Database:
         # hide_parameters: bound values include password hashes and the JWT signing key; they must
         # not reach logs through error messages (or echo).
         kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
+        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            private_file(Path(parsed.database))
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:

@@ -330,6 +330,9 @@ def _unsafe_external_location(graph: Any) -> str | None:
             if entry.key != "location":
                 continue
             location = entry.value
+            if not isinstance(location, str):
+                # Not UTF-8: protobuf hands back the raw bytes; no safe path looks like that.
+                return repr(location)
             parts = location.replace("\\", "/").split("/")
             if (
                 not location
@@ -349,7 +352,8 @@ def _zip_format(path: Path) -> Format:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    # NotImplementedError: a central directory that claims a zip version zipfile lacks.
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         raise Unprocessable(
             f"unrecognised artifact format: '{path.name}' is a damaged zip"
         ) from None

@@ -39,6 +39,7 @@ from inferd.serving.stats import VersionStats
 from inferd.workers import InProcessReplica, Loaded, ProcessReplica, Replica
 from inferd.workers.generation import ThreadGenerator, engine_factory
 from inferd.workers.generation_process import ProcessGenerator
+from inferd.workers.isolation import WorkerIsolation
 
 log = logging.getLogger("inferd.engine")
 
@@ -98,8 +99,11 @@ class InferenceEngine:
         repository: ModelRepository | None = None,
         health_interval_s: float = 5.0,
         drain_timeout_s: float = 30.0,
+        isolation: WorkerIsolation | None = None,
     ) -> None:
         self.metrics = metrics
+        #: Who worker processes run as, what they see and whether they reach the network.
+        self.isolation = isolation or WorkerIsolation()
         self.repository = repository
         self._health_interval_s = health_interval_s
         self.inflight = 0
@@ -128,6 +132,7 @@ class InferenceEngine:
     async def stop(self) -> None:
         self.stopping = True
         await asyncio.gather(*(self.unload(n) for n in list(self._models)), return_exceptions=True)
+        self.isolation.close()
 
     def begin_drain(self) -> None:
         """Stop taking new requests (readiness turns false); in-flight ones carry on."""
@@ -295,7 +300,8 @@ class InferenceEngine:
             def make(i: int) -> Replica:
                 if spec.instance_kind == "thread":
                     return ThreadGenerator(make_engine, f"{label}-{i}")
-                return ProcessGenerator(spec, version, path, f"{label}-{i}", index=i)
+                return ProcessGenerator(spec, version, path, f"{label}-{i}", index=i,
+                                        isolation=self.isolation)  # fmt: skip
 
             return await self._start_version(spec, version, runtime_name, make)
         if spec.instance_kind == "thread":
@@ -310,7 +316,7 @@ class InferenceEngine:
 
             def make(i: int) -> Replica:
                 replica = ProcessReplica(spec, version, path, runtime_name, f"{label}-{i}",
-                                         index=i)  # fmt: skip
+                                         index=i, isolation=self.isolation)  # fmt: skip
                 replica.on_progress = progress
                 return replica
 

@@ -27,10 +27,14 @@ class ModelSource:
 
 
 class ModelRepository:
-    """Reads model folders; never writes. Names are checked so nothing escapes the root."""
+    """Reads model folders; never writes. Names are checked so nothing escapes the root.
 
-    def __init__(self, root: Path) -> None:
+    `network`: whether its models' workers may use the network when `model.yaml` does not say
+    (the operator's own models; uploaded ones never may)."""
+
+    def __init__(self, root: Path, network: bool = True) -> None:
         self.root = root.resolve()
+        self.network = network
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -61,6 +65,8 @@ class ModelRepository:
             except yaml.YAMLError as e:
                 raise ModelLoadError(f"model.yaml is not valid YAML: {e}") from None
         where = "model.yaml"
+        if isinstance(raw, dict) or raw is None:
+            raw = {"network": self.network, **(raw or {})}
         if override:
             if raw is not None and not isinstance(raw, dict):
                 raise ModelLoadError("model.yaml must be a mapping")

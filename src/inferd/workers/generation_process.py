@@ -18,6 +18,7 @@ from inferd.core.spec import ModelSpec, spec_to_config
 from inferd.workers.generation import SIGNATURE, GeneratorBase
 from inferd.workers.generation_worker import event_from_wire, request_to_wire
 from inferd.workers.inprocess import Loaded
+from inferd.workers.isolation import WorkerIsolation
 from inferd.workers.process import exit_reason, kill_worker, spawn_worker, watch_liveness
 from inferd.workers.protocol import encode_frame, read_frame
 
@@ -35,9 +36,11 @@ class ProcessGenerator(GeneratorBase):
     """Continuous-batching generation in a worker process."""
 
     def __init__(self, spec: ModelSpec, version: str, path: Any, label: str, index: int = 0,
-                 load_timeout_s: float = 600.0) -> None:  # fmt: skip
+                 load_timeout_s: float = 600.0,
+                 isolation: WorkerIsolation | None = None) -> None:  # fmt: skip
         super().__init__(label)
         self.spec, self.version, self.path, self.index = spec, version, path, index
+        self.isolation = isolation or WorkerIsolation()
         self._load_timeout = load_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -61,7 +64,8 @@ class ProcessGenerator(GeneratorBase):
         return self._stats
 
     async def load(self) -> Loaded:
-        self._proc, reader, self._writer = await spawn_worker(self.spec, self.index)
+        worker = await spawn_worker(self.spec, self.index, self.path, self.isolation)
+        self._proc, reader, self._writer = worker.proc, worker.reader, worker.writer
         self._liveness = watch_liveness(
             self._proc, self.spec.liveness_timeout_s, self.label, self._hung
         )
@@ -79,6 +83,7 @@ class ProcessGenerator(GeneratorBase):
         if not reply.get("ok"):
             await self._kill()
             raise ModelLoadError(str(reply.get("message", "load failed")))
+        self.isolation.note(reply.get("notes") or ())
         self.max_model_len = reply.get("max_model_len")
         self._stats = SimpleNamespace(running=0, waiting=0, steps=0, generated_tokens=0,
                                       prompt_tokens=0, kv_cache_usage=0.0)  # fmt: skip
@@ -170,8 +175,13 @@ class ProcessGenerator(GeneratorBase):
         await self._dead.wait()
         return self._reason
 
+    def _release(self) -> None:
+        if self._proc is not None and self._proc.returncode is not None:
+            self.isolation.release(self._proc.pid)  # its scratch and shm folders
+
     async def _kill(self) -> None:
         await kill_worker(self._proc)
+        self._release()
         if self._liveness is not None:
             self._liveness.cancel()
         if self._writer is not None:
@@ -188,6 +198,7 @@ class ProcessGenerator(GeneratorBase):
             await asyncio.wait_for(self._proc.wait(), 10)
         except TimeoutError:
             await self._kill()
+        self._release()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
         if self._liveness is not None:

@@ -35,16 +35,10 @@ def cpu_set(resources: Resources, index: int) -> list[int] | None:
     return [usable[(start + i) % len(usable)] for i in range(n)]
 
 
-#: Server secrets a model's code must not read: the server's own configuration (database URL,
-#: bootstrap key, JWT and S3 secrets) and the usual cloud / database credentials.
-_SECRET_PREFIXES = ("INFERD_", "AWS_", "PG", "REDIS_", "DATABASE_URL", "GOOGLE_APPLICATION_",
-                    "AZURE_")  # fmt: skip
-
-
-def worker_env(resources: Resources, cpus: list[int] | None) -> dict[str, str]:
-    """The environment of a worker process: the server's, minus its secrets (model code — a
-    `model.py`, a trusted pickle — runs there), plus the version's resource settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SECRET_PREFIXES)}
+def resource_env(resources: Resources, cpus: list[int] | None) -> dict[str, str]:
+    """Environment variables that apply a version's resources: thread pools sized to its CPUs,
+    GPUs hidden with `gpu: 0`."""
+    env: dict[str, str] = {}
     if cpus is not None:
         for var in _THREAD_VARS:
             env[var] = str(len(cpus))

@@ -10,23 +10,25 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from inferd.core import errors
 from inferd.core.errors import InferdError, ModelLoadError, ReplicaFailed
 from inferd.core.spec import ModelSpec, TensorSpec, spec_to_config
 from inferd.workers import limits
 from inferd.workers.inprocess import Loaded, ReplicaResult
+from inferd.workers.isolation import WorkerIsolation
 from inferd.workers.protocol import (
     Buffer,
     discard_shm,
     encode_frame,
     pack_tensors,
     read_frame,
-    shm_available,
     unpack_tensors,
 )
 
@@ -48,25 +50,45 @@ async def kill_worker(proc: asyncio.subprocess.Process | None) -> None:
         await proc.wait()
 
 
+@dataclass
+class Worker:
+    """A started worker process, the server's end of its socket, its shared-memory folder."""
+
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    shm: Path | None
+
+
 async def spawn_worker(
-    spec: ModelSpec, index: int
-) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader, asyncio.StreamWriter]:
+    spec: ModelSpec, index: int, version_path: Path, isolation: WorkerIsolation
+) -> Worker:
     """Start `python -m inferd.workers.worker_main` on one end of a socket pair, with the
-    version's resource limits (CPU pinning, thread pools, GPU visibility)."""
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    version's resource limits (CPU pinning, thread pools, GPU visibility) and its isolation
+    (user, environment, scratch dir, network): the worker applies the plan to itself before it
+    reads the first frame. The model folder (the version folder's parent: `model.py` may live
+    there) is what it may read."""
     cpus = limits.cpu_set(spec.resources, index)
+    sandbox = isolation.prepare(Path(version_path).parent, spec.network, spec.resources, cpus)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "inferd.workers.worker_main", str(child.fileno()),
+            orjson.dumps(sandbox.plan).decode(),
             pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-            env=limits.worker_env(spec.resources, cpus),
+            env=sandbox.env, cwd=sandbox.scratch,
         )  # fmt: skip
+    except BaseException:
+        parent.close()
+        isolation.discard(sandbox)
+        raise
     finally:
         child.close()
+    isolation.started(proc, sandbox)
     if cpus is not None:
         limits.pin(proc.pid, cpus)
     reader, writer = await asyncio.open_unix_connection(sock=parent)
-    return proc, reader, writer
+    return Worker(proc, reader, writer, sandbox.shm)
 
 
 #: Process states in which a worker cannot run at all: "T" stopped by a signal (SIGSTOP,
@@ -152,8 +174,10 @@ class ProcessReplica:
         label: str,
         load_timeout_s: float = 300.0,
         index: int = 0,
+        isolation: WorkerIsolation | None = None,
     ) -> None:
         self.spec = spec
+        self.isolation = isolation or WorkerIsolation()
         self.index = index
         #: Called with (done, total) when the model reports progress during a request.
         self.on_progress: Callable[[int, int], None] | None = None
@@ -167,7 +191,7 @@ class ProcessReplica:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
-        self._use_shm = shm_available()
+        self._shm: Path | None = None
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
         self._liveness: asyncio.Task[None] | None = None
@@ -181,7 +205,9 @@ class ProcessReplica:
         return self._proc is not None and self._proc.returncode is None and not self._closing
 
     async def load(self) -> Loaded:
-        self._proc, self._reader, self._writer = await spawn_worker(self.spec, self.index)
+        worker = await spawn_worker(self.spec, self.index, self.path, self.isolation)
+        self._proc, self._reader, self._writer = worker.proc, worker.reader, worker.writer
+        self._shm = worker.shm
         self._liveness = watch_liveness(
             self._proc, self.spec.liveness_timeout_s, self.label, self._hung
         )
@@ -200,6 +226,7 @@ class ProcessReplica:
         except InferdError:
             await self.kill()
             raise
+        self.isolation.note(reply.get("notes") or ())
         over = self._over_memory()
         if over is not None:
             await self.kill()
@@ -278,7 +305,7 @@ class ProcessReplica:
                 reply, _ = await read_frame(self._reader)
                 while reply.get("op") == "progress":
                     reply, _ = await read_frame(self._reader)
-            discard_shm(reply.get("outputs") or [])
+            discard_shm(reply.get("outputs") or [], self._shm)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
             await self.kill()
         finally:
@@ -292,16 +319,20 @@ class ProcessReplica:
     ) -> ReplicaResult:
         submitted = time.perf_counter_ns()
         buffers: list[Buffer] = []
-        metas = pack_tensors(inputs, self._use_shm, buffers)
+        metas = pack_tensors(inputs, self._shm, buffers)
         header = {"op": "infer", "inputs": metas, "outputs": outputs, "parameters": parameters}
         try:
             reply, out = await self._call(
                 header, buffers, self.spec.execution_timeout_s, "running a request"
             )
         except ReplicaFailed:
-            discard_shm(metas)
+            discard_shm(metas, self._shm)
             raise
-        result = unpack_tensors(reply["outputs"], out)
+        try:
+            result = unpack_tensors(reply["outputs"], out, self._shm)
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            discard_shm(reply.get("outputs") or [], self._shm)
+            raise errors.ModelExecutionError(f"the worker sent unreadable outputs: {e}") from None
         if self.spec.resources.memory_bytes is not None:
             self._check_memory()  # this answer stands; the replica is replaced after it
         compute = int(reply.get("compute_ns", 0))
@@ -339,6 +370,8 @@ class ProcessReplica:
             self._liveness.cancel()
         if self._writer is not None:
             self._writer.close()
+        if self._proc is not None and self._proc.returncode is not None:
+            self.isolation.release(self._proc.pid)  # its scratch and shm folders
 
     async def unload(self) -> None:
         """Ask the worker to unload and exit; kill it if it does not within 5 s."""

@@ -2,8 +2,10 @@
 
 Never pickle: the header is JSON (orjson) and tensors travel as their little-endian bytes
 (BYTES as 4-byte length-prefixed elements, as on the V2 wire). Tensors of at least
-`SHM_THRESHOLD` bytes go through a file in /dev/shm instead of the socket: the writer creates
-it, the reader copies it out and removes it.
+`SHM_THRESHOLD` bytes go through a file in the worker's own folder under /dev/shm instead of the
+socket (the server makes it, only that worker and the server may enter it): the writer creates
+the file, the reader copies it out and removes it. Without such a folder, everything travels over
+the socket.
 
 Frame: u32 header length, u32 buffer count, u64 length per buffer, header, buffers.
 """
@@ -14,6 +16,7 @@ import asyncio
 import mmap
 import os
 import socket
+import stat
 import struct
 import uuid
 from collections.abc import Sequence
@@ -96,10 +99,12 @@ def _array_bytes(datatype: str, arr: np.ndarray) -> Buffer:
     return memoryview(wire).cast("B")  # type: ignore[arg-type]
 
 
-def _shm_write(data: Buffer) -> str:
+def _shm_write(folder: Path, data: Buffer) -> str:
     name = f"inferd-{os.getpid()}-{uuid.uuid4().hex}"
-    path = SHM_DIR / name
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    path = folder / name
+    # readable by others, inside a folder only the worker (its owner) and the server may enter:
+    # the server may run as root and the worker as another user
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
     try:
         size = len(data) if isinstance(data, bytes) else data.nbytes
         os.ftruncate(fd, size)
@@ -110,12 +115,20 @@ def _shm_write(data: Buffer) -> str:
     return name
 
 
-def _shm_take(name: str, size: int) -> bytes:
-    if "/" in name or not name.startswith("inferd-"):
+def _shm_take(folder: Path | None, name: str, size: int) -> bytes:
+    if folder is None or "/" in name or not name.startswith("inferd-"):
         raise ValueError("bad shared-memory name")
-    path = SHM_DIR / name
-    fd = os.open(path, os.O_RDONLY)
+    path = folder / name
+    # the other side wrote this folder and may be hostile model code: a symlink (to a file only
+    # the server may read), a FIFO (a read that never ends) or a file shorter than announced (a
+    # SIGBUS when the mapping is read) is refused
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < size or size < 0:
+            raise ValueError(f"bad shared-memory file {name}")
+        if size == 0:
+            return b""
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
             return mm[:size]
     finally:
@@ -123,14 +136,15 @@ def _shm_take(name: str, size: int) -> bytes:
         path.unlink(missing_ok=True)
 
 
-def shm_available() -> bool:
-    return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
+def shm_available(folder: Path | None = SHM_DIR) -> bool:
+    return folder is not None and folder.is_dir() and os.access(folder, os.W_OK)
 
 
 def pack_tensors(
-    arrays: dict[str, np.ndarray], use_shm: bool, buffers: list[Buffer]
+    arrays: dict[str, np.ndarray], shm: Path | None, buffers: list[Buffer]
 ) -> list[dict[str, Any]]:
-    """Describe `arrays` in header entries; their bytes go to `buffers` or to /dev/shm files."""
+    """Describe `arrays` in header entries; their bytes go to `buffers`, or to files in the
+    folder `shm` (large tensors, when given)."""
     metas = []
     for name, arr in arrays.items():
         arr = np.asarray(arr)
@@ -138,8 +152,8 @@ def pack_tensors(
         data = _array_bytes(datatype, arr)
         size = len(data) if isinstance(data, bytes) else data.nbytes
         meta: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        if use_shm and size >= SHM_THRESHOLD:
-            meta["shm"], meta["size"] = _shm_write(data), size
+        if shm is not None and size >= SHM_THRESHOLD:
+            meta["shm"], meta["size"] = _shm_write(shm, data), size
         else:
             meta["buf"] = len(buffers)
             buffers.append(data)
@@ -147,11 +161,13 @@ def pack_tensors(
     return metas
 
 
-def unpack_tensors(metas: list[dict[str, Any]], buffers: list[bytes]) -> dict[str, np.ndarray]:
-    """Rebuild arrays from header entries (removing any /dev/shm files they name)."""
+def unpack_tensors(
+    metas: list[dict[str, Any]], buffers: list[bytes], shm: Path | None = None
+) -> dict[str, np.ndarray]:
+    """Rebuild arrays from header entries (removing any files they name in the folder `shm`)."""
     out: dict[str, np.ndarray] = {}
     for meta in metas:
-        raw = _shm_take(meta["shm"], meta["size"]) if "shm" in meta else buffers[meta["buf"]]
+        raw = _shm_take(shm, meta["shm"], meta["size"]) if "shm" in meta else buffers[meta["buf"]]
         datatype, shape = meta["datatype"], tuple(meta["shape"])
         if datatype == "BYTES":
             items: list[bytes] = []
@@ -169,8 +185,9 @@ def unpack_tensors(metas: list[dict[str, Any]], buffers: list[bytes]) -> dict[st
     return out
 
 
-def discard_shm(metas: list[dict[str, Any]]) -> None:
-    """Remove /dev/shm files of a frame that will never be read (the reader died)."""
+def discard_shm(metas: list[dict[str, Any]], shm: Path | None) -> None:
+    """Remove the shared-memory files of a frame that will never be read (the reader died)."""
     for meta in metas:
-        if "shm" in meta:
-            (SHM_DIR / meta["shm"]).unlink(missing_ok=True)
+        name = meta.get("shm") if isinstance(meta, dict) else None
+        if shm is not None and isinstance(name, str) and "/" not in name:
+            (shm / name).unlink(missing_ok=True)

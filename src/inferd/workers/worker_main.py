@@ -1,14 +1,18 @@
 """The worker process: loads one model version and runs it for the server, frame by frame.
 
-Started by `ProcessReplica` as `python -m inferd.workers.worker_main FD` with one end of a
-Unix socket pair. It exits when the server goes away: on EOF, on the parent-death signal
-(Linux), or when its parent process changes (checked by a watchdog thread).
+Started by `ProcessReplica` as `python -m inferd.workers.worker_main FD PLAN` with one end of a
+Unix socket pair and its isolation plan (JSON, from `isolation.WorkerIsolation`), which it applies
+to itself (`sandbox.enter`) before it reads the first frame: no model code runs before it, and a
+worker whose required isolation failed loads nothing. It exits when the server goes away: on
+EOF, on the parent-death signal (Linux), or when its parent process changes (checked by a
+watchdog thread).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -16,20 +20,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from inferd.core.errors import InferdError
-from inferd.core.spec import parse_model_config
-from inferd.runtimes import runtime_class
-from inferd.runtimes.base import Runtime
-from inferd.workers.protocol import (
-    Buffer,
-    pack_tensors,
-    read_frame_sync,
-    shm_available,
-    unpack_tensors,
-    write_frame_sync,
-)
+# Only the standard library and the sandbox before the worker isolated itself: namespaces are
+# per thread, and numpy (the protocol, the runtimes) starts its BLAS threads when imported.
+from inferd.workers import sandbox
+
+if TYPE_CHECKING:
+    from inferd.runtimes.base import Runtime
+    from inferd.workers.protocol import Buffer
 
 _PR_SET_PDEATHSIG = 1
 
@@ -51,6 +50,8 @@ def _die_with_parent() -> None:
 
 
 def _error(e: BaseException, loading: bool) -> dict[str, Any]:
+    from inferd.core.errors import InferdError
+
     if isinstance(e, InferdError):
         return {"ok": False, "kind": type(e).__name__, "message": e.message}
     kind = "ModelLoadError" if loading else "ModelExecutionError"
@@ -58,9 +59,27 @@ def _error(e: BaseException, loading: bool) -> dict[str, Any]:
     return {"ok": False, "kind": kind, "message": f"{prefix}{type(e).__name__}: {e}"}
 
 
-def serve(sock: socket.socket) -> None:
+def serve(
+    sock: socket.socket,
+    shm: Path | None = None,
+    refused: str | None = None,
+    notes: list[str] | None = None,
+) -> None:
+    """Answer frames until `unload` or EOF. `refused`: why no model may load here (the load is
+    answered with it); `notes`: what isolation the kernel refused, sent with the load's answer."""
+    from inferd.core.spec import parse_model_config
+    from inferd.runtimes import runtime_class
+    from inferd.workers.protocol import (
+        pack_tensors,
+        read_frame_sync,
+        shm_available,
+        unpack_tensors,
+        write_frame_sync,
+    )
+
     runtime: Runtime | None = None
-    use_shm = shm_available()
+    if not shm_available(shm):
+        shm = None
     stream: BinaryIO = sock.makefile("rb", buffering=1 << 16)  # type: ignore[assignment]
     while True:
         try:
@@ -72,14 +91,16 @@ def serve(sock: socket.socket) -> None:
         out_buffers: list[Buffer] = []
         try:
             if op == "infer" and runtime is not None:
-                inputs = unpack_tensors(header["inputs"], buffers)
+                inputs = unpack_tensors(header["inputs"], buffers, shm)
                 start = time.perf_counter_ns()
                 outputs = runtime.infer(inputs, header.get("outputs"), header.get("parameters"))
                 compute = time.perf_counter_ns() - start
-                metas = pack_tensors(outputs, use_shm, out_buffers)
+                metas = pack_tensors(outputs, shm, out_buffers)
                 reply = {"ok": True, "outputs": metas, "compute_ns": compute}
             elif op == "ping":
                 reply = {"ok": True, "pid": os.getpid()}
+            elif op in ("load", "load_llm") and refused is not None:
+                reply = {"ok": False, "kind": "ModelLoadError", "message": refused}
             elif op == "load":
                 spec = parse_model_config(header["name"], header["config"])
                 cls = runtime_class(header["runtime"])
@@ -92,6 +113,7 @@ def serve(sock: socket.socket) -> None:
                 inputs_sig, outputs_sig = runtime.signature()
                 reply = {
                     "ok": True,
+                    "notes": notes or [],
                     "platform": runtime.platform,
                     "inputs": [t.to_dict() | {"optional": t.optional} for t in inputs_sig],
                     "outputs": [t.to_dict() | {"optional": t.optional} for t in outputs_sig],
@@ -103,7 +125,8 @@ def serve(sock: socket.socket) -> None:
                 spec = parse_model_config(header["name"], header["config"])
                 engine = engine_factory(spec, Path(header["path"]))()
                 write_frame_sync(sock, {"ok": True, "platform": "transformers_llm",
-                                        "max_model_len": engine.max_model_len})  # fmt: skip
+                                        "max_model_len": engine.max_model_len,
+                                        "notes": notes or []})  # fmt: skip
                 serve_generation(sock, stream, engine)
                 return
             elif op == "unload":
@@ -123,10 +146,21 @@ def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+    plan: dict[str, Any] = json.loads(argv[2]) if len(argv) > 2 else {}
+    refused = None
+    notes: list[str] = []
+    try:
+        notes = sandbox.enter(plan)
+    except sandbox.SandboxError as e:
+        refused = str(e)
+    except Exception as e:  # half set up: no model code may run here
+        refused = f"worker isolation failed: {type(e).__name__}: {e}"
+    # after the drop: a change of user clears the parent-death signal
     _die_with_parent()
     sock = socket.socket(fileno=int(argv[1]))
+    shm = Path(plan["shm"]) if plan.get("shm") else None
     try:
-        serve(sock)
+        serve(sock, shm, refused, notes)
     finally:
         sock.close()
 

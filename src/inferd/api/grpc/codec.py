@@ -44,6 +44,11 @@ _FIELD_DTYPE: dict[str, np.dtype] = {
     "fp64_contents": np.dtype(np.float64),
 }
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+#: numpy's bounds on a shape, checked before any array is built (as in the V2 REST codec):
+#: numpy 1.x allows 32 dimensions (2.x 64), and the non-zero dimensions times the item size
+#: (8 bytes at most) must fit an int64 even when another dimension is 0 and the array is empty.
+MAX_RANK = 32
+_MAX_SPAN = (2**63 - 1) // 8
 
 
 # ---- parameters ---------------------------------------------------------------------------
@@ -89,6 +94,13 @@ def _shape(name: str, dims: Any) -> tuple[int, ...]:
     shape = tuple(dims)
     if shape and min(shape) < 0:
         raise InvalidInput(f"input '{name}': shape dimension {min(shape)} is negative")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_RANK} are supported"
+        )
+    # A tensor with elements is checked against the data received; an empty one is not.
+    if 0 in shape and element_count(d for d in shape if d) > _MAX_SPAN:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} is larger than any tensor can be")
     return shape
 
 

@@ -20,6 +20,11 @@ from inferd.core.spec import TensorSpec
 from inferd.core.tensors import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
+#: numpy's bounds on a shape, checked before any array is built: numpy 1.x allows 32
+#: dimensions (2.x 64), and the non-zero dimensions times the item size (8 bytes at most) must
+#: fit an int64 even when another dimension is 0 and the array is empty.
+MAX_RANK = 32
+_MAX_SPAN = (2**63 - 1) // 8
 _INT_INFO = {k: np.iinfo(v) for k, v in NUMPY_DTYPES.items() if v.kind in "iu"}
 _NUMERIC_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 
@@ -37,7 +42,8 @@ def parse_header_length(value: str | None, body_len: int) -> int | None:
     if value is None:
         return None
     v = value.strip()
-    if not v.isdigit() or len(v) > 19:
+    # isdigit() alone accepts '²' (latin-1 header bytes), which int() refuses.
+    if not (v.isascii() and v.isdigit()) or len(v) > 19:
         raise InvalidInput(f"Inference-Header-Content-Length '{value[:32]}' is not a valid length")
     n = int(v)
     if n > body_len:
@@ -55,6 +61,13 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
             raise InvalidInput(f"input '{name}': 'shape' must be a list of integers")
         if d < 0:
             raise InvalidInput(f"input '{name}': shape dimension {d} is negative")
+    if len(raw) > MAX_RANK:
+        raise InvalidInput(
+            f"input '{name}': 'shape' has {len(raw)} dimensions, at most {MAX_RANK} are supported"
+        )
+    # A tensor with elements is checked against the data received; an empty one is not.
+    if 0 in raw and element_count(d for d in raw if d) > _MAX_SPAN:
+        raise InvalidInput(f"input '{name}': 'shape' {raw} is larger than any tensor can be")
     return tuple(raw)
 
 
@@ -75,7 +88,7 @@ def decode_json_data(
         probe = probe[0] if probe else None
     if datatype == "BYTES":
         flat: list[bytes] = []
-        _flatten_bytes(name, data, flat, 0)
+        _flatten_bytes(name, data, flat, 1, max(rank, 1))
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
     else:
@@ -149,12 +162,19 @@ def _kind_name(kind: str) -> str:
     }.get(kind, kind)
 
 
-def _flatten_bytes(name: str, data: list[Any], out: list[bytes], depth: int) -> None:
+def _flatten_bytes(name: str, data: list[Any], out: list[bytes], depth: int, rank: int) -> None:
     for item in data:
         if isinstance(item, str):
             out.append(item.encode())
         elif isinstance(item, list):
-            _flatten_bytes(name, item, out, depth + 1)
+            # The check above follows first elements only; a later element nested deeper
+            # than the shape is refused here, before it can exhaust the stack.
+            if depth >= rank:
+                raise InvalidInput(
+                    f"input '{name}': 'data' is nested deeper than the {rank} dimension(s) "
+                    "of its shape"
+                )
+            _flatten_bytes(name, item, out, depth + 1, rank)
         else:
             raise InvalidInput(f"input '{name}': BYTES 'data' elements must be strings")
 
@@ -182,7 +202,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferenceRequest:
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"inputs[{i}]: 'name' is required")
         datatype = obj.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise InvalidInput(f"input '{name}': unsupported 'datatype' {str(datatype)[:32]!r}")
         shape = _shape(name, obj.get("shape"))
         params = obj.get("parameters")
