@@ -181,3 +181,26 @@ def test_admin_names_a_callable_for_a_trusted_owner(platform: Platform, tmp_path
     assert r.status_code == 422 and "only an admin" in r.json()["error"], r.text
     r = platform.upload(ADMIN, "t2", data, meta)
     assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+
+
+def test_code_running_models_never_run_in_the_server_process(platform: Platform) -> None:
+    """A trusted owner's pickle loads in worker processes only: `instance_kind: thread` would
+    unpickle it inside the server, outside the worker's isolation."""
+    import pickle
+
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    data = pickle.dumps(LogisticRegression(max_iter=300).fit(x, y))
+    trent = platform.user("trent")
+    _trust(platform, trent)
+    _model(platform, trent, "t3")
+    r = platform.upload(trent, "t3", data, filename="m.pkl")
+    assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+    r = platform.http.post("/api/v1/deployments", headers=trent,
+                           json={"model": "t3", "config": {"instance_kind": "thread"}})  # fmt: skip
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("config.instance_kind:"), r.text
+    r = platform.http.post("/api/v1/deployments", headers=trent, json={"model": "t3"})
+    assert r.status_code == 201, r.text

@@ -17,7 +17,7 @@ from typing import Any
 from inferd.auth.policy import require
 from inferd.control.audit import Actor, Audit
 from inferd.control.catalog import Catalog, compare_outputs
-from inferd.core.errors import Conflict, InferdError, InvalidInput, NotFound
+from inferd.core.errors import Conflict, InferdError, InvalidInput, NotFound, Unprocessable
 from inferd.core.records import (
     Deployment,
     DeploymentConfig,
@@ -29,7 +29,8 @@ from inferd.core.records import (
     VersionStatus,
 )
 from inferd.core.spec import ModelSpec, parse_model_config
-from inferd.core.trust import check_loosening, strip_loosening, with_operator_types
+from inferd.core.trust import CODE_RUNTIMES, check_loosening, strip_loosening, with_operator_types
+from inferd.registry.formats import CODE_FORMATS
 from inferd.registry.store import RegistryStore
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.repository import ModelSource
@@ -125,8 +126,17 @@ def deployment_spec(
             out.append({"name": t["name"], "datatype": t["datatype"], "shape": shape})
         return out
 
+    runtime = cfg.runtime or version.runtime or None
+    if cfg.instance_kind == "thread" and (
+        version.artifact_format in CODE_FORMATS or runtime in CODE_RUNTIMES
+    ):
+        raise Unprocessable(
+            "config.instance_kind: 'thread' runs the model inside the server process, outside "
+            f"a worker's isolation; a model whose files can run code ('{version.artifact_format}'"
+            f" with runtime '{runtime}') runs in worker processes only ('process')"
+        )
     raw: dict[str, Any] = {
-        "runtime": cfg.runtime or version.runtime or None,
+        "runtime": runtime,
         "max_batch_size": mbs,
         "instances": max(cfg.min_replicas, 1),
         "instance_kind": cfg.instance_kind,

@@ -53,6 +53,10 @@ TRANSFORMERS = Format("transformers", "transformers", False)
 PYTHON = Format("python", "python", True)
 ZIP = Format("zip", None, False, archive=True)
 TAR = Format("tar", None, False, archive=True)
+#: Names of the formats whose loading can run code (what a version's `artifact_format` records).
+CODE_FORMATS = frozenset(
+    f.name for f in (TORCH_PICKLE, PICKLE, JOBLIB, HDF5, PYTHON) if f.executes_code
+)
 
 _HEAD = 4096
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
