@@ -1,8 +1,10 @@
 """User-written Python models (`model.py`), like Triton's Python backend.
 
-`model.py` is TRUSTED CODE: it runs with the server's rights as soon as it is loaded, exactly as
-a Triton Python backend model does. Only serve model repositories whose authors you trust; this
-runtime performs no sandboxing.
+`model.py` is TRUSTED CODE: it runs as soon as it is loaded, as a Triton Python backend model
+does. This runtime itself checks nothing; the worker process it runs in is what contains it (an
+allow-listed environment, an unprivileged user when the server is root, no network for uploaded
+models: docs/model-repository.md, "Worker isolation"). That is not a sandbox against a determined
+author: only serve code from authors you trust (uploads need an owner an admin marked trusted).
 
 The file defines a class `Model`:
 
