@@ -87,7 +87,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
         engine,
         metrics,
         fallback=management_app(control, __version__, generation),
-        limits=HttpLimits(max_body_bytes=http.max_body_bytes, max_chunks=http.max_chunks),
+        limits=HttpLimits(max_body_bytes=http.max_body_bytes),
         server_name=http.server_name,
         server_version=__version__,
         on_startup=partial(_start, engine, control, models or {}, grpc),

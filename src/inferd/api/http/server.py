@@ -60,8 +60,6 @@ class HttpLimits:
     """Caps applied to every request before decoding."""
 
     max_body_bytes: int = 64 * 1024 * 1024
-    #: Not read here: wire chunks are counted by the listener protocol (api/http/protocol.py).
-    max_chunks: int = 65_536
     compress_min_bytes: int = 4096
 
 
