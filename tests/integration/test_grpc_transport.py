@@ -1,8 +1,11 @@
 """Both gRPC transports on real sockets with real clients (grpcio's C core, tritonclient):
-compression, many calls on one connection, message limits, graceful shutdown of running calls."""
+compression, many calls on one connection, message limits, graceful shutdown of running calls;
+and the native transport's timeouts against raw slow sockets."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -144,3 +147,124 @@ def test_health_service(server: RunningServer) -> None:
         with pytest.raises(grpc.RpcError) as err:
             check(b"\x0a\x04nope", timeout=10)  # service "nope"
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_compressed_request_inflating_past_the_limit(server: RunningServer) -> None:
+    """8 MiB of zeros travel as a few KiB of gzip; the 1 MiB limit holds after decompression."""
+    with grpc.insecure_channel(
+        f"127.0.0.1:{server.grpc_port}", compression=grpc.Compression.Gzip
+    ) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request(np.zeros(2_000_000)), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert answer(stub.ModelInfer(request(np.ones(3)), timeout=30)).tolist() == [2, 2, 2]
+
+
+# ---- slow clients (native transport) -------------------------------------------------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = b"\0\0\0\x04\0\0\0\0\0"  # an empty SETTINGS frame
+GOAWAY, PING = 7, 6
+
+
+def frames_until_closed(
+    sock: socket.socket, limit_s: float
+) -> tuple[list[tuple[int, bytes]], float]:
+    """Read until the server closes the socket: the frames (type, payload), how long it took."""
+    start = time.monotonic()
+    sock.settimeout(limit_s)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        data += chunk
+    elapsed = time.monotonic() - start
+    out, pos = [], 0
+    while len(data) - pos >= 9:
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        out.append((data[pos + 3], data[pos + 9 : pos + 9 + length]))
+        pos += 9 + length
+    return out, elapsed
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[RunningServer]:
+    """A native server with short timeouts (and its keepalive off, to see each on its own)."""
+    with start("native", read_timeout_s=0.3, idle_timeout_s=1.0, keepalive_interval_s=0) as s:
+        yield s
+
+
+def test_half_a_frame_is_cut_at_the_read_deadline(strict: RunningServer) -> None:
+    socks = []
+    for _ in range(20):  # a few slowloris connections at once
+        sock = socket.create_connection(("127.0.0.1", strict.grpc_port))
+        sock.sendall(PREFACE + SETTINGS + b"\0\0\x08\x06")  # half a PING frame header
+        socks.append(sock)
+    for sock in socks:
+        frames, elapsed = frames_until_closed(sock, 10)
+        sock.close()
+        assert elapsed < 3  # 0.3 s, checked every 0.075 s; not the 1 s idle timeout either
+        goaway = [p for t, p in frames if t == GOAWAY]
+        assert goaway and goaway[0][8:].startswith(b"read timeout")
+
+
+def test_a_connection_that_never_sends_its_preface_is_cut(strict: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", strict.grpc_port)) as sock:
+        sock.sendall(PREFACE[:10])
+        _frames, elapsed = frames_until_closed(sock, 10)
+    assert elapsed < 3
+
+
+def test_an_idle_connection_is_closed(strict: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", strict.grpc_port)) as sock:
+        sock.sendall(PREFACE + SETTINGS)
+        frames, elapsed = frames_until_closed(sock, 10)
+    assert 0.9 < elapsed < 4
+    goaway = [p for t, p in frames if t == GOAWAY]
+    assert goaway and struct.unpack(">L", goaway[0][4:8])[0] == 0  # NO_ERROR
+
+
+def test_clients_reconnect_after_an_idle_close(strict: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{strict.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert answer(stub.ModelInfer(request(np.ones(2)), timeout=30)).tolist() == [2, 2]
+        time.sleep(1.6)  # the server closed the idle connection meanwhile
+        assert answer(stub.ModelInfer(request(np.ones(2)), timeout=30)).tolist() == [2, 2]
+        # a call that lasts longer than the idle timeout is not cut
+        slow = stub.ModelInfer(request(np.ones(1), sleep=1.5), timeout=30)
+        assert answer(slow).tolist() == [2]
+
+
+@pytest.fixture(scope="module")
+def pinging() -> Iterator[RunningServer]:
+    with start("native", keepalive_interval_s=0.2, keepalive_timeout_s=0.3, idle_timeout_s=0) as s:
+        yield s
+
+
+def test_an_unanswered_keepalive_ping_closes_the_connection(pinging: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", pinging.grpc_port)) as sock:
+        sock.sendall(PREFACE + SETTINGS)  # and then never a byte more, PING ACKs included
+        frames, elapsed = frames_until_closed(sock, 10)
+    assert elapsed < 3
+    assert any(t == PING for t, _ in frames)
+    goaway = [p for t, p in frames if t == GOAWAY]
+    assert goaway and goaway[0][8:].startswith(b"keepalive timeout")
+
+
+def test_real_clients_answer_keepalive_pings(pinging: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{pinging.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        slow = stub.ModelInfer(request(np.ones(3), sleep=1.5), timeout=30)  # pinged meanwhile
+        assert answer(slow).tolist() == [2, 2, 2]
+    client = tc.InferenceServerClient(f"127.0.0.1:{pinging.grpc_port}")
+    inp = tc.InferInput("IN", [4], "FP32")
+    inp.set_data_from_numpy(np.ones(4, dtype=np.float32))
+    for _ in range(3):
+        assert client.infer("double", [inp]).as_numpy("OUT").tolist() == [2, 2, 2, 2]
+        time.sleep(0.5)  # silent for longer than the keepalive interval
+    client.close()

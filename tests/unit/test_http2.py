@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import struct
+import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import hpack
@@ -18,6 +19,7 @@ from inferd.api.grpc.calls import Method, Router, parse_timeout
 from inferd.api.grpc.headers import keeps_table
 from inferd.api.grpc.health import HealthCheckRequest, HealthCheckResponse
 from inferd.api.grpc.http2 import Connection
+from inferd.api.grpc.limits import Budget, Limits
 
 H = frames
 PREFACE = H.PREFACE
@@ -28,8 +30,9 @@ class Wire:
 
     def __init__(self) -> None:
         self.out = bytearray()
-        self.closed = False
+        self.closed = self.aborted = False
         self.reading = True
+        self.buffered = 0  # what the socket has not sent yet
 
     def write(self, data: bytes) -> None:
         self.out += data
@@ -37,11 +40,17 @@ class Wire:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
     def pause_reading(self) -> None:
         self.reading = False
 
     def resume_reading(self) -> None:
         self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def get_extra_info(self, key: str, default: Any = None) -> Any:
         return ("127.0.0.1", 5555) if key == "peername" else default
@@ -66,9 +75,17 @@ def grpc_message(payload: bytes, compressed: bool = False) -> bytes:
 class Client:
     """A hand-driven HTTP/2 client: encodes requests, decodes what the server wrote."""
 
-    def __init__(self, router: Router, max_message: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        router: Router,
+        max_message: int = 1 << 20,
+        clock: Callable[[], float] = time.monotonic,
+        budget: Budget | None = None,
+        **limits: Any,
+    ) -> None:
         self.wire = Wire()
-        self.conn = Connection(router, max_message)
+        limited = Limits(max_message_bytes=max_message, **limits)
+        self.conn = Connection(router, limited, budget=budget, clock=clock)
         self.conn.connection_made(self.wire)  # type: ignore[arg-type]
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
@@ -273,6 +290,15 @@ async def test_client_stream_echo() -> None:
     assert statuses == [1, 2, 3]
 
 
+async def test_client_stream_message_that_does_not_parse(caplog: pytest.LogCaptureFixture) -> None:
+    c = Client(router())
+    c.send(H.frame(H.HEADERS, H.END_HEADERS, 1, c.headers("/t.S/Echo")))
+    c.send(H.frame(H.DATA, 0, 1, grpc_message(b"\xff\xff\xff")))
+    await settle()
+    assert status_of(c.answers()[1]) == ("13", "cannot parse the request message")  # as unary
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 # ---- statuses --------------------------------------------------------------------------------
 
 
@@ -448,7 +474,7 @@ async def test_data_beyond_the_stream_window_resets_the_stream() -> None:
 
 def test_not_http2_is_closed() -> None:
     wire = Wire()
-    conn = Connection(router(), 1 << 20)
+    conn = Connection(router(), Limits())
     conn.connection_made(wire)  # type: ignore[arg-type]
     conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert wire.closed
@@ -466,7 +492,7 @@ def test_not_http2_is_closed() -> None:
         (H.frame(H.SETTINGS, 0, 0, b"\0\5\0\0\0\1"), H.PROTOCOL_ERROR),
         (H.frame(H.WINDOW_UPDATE, 0, 0, b"\0\0\0\0"), H.PROTOCOL_ERROR),
         (H.frame(H.WINDOW_UPDATE, 0, 0, b"\x7f\xff\xff\xff"), H.FLOW_CONTROL_ERROR),
-        (H.frame(H.PING, 0, 0, b"short"), H.PROTOCOL_ERROR),
+        (H.frame(H.PING, 0, 0, b"short"), H.FRAME_SIZE_ERROR),
         (H.frame(H.DATA, 0, 9, b"x"), H.PROTOCOL_ERROR),  # idle stream
         (b"\x20\0\0\0\0\0\0\0\x01", H.FRAME_SIZE_ERROR),  # a 2 MiB frame header
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from inferd.api.grpc.limits import Limits
 from inferd.api.grpc.server import GrpcServer
 
-__all__ = ["GrpcServer"]
+__all__ = ["GrpcServer", "Limits"]

@@ -8,7 +8,8 @@ loop; the context (`ServerCall`) offers what the servicers use: `invocation_meta
 
 Deadlines (`grpc-timeout`) end the call with DEADLINE_EXCEEDED and cancel its handler; a client
 reset (RST_STREAM) or a closed connection cancels it too. Requests may arrive compressed with
-gzip or deflate; answers are sent uncompressed (always allowed).
+gzip or deflate: a message is decompressed when its handler takes it (`Stream.inflate`, bounded,
+large ones off the loop); answers are sent uncompressed (always allowed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import grpc
 from google.protobuf import message_factory
@@ -27,6 +28,7 @@ from google.protobuf import message_factory
 from inferd.api.grpc import http2
 from inferd.api.grpc.errors import INTERNAL_MESSAGE
 from inferd.api.grpc.frames import StreamError
+from inferd.api.grpc.limits import Budget, Limits
 from inferd.api.grpc.stream import Stream
 
 log = logging.getLogger("inferd.grpc")
@@ -79,6 +81,17 @@ def parse_timeout(value: str) -> float | None:
     return int(digits) * unit
 
 
+class Head(NamedTuple):
+    """A request's header fields as the router reads them."""
+
+    path: str
+    method: str
+    content_type: str
+    timeout: str | None
+    encoding: str | None
+    metadata: tuple[tuple[str, str | bytes], ...]
+
+
 class Router:
     """The method table and the calls in flight (the `Dispatcher` of every connection)."""
 
@@ -103,7 +116,9 @@ class Router:
                 )
             )
 
-    def open(self, stream: Stream, headers: list[tuple[str, str]]) -> ServerCall | None:
+    def head(self, headers: list[tuple[str, str]]) -> Head:
+        """What a request's header fields say (the transport keeps it with a header block it
+        sees again, so a client repeating its block is parsed once)."""
         path = method_name = content_type = ""
         timeout = encoding = None
         metadata: list[tuple[str, str | bytes]] = []
@@ -124,19 +139,24 @@ class Router:
                 metadata.append((key, _unbase64(value)))
             else:
                 metadata.append((key, value))
-        if method_name != "POST":
+        return Head(path, method_name, content_type, timeout, encoding, tuple(metadata))
+
+    def open(self, stream: Stream, head: Head) -> ServerCall | None:
+        """The call of a new stream; None when the stream was answered at once."""
+        if head.method != "POST":
             stream.reply_http(405)
             return None
-        if not content_type.startswith("application/grpc"):
+        if not head.content_type.startswith("application/grpc"):
             stream.reply_http(415)
             return None
         if self.stopping:
             stream.finish(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
             return None
-        method = self.methods.get(path)
+        method = self.methods.get(head.path)
         if method is None:
-            stream.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path[:200]}")
+            stream.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {head.path[:200]}")
             return None
+        encoding, timeout = head.encoding, head.timeout
         if encoding is not None and encoding != "identity":
             if encoding not in _ENCODINGS:
                 stream.finish(
@@ -152,7 +172,7 @@ class Router:
                 stream.finish(grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {timeout[:16]!r}")
                 return None
             deadline = asyncio.get_running_loop().time() + seconds
-        call = ServerCall(self, stream, method, tuple(metadata), deadline)
+        call = ServerCall(self, stream, method, head.metadata, deadline)
         if method.client_streaming:
             call.start()
         return call
@@ -170,6 +190,7 @@ class ServerCall:
 
     __slots__ = (
         "_cancelled",
+        "_compressed",
         "_deadline",
         "_expired",
         "_metadata",
@@ -196,7 +217,8 @@ class ServerCall:
         self._metadata = metadata
         self._deadline = deadline
         self._payload: bytes | None = None
-        self._queue: asyncio.Queue[bytes | None] | None = (
+        self._compressed = 0
+        self._queue: asyncio.Queue[tuple[bytes, int] | None] | None = (
             asyncio.Queue() if method.client_streaming else None
         )
         self._task: asyncio.Task[None] | None = None
@@ -208,16 +230,19 @@ class ServerCall:
 
     # ---- stream.Call --------------------------------------------------------------------
 
-    def message(self, payload: bytes) -> None:
+    def message(self, payload: bytes, compressed: int) -> None:
         if self._queue is not None:
             self.stream.backlog += len(payload)
-            self._queue.put_nowait(payload)
+            self.stream.hold(len(payload))
+            self._queue.put_nowait((payload, compressed))
         elif self._payload is not None:
             raise StreamError(
                 grpc.StatusCode.UNIMPLEMENTED, "more than one request message in a unary call"
             )
         else:
+            self.stream.hold(len(payload))  # until the handler takes it
             self._payload = payload
+            self._compressed = compressed
 
     def end(self) -> None:
         if self._queue is not None:
@@ -228,8 +253,13 @@ class ServerCall:
             self.start()
 
     def reset(self) -> None:
-        """The client reset the stream or the connection closed: stop the handler."""
+        """The client reset the stream or the connection closed: stop the handler and drop
+        the requests it has not taken."""
         self._cancelled = True
+        self._payload = None
+        queue = self._queue
+        while queue is not None and not queue.empty():
+            queue.get_nowait()
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
@@ -278,11 +308,23 @@ class ServerCall:
         return payload
 
     async def _requests(self) -> AsyncIterator[Any]:
-        queue = self._queue
+        queue, stream = self._queue, self.stream
         assert queue is not None
-        while (payload := await queue.get()) is not None:
-            self.stream.consumed(len(payload))
-            yield self.method.deserialize(payload)
+        while (item := await queue.get()) is not None:
+            payload, compressed = item
+            try:
+                message = await stream.inflate(payload) if compressed else payload
+                stream.consumed(len(payload))
+                request = self.method.deserialize(message)
+            except Exception as e:  # answered here, as a unary call's: the handler may catch it
+                error = (
+                    e
+                    if isinstance(e, StreamError)
+                    else StreamError(grpc.StatusCode.INTERNAL, "cannot parse the request message")
+                )
+                stream.finish(error.code, error.message)
+                raise error from None
+            yield request
 
     async def _run(self) -> None:
         method, stream = self.method, self.stream
@@ -290,9 +332,14 @@ class ServerCall:
             if method.client_streaming:
                 request: Any = self._requests()
             else:
-                payload, self._payload = self._payload, None
+                payload = message = self._payload
+                self._payload = None
+                if payload is not None:
+                    if self._compressed:
+                        message = await stream.inflate(payload)
+                    stream.release(len(payload))
                 try:
-                    request = method.deserialize(payload or b"")
+                    request = method.deserialize(message or b"")
                 except Exception:
                     stream.finish(grpc.StatusCode.INTERNAL, "cannot parse the request message")
                     return
@@ -307,6 +354,8 @@ class ServerCall:
                 stream.respond(self._serialize(response))
         except Abort as a:
             stream.finish(a.code, a.details)
+        except StreamError as e:
+            stream.finish(e.code, e.message)
         except asyncio.CancelledError:
             if not self._expired:
                 if self.router.stopping:
@@ -325,9 +374,10 @@ class ServerCall:
 class NativeServer:
     """A listening socket whose connections speak HTTP/2 to the router."""
 
-    def __init__(self, router: Router, max_message: int) -> None:
+    def __init__(self, router: Router, limits: Limits) -> None:
         self.router = router
-        self.max_message = max_message
+        self.limits = limits
+        self.budget = Budget(limits.max_buffered_bytes_total)
         self.connections: set[http2.Connection] = set()
         self._server: asyncio.Server | None = None
 
@@ -338,7 +388,7 @@ class NativeServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _connection(self) -> http2.Connection:
-        conn = http2.Connection(self.router, self.max_message, self.connections.discard)
+        conn = http2.Connection(self.router, self.limits, self.connections.discard, self.budget)
         self.connections.add(conn)
         return conn
 

@@ -31,6 +31,9 @@ OUR_STREAM_WINDOW = 4 << 20
 OUR_CONN_WINDOW = 16 << 20
 OUR_MAX_STREAMS = 1024
 OUR_MAX_HEADER_LIST = 32 << 10
+#: A header block (HEADERS + CONTINUATION) larger than this, or decoding to a field list larger
+#: than this, is a connection error; between OUR_MAX_HEADER_LIST and this, only its call fails.
+MAX_HEADER_BLOCK = 4 * OUR_MAX_HEADER_LIST
 #: Complete messages of a client stream waiting for its handler beyond which the stream's
 #: window is no longer refilled (the client then waits).
 STREAM_BACKLOG = 4 << 20
@@ -38,6 +41,12 @@ STREAM_BACKLOG = 4 << 20
 #: (a client that opens and resets streams in a loop, "rapid reset", makes the server work for
 #: nothing while never reaching the stream limit).
 MAX_NET_RESETS = 200
+#: Streams this server reset that are remembered: a client's frames already on their way
+#: when the reset left are ignored (RFC 9113 §5.1), while other frames on a stream no longer
+#: open are a protocol error.
+RECENT_RESETS = 128
+#: The payload of this server's keepalive PING.
+KEEPALIVE_PING = b"inferdka"
 #: Longest grpc-message sent back (the whole header block must fit one 16 KiB frame).
 MAX_STATUS_MESSAGE = 4096
 

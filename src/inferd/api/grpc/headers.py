@@ -1,8 +1,12 @@
 """HPACK for the gRPC transport: the constant blocks this server answers with (no dynamic
-table, so they never depend on the peer's table size) and `keeps_table`, which says whether a
-received block may be decoded once and reused."""
+table, so they never depend on the peer's table size), `keeps_table`, which says whether a
+received block may be decoded once and reused, and `inspect_fields`, which says whether a decoded
+field list is a well-formed request (RFC 9113 §8.2, §8.3) and how large it is."""
 
 from __future__ import annotations
+
+import re
+from itertools import chain
 
 import grpc
 
@@ -91,3 +95,60 @@ def keeps_table(block: bytes) -> bool:
     except IndexError:
         return False
     return pos == n
+
+
+#: RFC 9113 §8.2.1: no field name character in 0x00-0x20, A-Z or 0x7F and above (the decoder
+#: yields text, so any non-ASCII character is refused too).
+_BAD_NAME = re.compile(r"[^\x21-\x40\x5b-\x7e]")
+#: §8.2.2: fields of HTTP/1 connection management; `te` may only say "trailers".
+_CONNECTION_SPECIFIC = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+)
+#: §8.3.1: the request pseudo-headers, one bit each; :method, :scheme and :path are required.
+_PSEUDO = {":method": 1, ":scheme": 2, ":path": 4, ":authority": 8}
+_REQUIRED = 1 | 2 | 4
+#: Regular field names found well-formed, so that each is checked once per process, not per call.
+_GOOD_NAMES: set[str] = set()
+_MAX_GOOD_NAMES = 4096
+
+
+def _good_name(name: str) -> bool:
+    """Whether `name` may name a regular field (remembered when it may)."""
+    if name[:1] == ":" or _BAD_NAME.search(name) or name in _CONNECTION_SPECIFIC:
+        return False
+    if len(_GOOD_NAMES) < _MAX_GOOD_NAMES and len(name) <= 64:
+        _GOOD_NAMES.add(name)
+    return True
+
+
+def inspect_fields(fields: list[tuple[str, str]], trailers: bool = False) -> tuple[str | None, int]:
+    """Why `fields` is a malformed request header (or trailer) section, None when it is not; and,
+    when it is not, its size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (names, values, 32 per
+    field).
+
+    Values must be printable (no NUL, CR, LF or other control character, as gRPC's ASCII
+    metadata) without a space at either end (§8.2.1)."""
+    seen = 0
+    regular = False
+    method = ""
+    for name, value in fields:
+        bit = _PSEUDO.get(name)
+        if bit:
+            if trailers or regular or seen & bit:
+                return f"pseudo-header {name} repeated or out of place", 0
+            seen |= bit
+            if bit == 1:
+                method = value
+            elif bit == 4 and not value:
+                return "empty :path", 0
+        elif name in _GOOD_NAMES or _good_name(name):
+            regular = True
+            if name == "te" and value != "trailers":
+                return "te other than trailers", 0
+        else:
+            return f"malformed or connection-specific field name {name[:32]!r}", 0
+        if not value.isprintable() or (" " in value and (value[0] == " " or value[-1] == " ")):
+            return f"malformed value of {name[:32]!r}", 0
+    if not trailers and seen & _REQUIRED != _REQUIRED and method != "CONNECT":
+        return "missing pseudo-header", 0
+    return None, 32 * len(fields) + sum(map(len, chain.from_iterable(fields)))

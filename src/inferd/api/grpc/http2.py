@@ -8,14 +8,20 @@ hops per call, unlike grpcio's completion-queue poller, which is where grpc.aio'
 
 Response headers are encoded without the dynamic table (static indexes and literals), so they
 are constant bytes and the peer's table size never matters.
+
+Bounds (`Limits`): request bytes buffered per connection and per server (`Stream.hold`); one
+timer per connection, re-armed every `Limits.tick_s()`, checks the read deadline of an
+incomplete frame or header block, the idle timeout and keepalive. The read path only sets a
+flag and, when a read ends inside a frame, notes the time: no timer per frame or per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import grpc
 import hpack
@@ -26,6 +32,7 @@ from inferd.api.grpc.frames import (
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
+    ENABLE_PUSH,
     END_HEADERS,
     END_STREAM,
     ENHANCE_YOUR_CALM,
@@ -36,8 +43,10 @@ from inferd.api.grpc.frames import (
     GOAWAY_BODY,
     HEADERS,
     INITIAL_WINDOW_SIZE,
+    KEEPALIVE_PING,
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
+    MAX_HEADER_BLOCK,
     MAX_HEADER_LIST_SIZE,
     MAX_NET_RESETS,
     MAX_WINDOW,
@@ -54,11 +63,13 @@ from inferd.api.grpc.frames import (
     PRIORITY_FLAG,
     PROTOCOL_ERROR,
     PUSH_PROMISE,
+    RECENT_RESETS,
     REFUSED_STREAM,
     RST_STREAM,
     SETTING,
     SETTINGS,
     STREAM_BACKLOG,
+    STREAM_CLOSED,
     U32,
     WINDOW_UPDATE,
     ConnectionFault,
@@ -66,29 +77,50 @@ from inferd.api.grpc.frames import (
     frame,
     unpad,
 )
-from inferd.api.grpc.headers import keeps_table
+from inferd.api.grpc.headers import inspect_fields, keeps_table
+from inferd.api.grpc.limits import Budget, Limits
 from inferd.api.grpc.stream import Call, Stream
 
 log = logging.getLogger("inferd.grpc")
 
 
-class Dispatcher(Protocol):
-    """Opens a call for each new stream (or answers the stream at once and returns None)."""
+class Block(NamedTuple):
+    """A decoded header block: its fields, why they are malformed (None when they are not),
+    their size as MAX_HEADER_LIST_SIZE counts it, and the dispatcher's reading of them."""
 
-    def open(self, stream: Stream, headers: list[tuple[str, str]]) -> Call | None: ...
+    fields: list[tuple[str, str]]
+    malformed: str | None
+    size: int
+    head: Any
+
+
+class Dispatcher(Protocol):
+    """Reads a request's header fields (`head`, kept with a header block that is seen again)
+    and opens a call for each new stream (or answers the stream at once and returns None)."""
+
+    def head(self, headers: list[tuple[str, str]]) -> Any: ...
+    def open(self, stream: Stream, head: Any) -> Call | None: ...
 
 
 class Connection(asyncio.Protocol):
-    """One client connection; `on_close` is told when it is gone."""
+    """One client connection; `on_close` is told when it is gone.
+
+    `budget` counts the request bytes buffered by every connection of the server (its own when
+    None); `clock` (seconds, monotonic) is what the timeouts are measured with.
+    """
 
     def __init__(
         self,
         dispatcher: Dispatcher,
-        max_message: int,
+        limits: Limits,
         on_close: Callable[[Connection], None] | None = None,
+        budget: Budget | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dispatcher = dispatcher
-        self.max_message = max_message
+        self.limits = limits
+        self.max_message = limits.max_message_bytes
+        self.budget = budget if budget is not None else Budget(limits.max_buffered_bytes_total)
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
@@ -99,6 +131,8 @@ class Connection(asyncio.Protocol):
         self.send_window = 65_535
         self.recv_window = OUR_CONN_WINDOW
         self.unacked = 0
+        self.buffered = 0  # request bytes held by this connection's streams (Stream.hold)
+        self.max_buffered = limits.max_buffered_bytes_per_connection
         self.draining = False  # GOAWAY sent or received: no new streams
         self.closed = False
         self.idle = asyncio.Event()
@@ -107,11 +141,25 @@ class Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._need = len(PREFACE)
         self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = OUR_MAX_HEADER_LIST
-        self._blocks: dict[bytes, list[tuple[str, str]]] = {}
+        self._decoder.max_header_list_size = MAX_HEADER_BLOCK
+        self._blocks: dict[bytes, Block] = {}
         self._continuation: tuple[int, int, bytearray] | None = None
         self._credit: dict[int, Stream] = {}
         self._resets = 0
+        self._reset_ids: dict[int, None] = {}  # streams we reset lately, oldest first
+        # timeouts: timestamps from `clock`, flags set by the read path and read by `tick`
+        self._clock = clock
+        self._tick = limits.tick_s()
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False  # reading paused because the client does not read
+        self._read = False  # bytes arrived since the last tick
+        self._opened = False  # a stream opened since the last tick
+        self._partial_since = 0.0  # a frame (or the preface) began arriving at; 0: none
+        self._block_since = 0.0  # a header block awaiting CONTINUATION began at
+        self._active_at = 0.0  # the last tick that saw bytes arrive or leave
+        self._busy_at = 0.0  # the last tick that saw a stream open
+        self._ping_at = 0.0  # our keepalive PING was sent at; 0: none outstanding
+        self._write_size = 0
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
 
@@ -130,11 +178,17 @@ class Connection(asyncio.Protocol):
             frame(SETTINGS, 0, 0, settings)
             + frame(WINDOW_UPDATE, 0, 0, U32.pack(OUR_CONN_WINDOW - 65_535))
         )
+        now = self._clock()
+        self._partial_since = self._active_at = self._busy_at = now  # the preface is due
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
+        self._read = True
         buf = self._buf
         buf += data
         if len(buf) < self._need:
+            if not self._partial_since:
+                self._partial_since = self._clock()
             return
         try:
             if not self._preface:
@@ -142,12 +196,19 @@ class Connection(asyncio.Protocol):
                     raise ConnectionFault(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 del buf[: len(PREFACE)]
                 self._preface = True
-            self._frames(buf)
+                self._partial_since = 0.0
+            done = self._frames(buf)
             self._send_credit()
         except ConnectionFault as e:
             self.abort(e.code, str(e))
+            return
+        if not buf:
+            self._partial_since = 0.0
+        elif done or not self._partial_since:  # the deadline runs from a frame's first read
+            self._partial_since = self._clock()
 
-    def _frames(self, buf: bytearray) -> None:
+    def _frames(self, buf: bytearray) -> bool:
+        """Handle the complete frames in `buf` (and drop them); whether there was one."""
         pos, n = 0, len(buf)
         try:
             with memoryview(buf) as view:
@@ -159,22 +220,32 @@ class Connection(asyncio.Protocol):
                     end = pos + 9 + length
                     if end > n:
                         self._need = end - pos
-                        return
+                        return pos > 0
                     payload = bytes(view[pos + 9 : end])
                     pos = end
                     self._frame(ftype, flags, sid & 0x7FFFFFFF, payload)
                     if self.closed:
-                        return
+                        return True
                 self._need = 9
+            return pos > 0
         finally:
             del buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         streams, self.streams = self.streams, {}
         for stream in streams.values():
+            stream.free()
             if stream.call is not None:
                 stream.call.reset()
+        self.blocked.clear()
+        self._credit.clear()
+        self._buf = bytearray()  # rebound, not cleared: a frame may still be viewed
+        self._continuation = None
+        self._blocks.clear()
         self.idle.set()
         if self.on_close is not None:
             self.on_close(self)
@@ -185,12 +256,86 @@ class Connection(asyncio.Protocol):
     # A client that does not read what it is sent (PING or SETTINGS floods, large answers) is not
     # read from either until it catches up, so the output buffer stays bounded.
     def pause_writing(self) -> None:
+        self._paused = True
         if self.transport is not None:
+            self._write_size = self.transport.get_write_buffer_size()
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self.transport is not None and not self.closed:
+            now = self._clock()  # what was not read while paused is not the client's delay
+            if self._partial_since:
+                self._partial_since = now
+            if self._continuation is not None:
+                self._block_since = now
             self.transport.resume_reading()
+
+    # ---- timeouts --------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if not self._tick or self.closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand outside a loop (tests): `tick` is called directly
+            return
+        self._timer = loop.call_later(self._tick, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:  # closed by us a tick ago and not gone yet: the client does not read
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.tick()
+        self._arm()
+
+    def tick(self) -> None:
+        """Check the timeouts (every `Limits.tick_s()`; each fires at most one tick late)."""
+        if self.closed:
+            return
+        limits, now = self.limits, self._clock()
+        transport = self.transport
+        active = self._read
+        self._read = False
+        if self._paused and transport is not None:  # not read from: is it reading our answers?
+            size = transport.get_write_buffer_size()
+            active = active or size < self._write_size
+            self._write_size = size
+        if active:
+            self._active_at = now
+            self._ping_at = 0.0  # alive, whether or not the PING's ACK came yet
+        if self.streams or self._opened:
+            self._opened = False
+            self._busy_at = now
+        read = limits.read_timeout_s
+        if read and not self._paused:
+            started = self._partial_since
+            if self._continuation is not None:
+                started = min(started or now, self._block_since)
+            if started and now - started > read:
+                self._expire("read timeout: a frame or header block left incomplete")
+                return
+        if limits.idle_timeout_s and now - self._busy_at >= limits.idle_timeout_s:
+            self._expire("idle timeout: no call for a while")
+            return
+        if limits.keepalive_interval_s:
+            if self._ping_at:
+                if now - self._ping_at > limits.keepalive_timeout_s:
+                    self._expire("keepalive timeout: PING not answered")
+            elif now - self._active_at >= limits.keepalive_interval_s:
+                self._ping_at = now
+                self.write(frame(PING, 0, 0, KEEPALIVE_PING))
+
+    def _expire(self, reason: str) -> None:
+        """Close now for a timeout: GOAWAY (sent if the socket takes it), then drop the socket
+        without waiting for a client that may never read."""
+        log.debug("gRPC connection closed: %s", reason)
+        self.goaway(NO_ERROR, reason)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     # ---- frames ----------------------------------------------------------------------------
 
@@ -208,24 +353,21 @@ class Connection(asyncio.Protocol):
         elif ftype == SETTINGS:
             self._on_settings(flags, sid, payload)
         elif ftype == PING:
-            if sid or len(payload) != 8:
-                raise ConnectionFault(PROTOCOL_ERROR, "bad PING")
+            if len(payload) != 8:
+                raise ConnectionFault(FRAME_SIZE_ERROR, f"PING of {len(payload)} bytes")
+            if sid:
+                raise ConnectionFault(PROTOCOL_ERROR, "PING on a stream")
             if not flags & ACK:
                 self.write(frame(PING, ACK, 0, payload))
+            elif payload == KEEPALIVE_PING:
+                self._ping_at = 0.0
         elif ftype == RST_STREAM:
-            if not sid or len(payload) != 4:
-                raise ConnectionFault(PROTOCOL_ERROR, "bad RST_STREAM")
-            stream = self.streams.pop(sid, None)
-            self.blocked.pop(sid, None)
-            if stream is not None:
-                stream.local_closed = stream.remote_closed = True
-                if stream.call is not None:
-                    stream.call.reset()
-                    self._resets += 1
-                    if self._resets > MAX_NET_RESETS:
-                        raise ConnectionFault(ENHANCE_YOUR_CALM, "too many streams reset")
-                self._check_idle()
+            self._on_rst_stream(sid, payload)
         elif ftype == GOAWAY:
+            if sid:
+                raise ConnectionFault(PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise ConnectionFault(FRAME_SIZE_ERROR, "GOAWAY too short")
             self.draining = True
             self._check_idle()
         elif ftype == PUSH_PROMISE:
@@ -233,6 +375,10 @@ class Connection(asyncio.Protocol):
         elif ftype == PRIORITY and not sid:
             raise ConnectionFault(PROTOCOL_ERROR, "PRIORITY on stream 0")
         # PRIORITY and unknown frame types are ignored
+
+    def _idle_stream(self, sid: int) -> bool:
+        """Whether `sid` was never opened (clients open odd ids only, in increasing order)."""
+        return sid % 2 == 0 or sid > self.last_stream_id
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
         if not sid:
@@ -245,10 +391,13 @@ class Connection(asyncio.Protocol):
         if flags & PADDED:
             payload = unpad(payload)
         stream = self.streams.get(sid)
-        if stream is None or stream.remote_closed:
-            if sid > self.last_stream_id:
+        if stream is None:
+            if self._idle_stream(sid):
                 raise ConnectionFault(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             return  # a stream already answered or reset: ignored
+        if stream.remote_closed:  # the client ended it already (RFC 9113 §5.1)
+            self._reset(stream, STREAM_CLOSED)
+            return
         stream.recv_window -= size
         if stream.recv_window < 0:
             self._reset(stream, FLOW_CONTROL_ERROR)
@@ -271,8 +420,11 @@ class Connection(asyncio.Protocol):
             payload = unpad(payload)
         if flags & PRIORITY_FLAG:
             payload = payload[5:]
+        if len(payload) > MAX_HEADER_BLOCK:
+            raise ConnectionFault(PROTOCOL_ERROR, "header block too large")
         if not flags & END_HEADERS:
             self._continuation = (sid, flags, bytearray(payload))
+            self._block_since = self._clock()
             return
         self._header_block(sid, flags, payload)
 
@@ -282,57 +434,89 @@ class Connection(asyncio.Protocol):
             raise ConnectionFault(PROTOCOL_ERROR, "unexpected CONTINUATION")
         block = pending[2]
         block += payload
-        if len(block) > 4 * OUR_MAX_HEADER_LIST:
+        if len(block) > MAX_HEADER_BLOCK:
             raise ConnectionFault(PROTOCOL_ERROR, "header block too large")
         if flags & END_HEADERS:
             self._continuation = None
             self._header_block(sid, pending[1], bytes(block))
 
-    def _decode(self, block: bytes) -> list[tuple[str, str]]:
+    def _decode(self, block: bytes) -> Block:
+        """A header block decoded, inspected and read by the dispatcher."""
         # A block that leaves the dynamic table as it is (indexed fields and literals without
-        # indexing only) decodes the same way until another block changes the table, so its
-        # decoding is reused: clients repeat the same block for every call of a method.
+        # indexing only) decodes the same way until another block changes the table, so what
+        # is made of it is reused: clients repeat the same block for every call of a method.
         cached = self._blocks.get(block)
         if cached is not None:
             return cached
         try:
             headers = cast(list[tuple[str, str]], self._decoder.decode(block))
-        except hpack.OversizedHeaderListError:
+        except hpack.OversizedHeaderListError:  # decoding stopped midway: the tables differ
             raise ConnectionFault(PROTOCOL_ERROR, "header list too large") from None
         except hpack.HPACKError as e:
             raise ConnectionFault(COMPRESSION_ERROR, f"bad header block: {e}") from None
+        malformed, size = inspect_fields(headers)
+        head = None
+        if malformed is None:
+            try:
+                head = self.dispatcher.head(headers)
+            except Exception:  # a bug: the call fails (below), not the connection
+                log.exception("cannot read gRPC request headers")
+        decoded = Block(headers, malformed, size, head)
         if keeps_table(block):
-            if len(self._blocks) < 64:
-                self._blocks[block] = headers
+            if len(self._blocks) < 64 and len(block) <= 1024:
+                self._blocks[block] = decoded
         else:
             self._blocks.clear()
-        return headers
+        return decoded
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
-        headers = self._decode(block)  # always: the table must follow the peer's
+        decoded = self._decode(block)  # always: the table must follow the peer's
+        malformed, size = decoded.malformed, decoded.size
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client end its side
-            if not flags & END_STREAM:
-                self._reset(stream, PROTOCOL_ERROR)
+            malformed, size = inspect_fields(decoded.fields, trailers=True)
+            if stream.remote_closed or not flags & END_STREAM or malformed:
+                self._reset(stream, STREAM_CLOSED if stream.remote_closed else PROTOCOL_ERROR)
                 return
             try:
+                if size > OUR_MAX_HEADER_LIST:
+                    raise StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED, "trailers too large")
                 self._remote_end(stream)
             except StreamError as e:
                 self._fail(stream, e)
             return
-        if sid % 2 == 0 or sid <= self.last_stream_id:
-            if sid <= self.last_stream_id and sid % 2:
-                return  # a stream already closed
+        if sid % 2 == 0:
             raise ConnectionFault(PROTOCOL_ERROR, f"bad new stream id {sid}")
+        if sid <= self.last_stream_id:  # no new stream: RFC 9113 §5.1.1
+            if sid in self._reset_ids:
+                return  # sent before our RST_STREAM reached the client: ignored (§5.1)
+            raise ConnectionFault(
+                PROTOCOL_ERROR, f"new stream {sid} not above stream {self.last_stream_id}"
+            )
         self.last_stream_id = sid
+        if malformed:  # RFC 9113 §8.1.1: a stream error, the call never starts
+            log.debug("malformed gRPC request on stream %d: %s", sid, malformed)
+            self._send_reset(sid, PROTOCOL_ERROR)
+            return
         if self.draining or len(self.streams) >= OUR_MAX_STREAMS:
-            self.write(frame(RST_STREAM, 0, sid, U32.pack(REFUSED_STREAM)))
+            self._send_reset(sid, REFUSED_STREAM)
             return
         stream = Stream(self, sid)
+        if size > OUR_MAX_HEADER_LIST:  # this call fails, the connection goes on
+            stream.remote_closed = bool(flags & END_STREAM)
+            stream.finish(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"header list of {size} bytes larger than max ({OUR_MAX_HEADER_LIST})",
+            )
+            return
         self.streams[sid] = stream
         self.idle.clear()
+        self._opened = True
         try:
-            stream.call = self.dispatcher.open(stream, headers)
+            if decoded.head is None:  # the dispatcher could not read it (logged)
+                stream.finish(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+                return
+            stream.call = self.dispatcher.open(stream, decoded.head)
         except Exception:  # a bug must fail this call, not every call of the connection
             log.exception("cannot open gRPC stream %d", sid)
             stream.finish(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
@@ -353,6 +537,23 @@ class Connection(asyncio.Protocol):
         if stream.local_closed:
             self._forget(stream)
 
+    def _on_rst_stream(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionFault(FRAME_SIZE_ERROR, "RST_STREAM not of 4 bytes")
+        if not sid or self._idle_stream(sid):
+            raise ConnectionFault(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        stream.local_closed = stream.remote_closed = True
+        call = stream.call
+        self._forget(stream)  # frees what it buffered now, not when its handler notices
+        if call is not None:
+            call.reset()
+            self._resets += 1
+            if self._resets > MAX_NET_RESETS:
+                raise ConnectionFault(ENHANCE_YOUR_CALM, "too many streams reset")
+
     def _on_window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ConnectionFault(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
@@ -369,6 +570,8 @@ class Connection(asyncio.Protocol):
             return
         stream = self.streams.get(sid)
         if stream is None:
+            if self._idle_stream(sid):
+                raise ConnectionFault(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
             return
         if not increment:
             self._reset(stream, PROTOCOL_ERROR)
@@ -385,6 +588,8 @@ class Connection(asyncio.Protocol):
         if sid:
             raise ConnectionFault(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
+            if payload:
+                raise ConnectionFault(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
             raise ConnectionFault(FRAME_SIZE_ERROR, "bad SETTINGS")
@@ -400,6 +605,8 @@ class Connection(asyncio.Protocol):
                 if not 16_384 <= value <= 16_777_215:
                     raise ConnectionFault(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
                 self.peer_max_frame = value
+            elif key == ENABLE_PUSH and value > 1:
+                raise ConnectionFault(PROTOCOL_ERROR, "bad ENABLE_PUSH")
         self.write(frame(SETTINGS, ACK, 0))
         for stream in list(self.streams.values()):
             if stream.out and stream.send_window > 0:
@@ -433,16 +640,24 @@ class Connection(asyncio.Protocol):
             self.write(b"".join(out))
 
     def _fail(self, stream: Stream, e: StreamError) -> None:
-        """Answer a stream with an error status and stop reading it."""
+        """Answer a stream with an error status, stop reading it, drop what it buffered."""
         call = stream.call
         stream.call = None
         if call is not None:
             call.reset()
-        stream.out.clear()
+        stream.free()
         stream.finish(e.code, e.message)
 
+    def _send_reset(self, sid: int, code: int) -> None:
+        """RST_STREAM, remembered for a while (the client's frames in flight are ignored)."""
+        self.write(frame(RST_STREAM, 0, sid, U32.pack(code)))
+        resets = self._reset_ids
+        resets[sid] = None
+        if len(resets) > RECENT_RESETS:
+            del resets[next(iter(resets))]
+
     def _reset(self, stream: Stream, code: int) -> None:
-        self.write(frame(RST_STREAM, 0, stream.id, U32.pack(code)))
+        self._send_reset(stream.id, code)
         stream.local_closed = stream.remote_closed = True
         if stream.call is not None:
             call, stream.call = stream.call, None
@@ -456,13 +671,14 @@ class Connection(asyncio.Protocol):
         if not stream.remote_closed:
             # the client may still be sending: tell it to stop (as grpc servers do)
             stream.remote_closed = True
-            self.write(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
+            self._send_reset(stream.id, NO_ERROR)
         self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
         self.blocked.pop(stream.id, None)
         self._credit.pop(stream.id, None)
+        stream.free()
         self._check_idle()
 
     def _check_idle(self) -> None:

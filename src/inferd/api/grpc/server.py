@@ -8,13 +8,15 @@ thread hop per call) and `grpcio` (a `grpc.aio` server). See docs/design-decisio
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from dataclasses import replace
+from typing import Any, Literal
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from inferd.api.grpc.calls import NativeServer, Router
 from inferd.api.grpc.health import HealthService
+from inferd.api.grpc.limits import DEFAULT_MAX_MESSAGE, Limits
 from inferd.api.grpc.servicer import InferenceServicer
 from inferd.control.gate import Gate
 from inferd.serving.engine import InferenceEngine
@@ -39,17 +41,19 @@ class GrpcServer:
         engine: InferenceEngine,
         host: str = "127.0.0.1",
         port: int = 8001,
-        max_message_bytes: int = _MAX_LIMIT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
         server_name: str = "inferd",
         server_version: str = "0",
         gate: Gate | None = None,
         generation: Generation | None = None,
         transport: Literal["native", "grpcio"] = "native",
+        limits: Limits | None = None,
     ) -> None:
         self.host = host
         self.transport = transport
         self.requested_port = port
         self.max_message_bytes = max_message_bytes
+        self.limits = replace(limits or Limits(), max_message_bytes=max_message_bytes)
         self.servicer = InferenceServicer(engine, server_name, server_version, gate, generation)
         self.health = HealthService(lambda: engine.not_ready_reason() is None)
         self.port: int | None = None
@@ -69,7 +73,7 @@ class GrpcServer:
     async def start(self) -> None:
         """Bind and start serving (on the running event loop); a busy port is an error."""
         if self.transport == "native":
-            native = NativeServer(self.router(), self.max_message_bytes)
+            native = NativeServer(self.router(), self.limits)
             where = address(self.host, self.requested_port)
             try:
                 port = await native.start(self.host, self.requested_port)
@@ -78,15 +82,7 @@ class GrpcServer:
             self._native, self.port = native, port
             self._started(port)
             return
-        limit = min(self.max_message_bytes, _MAX_LIMIT)
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                # grpcio sets SO_REUSEPORT by default: two servers would share a port silently.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = grpc.aio.server(options=self._grpcio_options())
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         server.add_generic_rpc_handlers((self.health.handler(),))
         where = address(self.host, self.requested_port)
@@ -101,6 +97,23 @@ class GrpcServer:
         await server.start()
         self._server, self.port = server, port
         self._started(port)
+
+    def _grpcio_options(self) -> list[tuple[str, Any]]:
+        """The limits grpcio has too (it bounds buffered bytes and read times its own way)."""
+        limit = min(self.max_message_bytes, _MAX_LIMIT)
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # grpcio sets SO_REUSEPORT by default: two servers would share a port silently.
+            ("grpc.so_reuseport", 0),
+        ]
+        limits = self.limits
+        if limits.idle_timeout_s:
+            options.append(("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)))
+        if limits.keepalive_interval_s:
+            options.append(("grpc.keepalive_time_ms", int(limits.keepalive_interval_s * 1000)))
+            options.append(("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout_s * 1000)))
+        return options
 
     def _started(self, port: int) -> None:
         log.info(

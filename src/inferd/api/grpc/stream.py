@@ -1,7 +1,9 @@
-"""One HTTP/2 stream of a gRPC call: splitting DATA into messages, answering under flow control."""
+"""One HTTP/2 stream of a gRPC call: splitting DATA into messages, counting what it buffers,
+decompressing in bounded steps, answering under flow control."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
@@ -26,11 +28,22 @@ from inferd.api.grpc.headers import OK_TRAILERS, RESPONSE_HEADERS, http_error_bl
 if TYPE_CHECKING:
     from inferd.api.grpc.http2 import Connection
 
+#: Decompressed output produced on the event loop; the rest is produced in a worker thread,
+#: INFLATE_STEP bytes at a time, counted as buffered as it grows.
+INFLATE_INLINE = 64 << 10
+INFLATE_STEP = 1 << 20
+
+
+def _too_much(where: str, limit: int) -> StreamError:
+    return StreamError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many request bytes buffered {where} (max {limit})"
+    )
+
 
 class Call(Protocol):
     """What a stream reports to: set by the dispatcher when the stream opens."""
 
-    def message(self, payload: bytes) -> None: ...
+    def message(self, payload: bytes, compressed: int) -> None: ...
     def end(self) -> None: ...
     def reset(self) -> None: ...
 
@@ -45,7 +58,9 @@ class Stream:
         "conn",
         "deferred",
         "encoding",
+        "freed",
         "headers_sent",
+        "held",
         "id",
         "local_closed",
         "max_message",
@@ -68,12 +83,49 @@ class Stream:
         self.unacked = 0  # received bytes not yet credited back
         self.deferred = 0  # credit held back while the backlog is full
         self.backlog = 0  # bytes of complete messages not yet taken by the handler
+        self.held = 0  # bytes counted in the connection's (and server's) buffered total
+        self.freed = False
         self.send_window = conn.peer_window
         self.out: deque[memoryview] = deque()  # DATA payload waiting for send window
         self.trailers: bytes | None = None  # waiting behind `out`
         self.headers_sent = False
         self.remote_closed = False
         self.local_closed = False
+
+    # ---- what it holds ---------------------------------------------------------------------
+
+    def hold(self, n: int) -> None:
+        """Count `n` more buffered bytes; over the connection's or the server's bound, the call
+        fails with RESOURCE_EXHAUSTED (the bytes stay counted until `free`)."""
+        if self.freed:
+            return
+        conn = self.conn
+        budget = conn.budget
+        self.held += n
+        conn.buffered += n
+        budget.used += n
+        if conn.buffered > conn.max_buffered:
+            raise _too_much("on this connection", conn.max_buffered)
+        if budget.used > budget.limit:
+            raise _too_much("by the server", budget.limit)
+
+    def release(self, n: int) -> None:
+        """Stop counting `n` buffered bytes (never more than are counted)."""
+        if n > self.held:
+            n = self.held
+        self.held -= n
+        self.conn.buffered -= n
+        self.conn.budget.used -= n
+
+    def free(self) -> None:
+        """Drop what the stream buffers both ways, at once (reset, failure, closed)."""
+        if self.held:
+            self.release(self.held)
+        if self._buf:
+            self._buf = bytearray()  # rebound: a caller may still hold the old one
+        self.out.clear()
+        self.deferred = 0
+        self.freed = True
 
     # ---- receiving -----------------------------------------------------------------------
 
@@ -85,6 +137,8 @@ class Stream:
             if len(payload) == length + 5:  # the common case: one whole message
                 self._deliver(flag, length, payload[5:])
                 return
+            self._check_length(length)
+        self.hold(len(payload))
         buf += payload
         while len(buf) >= 5:
             flag, length = MESSAGE_PREFIX.unpack_from(buf)
@@ -93,6 +147,7 @@ class Stream:
                 return
             message = bytes(buf[5 : length + 5])
             del buf[: length + 5]
+            self.release(length + 5)
             self._deliver(flag, length, message)
 
     def _check_length(self, length: int) -> None:
@@ -104,39 +159,61 @@ class Stream:
 
     def _deliver(self, flag: int, length: int, message: bytes) -> None:
         self._check_length(length)
-        if flag:
-            message = self._decompress(message)
-        if self.call is not None:
-            self.call.message(message)
-
-    def _decompress(self, message: bytes) -> bytes:
-        encoding = self.encoding
-        if encoding == "identity":
+        if flag and self.encoding == "identity":
             raise StreamError(
                 grpc.StatusCode.INTERNAL, "compressed message without a grpc-encoding header"
             )
-        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-        d = zlib.decompressobj(wbits)
-        try:
-            out = d.decompress(message, self.max_message + 1)
-        except zlib.error as e:
-            raise StreamError(
-                grpc.StatusCode.INTERNAL, f"cannot decompress the message ({encoding}): {e}"
-            ) from None
-        if len(out) > self.max_message or d.unconsumed_tail:
-            raise StreamError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"decompressed message larger than max ({self.max_message})",
-            )
-        return out
+        if self.call is not None:
+            self.call.message(message, flag)
 
     def consumed(self, n: int) -> None:
-        """The handler took `n` bytes of backlog: release credit held back for them."""
+        """The handler took `n` bytes of backlog (counted by `hold` too when they came):
+        release them and the credit held back for them."""
         self.backlog -= n
+        self.release(n)
         if self.deferred and self.backlog < STREAM_BACKLOG and not self.remote_closed:
             credit, self.deferred = self.deferred, 0
             self.recv_window += credit
             self.conn.write(frame(WINDOW_UPDATE, 0, self.id, U32.pack(credit)))
+
+    async def inflate(self, message: bytes) -> bytes:
+        """A compressed message, decompressed: at most `max_message` bytes of output (more is
+        RESOURCE_EXHAUSTED, whatever the input's size), produced in steps and counted as
+        buffered while it grows; beyond INFLATE_INLINE bytes off the event loop."""
+        encoding = self.encoding
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        limit = self.max_message
+        parts: list[bytes] = []
+        size = counted = 0
+        try:
+            want = min(INFLATE_INLINE, limit + 1)
+            part = d.decompress(message, want)
+            while True:
+                size += len(part)
+                if size > limit:
+                    raise StreamError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"decompressed message larger than max ({limit})",
+                    )
+                counted += len(part)
+                self.hold(len(part))
+                parts.append(part)
+                if d.eof:
+                    break
+                if not d.unconsumed_tail and len(part) < want:  # input used up before the end
+                    raise StreamError(
+                        grpc.StatusCode.INTERNAL,
+                        f"cannot decompress the message ({encoding}): truncated",
+                    )
+                want = min(INFLATE_STEP, limit + 1 - size)
+                part = await asyncio.to_thread(d.decompress, d.unconsumed_tail, want)
+            return b"".join(parts)
+        except zlib.error as e:
+            raise StreamError(
+                grpc.StatusCode.INTERNAL, f"cannot decompress the message ({encoding}): {e}"
+            ) from None
+        finally:
+            self.release(counted)
 
     # ---- sending -------------------------------------------------------------------------
 
