@@ -53,8 +53,7 @@ class HttpSettings(BaseModel):
     max_header_bytes: int = Field(
         64 * 1024,
         gt=0,
-        description="Largest request head: target URL plus header names and values (431 and "
-        "close)",
+        description="Largest request head: target URL plus header names and values (431 and close)",
     )
     max_connections_per_client: int = Field(
         256,
