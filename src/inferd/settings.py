@@ -111,6 +111,12 @@ class GrpcSettings(BaseModel):
     keepalive_timeout_s: float = Field(
         20.0, gt=0, description="Close a connection whose PING is not answered within this"
     )
+    max_connections_per_client: int = Field(
+        256,
+        gt=0,
+        description="Open gRPC connections one client address may hold (native transport); a "
+        "new one over it is closed at once",
+    )
 
     @model_validator(mode="after")
     def _buffers_hold_a_message(self) -> GrpcSettings:

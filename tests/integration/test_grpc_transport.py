@@ -268,3 +268,25 @@ def test_real_clients_answer_keepalive_pings(pinging: RunningServer) -> None:
         assert client.infer("double", [inp]).as_numpy("OUT").tolist() == [2, 2, 2, 2]
         time.sleep(0.5)  # silent for longer than the keepalive interval
     client.close()
+
+
+def test_connections_per_client_address_are_capped() -> None:
+    """Over `max_connections_per_client`, a new connection from the same address is closed
+    before a byte is sent; the open ones keep working and a freed slot is taken again."""
+    with start("native", max_connections_per_client=2) as s:
+        first = [socket.create_connection(("127.0.0.1", s.grpc_port)) for _ in range(2)]
+        for sock in first:
+            sock.sendall(PREFACE + SETTINGS)
+            sock.settimeout(5)
+            assert sock.recv(9)[3] == 4  # the server's SETTINGS: admitted
+        extra = socket.create_connection(("127.0.0.1", s.grpc_port))
+        frames, elapsed = frames_until_closed(extra, 5)
+        extra.close()
+        assert frames == [] and elapsed < 3
+        first.pop().close()
+        time.sleep(0.2)  # the server sees the close
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert answer(stub.ModelInfer(request(np.ones(2)), timeout=30)).tolist() == [2, 2]
+        for sock in first:
+            sock.close()

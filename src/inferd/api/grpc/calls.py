@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, NoReturn, Protocol
 import grpc
 from google.protobuf import message_factory
 
+from inferd.api.client_slots import ClientSlots
 from inferd.api.grpc import http2
 from inferd.api.grpc.errors import INTERNAL_MESSAGE
 from inferd.api.grpc.frames import StreamError
@@ -371,6 +372,32 @@ class ServerCall:
             self.router.calls.discard(self)
 
 
+class _CountedConnection(http2.Connection):
+    """A connection that holds one of its client address's slots while it is open; over the
+    cap it is closed before a byte is sent (as the REST listener does)."""
+
+    slots: ClientSlots
+    _host: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        if host is not None:
+            if not self.slots.acquire(str(host)):
+                log.debug("closed a connection from %s: over max_connections_per_client", host)
+                self.closed = True
+                transport.close()
+                return
+            self._host = str(host)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._host is not None:
+            self.slots.release(self._host)
+            self._host = None
+        super().connection_lost(exc)
+
+
 class NativeServer:
     """A listening socket whose connections speak HTTP/2 to the router."""
 
@@ -378,6 +405,7 @@ class NativeServer:
         self.router = router
         self.limits = limits
         self.budget = Budget(limits.max_buffered_bytes_total)
+        self.slots = ClientSlots(limits.max_connections_per_client)
         self.connections: set[http2.Connection] = set()
         self._server: asyncio.Server | None = None
 
@@ -388,7 +416,8 @@ class NativeServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _connection(self) -> http2.Connection:
-        conn = http2.Connection(self.router, self.limits, self.connections.discard, self.budget)
+        conn = _CountedConnection(self.router, self.limits, self.connections.discard, self.budget)
+        conn.slots = self.slots
         self.connections.add(conn)
         return conn
 

@@ -30,6 +30,7 @@ class Limits:
     read_timeout_s: float = 30.0
     keepalive_interval_s: float = 60.0
     keepalive_timeout_s: float = 20.0
+    max_connections_per_client: int = 256
 
     @classmethod
     def of(cls, settings: object) -> Limits:

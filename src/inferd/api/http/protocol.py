@@ -34,34 +34,13 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from inferd.api.client_slots import ClientSlots
 from inferd.settings import HttpSettings
 
 log = logging.getLogger("inferd.http")
 
 # What the parser waits for: nothing (between requests; keep-alive applies), a head, a body.
 _IDLE, _HEAD, _BODY = 0, 1, 2
-
-
-class ClientSlots:
-    """Open connections per client address. All users run on one event loop: no lock."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open: dict[str, int] = {}
-
-    def acquire(self, host: str) -> bool:
-        n = self.open.get(host, 0)
-        if n >= self.limit:
-            return False
-        self.open[host] = n + 1
-        return True
-
-    def release(self, host: str) -> None:
-        n = self.open.get(host, 0) - 1
-        if n > 0:
-            self.open[host] = n
-        else:
-            self.open.pop(host, None)
 
 
 class _Refused(Exception):
