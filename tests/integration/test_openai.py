@@ -386,3 +386,38 @@ def test_private_llm_uploaded_deployed_and_called_with_a_key(tmp_path: Path) -> 
                 assert "mychat" not in {m.id for m in theirs.models.list()}
     finally:
         p.stop()
+
+
+def test_draining_refuses_new_work_on_every_route(server: RunningServer) -> None:
+    """After SIGTERM (begin_drain) no route takes new work: each answers 503, in its own
+    dialect, before anything runs; the server is put back afterwards for the tests after it."""
+    llm = {"max_tokens": 2, "temperature": 0}
+    text = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}
+    calls = {
+        "v2 infer": ("/v2/models/minilm/infer", text),
+        "v2 infer llm": ("/v2/models/tiny/infer", text),
+        "v1 predict": ("/v1/models/minilm:predict", {"instances": ["hi"]}),
+        "v2 generate": ("/v2/models/tiny/generate", {"text_input": "hi", "parameters": llm}),
+        "v2 generate_stream": (
+            "/v2/models/tiny/generate_stream", {"text_input": "hi", "parameters": llm}
+        ),
+        "completions": ("/v1/completions", {"model": "tiny", "prompt": "hi", **llm}),
+        "completions stream": (
+            "/v1/completions", {"model": "tiny", "prompt": "hi", "stream": True, **llm}
+        ),
+        "chat": ("/v1/chat/completions",
+                 {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], **llm}),
+        "embeddings": ("/v1/embeddings", {"model": "minilm", "input": "hi"}),
+        "images": ("/v1/images/generations",
+                   {"model": "painter", "prompt": "x", "size": "32x16",
+                    "num_inference_steps": 1}),
+    }  # fmt: skip
+    server.engine.begin_drain()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for what, (path, body) in calls.items():
+                r = http.post(path, json=body)
+                assert r.status_code == 503, (what, r.status_code, r.text[:200])
+                assert "shutting down" in r.text, (what, r.text[:200])
+    finally:
+        server.engine.stopping = False

@@ -148,6 +148,12 @@ class InferenceEngine:
     def live(self) -> bool:
         return not self.stopping
 
+    def admit(self) -> None:
+        """Refuse new work once draining began: every protocol's way in (infer, generate,
+        embeddings, images, V1 predict, streams) passes here, so none can forget it."""
+        if self.stopping:
+            raise ServerNotReady("server is shutting down")
+
     def not_ready_reason(self) -> str | None:
         """None when ready: started, not stopping, and every required model READY."""
         if self.stopping:
@@ -473,8 +479,7 @@ class InferenceEngine:
     async def infer(
         self, name: str, version: str | None, request: InferenceRequest
     ) -> InferenceResponse:
-        if self.stopping:
-            raise ServerNotReady("server is shutting down")
+        self.admit()
         return await self.infer_version(self.version(name, version), request)
 
     async def infer_version(
@@ -486,6 +491,7 @@ class InferenceEngine:
         self, sv: ServedVersion, decode: Callable[[], InferenceRequest]
     ) -> InferenceResponse:
         """Decode (an adapter's wire parsing) and run, so every failure is counted per version."""
+        self.admit()
         t0 = time.perf_counter_ns()
         m = sv.metrics
         m.requests.inc()

@@ -30,6 +30,9 @@ class Generation:
     def generator(
         self, name: str, version: str | None = None
     ) -> tuple[ServedVersion, GeneratorBase]:
+        """The version and the generator replica that takes a new request (refused while the
+        server drains)."""
+        self.engine.admit()
         sv = self.engine.version(name, version)
         if sv.runtime_name != "llm":
             raise Unsupported(f"model '{name}' does not generate text (runtime {sv.runtime_name})")

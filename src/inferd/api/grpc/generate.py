@@ -29,7 +29,7 @@ from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, code_of
 from inferd.auth.principal import Principal
 from inferd.control.gate import Gate
-from inferd.core.errors import InferdError, InvalidInput, ModelExecutionError, ServerNotReady
+from inferd.core.errors import InferdError, InvalidInput, ModelExecutionError
 from inferd.core.generate import GenerateRequest, TokenEvent
 from inferd.core.tensors import InferenceResponse, Tensor
 from inferd.serving.engine import InferenceEngine
@@ -173,8 +173,7 @@ class TokenStreams:
     async def _generate(
         self, request: Any, principal: Principal, put: Callable[[Any], None]
     ) -> None:
-        if self.engine.stopping:
-            raise ServerNotReady("server is shutting down")
+        self.engine.admit()
         call = to_generate(request)
         admit: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
         if self.gate is not None and not principal.anonymous:

@@ -32,7 +32,6 @@ from inferd.core.errors import (
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
-    ServerNotReady,
 )
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.generation import Generation
@@ -222,8 +221,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         """One ModelInferRequest -> ModelInferResponse (raises InferdError)."""
         engine = self.engine
-        if engine.stopping:
-            raise ServerNotReady("server is shutting down")
+        engine.admit()
         gate = self.gate
         if gate is not None:
             gate.model(principal, request.model_name, True)

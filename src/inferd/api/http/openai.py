@@ -262,6 +262,7 @@ class OpenAIRoutes:
         requests, _, usage_chunk = await self._prepare(kind, doc, model)
         if len(requests) != 1:
             raise ParamError("prompt", "streaming takes one prompt")
+        self.generation.generator(model)  # draining, not an LLM, no generator: before the 200
         req = requests[0]
         chat = kind == "chat"
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{req.request_id}"

@@ -41,7 +41,6 @@ from inferd.core.errors import (
     ModelLoadError,
     ModelNotFound,
     RateLimited,
-    ServerNotReady,
 )
 from inferd.core.tensors import InferenceRequest
 from inferd.observability.logs import ACCESS_LOGGER
@@ -444,8 +443,7 @@ class DataPlaneApp:
         return decode_content(body, req.content_encoding, limit)
 
     async def _infer(self, req: Request, name: str, version: str | None) -> Response:
-        if self.engine.stopping:
-            raise ServerNotReady("server is shutting down")
+        self.engine.admit()
         sv = self.engine.version(name, version)
         body = await self._body(req)
         decoded: list[InferenceRequest] = []

@@ -28,7 +28,6 @@ from inferd.core.errors import (
     InvalidInput,
     ModelExecutionError,
     Overloaded,
-    ServerNotReady,
     Unauthenticated,
 )
 from inferd.core.generate import GenerateRequest, TokenEvent
@@ -176,8 +175,7 @@ class TokenSocket:
             sock.cancelled.discard(rid)
 
     async def _stream(self, sock: _Socket, run: _Run, doc: dict[str, Any]) -> None:
-        if self.engine.stopping:
-            raise ServerNotReady("server is shutting down")
+        self.engine.admit()
         gate, p = self.gate, sock.principal
         if gate is not None:
             gate.model(p, run.model_name, True)  # someone else's private model is "not found"
