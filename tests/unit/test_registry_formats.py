@@ -57,19 +57,24 @@ def test_onnx(tmp_path: Path) -> None:
     assert fmt == Format("onnx", "onnx", False)
 
 
-def test_onnx_with_external_data_outside_its_directory_is_refused(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper, save
+def _external_data_model(location: str) -> bytes:
+    """An ONNX model whose one weight lives in an external file at `location`."""
+    from onnx import TensorProto, helper
 
     weight = helper.make_tensor("W", TensorProto.FLOAT, [1], [1.0])
     weight.data_location = TensorProto.EXTERNAL
     del weight.float_data[:]
     entry = weight.external_data.add()
-    entry.key, entry.value = "location", "../../etc/passwd"
+    entry.key, entry.value = "location", location
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Add", ["X", "W"], ["Y"])], "g", [x], [y], [weight])
+    return bytes(helper.make_model(graph).SerializeToString())
+
+
+def test_onnx_with_external_data_outside_its_directory_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
-    save(helper.make_model(graph), str(path))
+    path.write_bytes(_external_data_model("../../etc/passwd"))
     with pytest.raises(Unprocessable, match="external data"):
         detect_format(path)
 
@@ -77,17 +82,7 @@ def test_onnx_with_external_data_outside_its_directory_is_refused(tmp_path: Path
 def test_onnx_external_data_location_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     # Found by tests/fuzz (formats): protobuf hands a non-UTF-8 string back as bytes, and the
     # location check raised TypeError (a 500) instead of refusing the file.
-    from onnx import TensorProto, helper
-
-    weight = helper.make_tensor("W", TensorProto.FLOAT, [1], [1.0])
-    weight.data_location = TensorProto.EXTERNAL
-    del weight.float_data[:]
-    entry = weight.external_data.add()
-    entry.key, entry.value = "location", "..Z../etc/passwd"
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Add", ["X", "W"], ["Y"])], "g", [x], [y], [weight])
-    raw = helper.make_model(graph).SerializeToString()
+    raw = _external_data_model("..Z../etc/passwd")
     path = tmp_path / "model.onnx"
     path.write_bytes(raw.replace(b"..Z..", b"..\x8e.."))  # same length: framing intact
     with pytest.raises(Unprocessable, match=r"external data location 'b'\.\.\\x8e"):
