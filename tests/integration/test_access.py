@@ -232,7 +232,7 @@ def _forgeries(world: dict[str, Any]) -> list[str]:
         f"{head}.{b64(tampered)}.{sig}",
         f"{head}.{b64(dict(claims, aud='other'))}.{sig}",
         "inferd_AAAAAAAA_" + "B" * 43,
-        "not-a-token",
+        "not.a.token",
     ]
 
 
@@ -245,6 +245,29 @@ def test_forged_tokens_are_401_everywhere(world: dict[str, Any]) -> None:
         assert r.status_code == 401, token
         assert _grpc_infer(world, h) == "StatusCode.UNAUTHENTICATED"
     assert http.get("/api/v1/auth/me", headers={"Authorization": "Basic abc"}).status_code == 401
+
+
+@pytest.mark.parametrize("placeholder", ["EMPTY", "sk-no-key-required", "not-a-token"])
+def test_one_rule_of_no_credential_on_every_route(world: dict[str, Any], placeholder: str) -> None:
+    """A bearer value shaped like neither an inferd key nor a JWT (what OpenAI clients must send
+    when there is no key) is no credential on every route and RPC: the caller is anonymous
+    (private models are 404, as to anyone without credentials), never a 401 on one route and
+    anonymous on the next."""
+    http: httpx.Client = world["p"].http
+    h = {"Authorization": f"Bearer {placeholder}"}
+    assert http.post("/v2/models/secret/infer", headers=h, json=world["sample"]).status_code == 404
+    assert http.get("/v2/models/secret", headers=h).status_code == 404
+    assert http.get("/v1/models/secret", headers=h).status_code == 404
+    r = http.post("/v1/completions", headers=h, json={"model": "secret", "prompt": "x"})
+    assert r.status_code == 404
+    assert _grpc_infer(world, h) == "StatusCode.NOT_FOUND"
+    assert http.get("/api/v1/auth/me", headers=h).status_code == 401  # anonymous: not signed in
+    assert http.get("/v1/models", headers=h).status_code == 200
+    owner = http.get("/v1/models/secret", headers=world["alice"])
+    assert owner.status_code == 200
+    doc = owner.json()  # one document for both dialects of the path
+    assert doc["ready"] is True and doc["name"] == "secret"  # KServe V1 readiness
+    assert doc["id"] == "secret" and doc["object"] == "model"  # OpenAI's Model
 
 
 def test_refresh_token_is_not_an_access_token(world: dict[str, Any]) -> None:

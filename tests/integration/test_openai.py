@@ -64,6 +64,9 @@ def test_models_list_serves_openai_and_kserve_clients(
     assert models["tiny"].owned_by == "inferd"
     doc = httpx.get(f"{server.url}/v1/models").json()
     assert set(doc["models"]) >= {"tiny", "llama"}  # KServe V1 reads this key
+    one = client.models.retrieve("tiny")  # the same path is KServe V1's readiness
+    assert one.id == "tiny" and one.owned_by == "inferd"
+    assert httpx.get(f"{server.url}/v1/models/tiny").json()["ready"] is True
 
 
 def test_completion_counts_and_finish_reason(client: openai.OpenAI) -> None:

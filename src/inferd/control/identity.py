@@ -144,14 +144,17 @@ class Identity:
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
         """The caller behind `Authorization: Bearer <jwt|key>` or `X-API-Key`; ANONYMOUS when
-        neither is sent. Bad credentials raise Unauthenticated (never fall back to anonymous)."""
+        neither is sent. This is the one rule of "no credential" for every route and RPC: a
+        value shaped like neither an inferd key nor a JWT (the `api_key="EMPTY"` OpenAI clients
+        must send) is no credential. Anything shaped like one is verified, and a bad one
+        raises Unauthenticated (never falls back to anonymous)."""
         token = api_key
         if authorization is not None:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise Unauthenticated("the Authorization header must be 'Bearer <token or key>'")
             token = value.strip()
-        if token is None:
+        if token is None or (keys.key_prefix(token) is None and token.count(".") != 2):
             return ANONYMOUS
         now = time.monotonic()
         cached = self._cache.get(token)

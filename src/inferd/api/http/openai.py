@@ -21,7 +21,6 @@ from starlette.types import Receive, Send
 
 from inferd.api.http.errors import status_of
 from inferd.api.http.request import until_disconnect
-from inferd.auth.keys import key_prefix
 from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.control.gate import Gate
 from inferd.core.errors import InferdError, InvalidInput, ModelNotFound, RateLimited
@@ -128,15 +127,10 @@ class OpenAIRoutes:
         self.gate = gate
 
     async def principal(self, authorization: str | None, api_key: str | None) -> Principal:
-        """OpenAI clients always send a key; `api_key="EMPTY"` (vLLM's habit) is no credential.
-        Anything shaped like an inferd key or a JWT is checked for real."""
+        """The caller, by the one rule every route uses (`Identity.authenticate`: the
+        `api_key="EMPTY"` OpenAI clients send is no credential)."""
         if self.gate is None:
             return ANONYMOUS
-        token = api_key
-        if authorization is not None:
-            token = authorization.partition(" ")[2].strip() or None
-        if token is None or (key_prefix(token) is None and token.count(".") != 2):
-            return await self.gate.principal(None, None)
         return await self.gate.principal(authorization, api_key)
 
     def allow(self, p: Principal, model: Any) -> str:

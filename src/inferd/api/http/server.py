@@ -547,10 +547,17 @@ class DataPlaneApp:
         name, _, verb = parts[2].partition(":")
         req.model = name
         if not verb:
+            # KServe V1 readiness and OpenAI's model object claim the same path: one document
+            # both clients read (`name`/`ready` and `id`/`object`), as GET /v1/models does
             req.route = "v1_model"
             self._method(req, "GET")
             await self._allow(req)
-            return self._model_ready(name, None)
+            status, body, headers = self._model_ready(name, None)
+            if status == 200:
+                openai = {"id": name, "object": "model", "created": self._created,
+                          "owned_by": "inferd"}  # fmt: skip
+                return _json(200, orjson.loads(body) | openai)
+            return status, body, headers
         if verb != "predict":
             return None
         req.route = "predict"
