@@ -265,8 +265,10 @@ def test_repository_index_unload_load(client: httpx.Client) -> None:
 
 def test_kserve_v1(client: httpx.Client) -> None:
     assert "iris_sklearn" in client.get("/v1/models").json()["models"]
-    assert client.get("/v1/models/iris_sklearn").json() == {
+    doc = client.get("/v1/models/iris_sklearn").json()
+    assert {k: doc[k] for k in ("name", "version", "ready")} == {
         "name": "iris_sklearn", "version": "1", "ready": True}  # fmt: skip
+    assert doc["id"] == "iris_sklearn" and doc["object"] == "model"  # OpenAI's reading
     r = client.post("/v1/models/iris_sklearn:predict",
                     json={"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})  # fmt: skip
     assert r.status_code == 200 and r.json() == {"predictions": [0, 2]}

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from inferd.core.datatypes import config_type
-from inferd.core.errors import InvalidInput
+from inferd.core.errors import InferdError, InvalidInput, ModelNotFound
 from inferd.core.spec import TensorSpec, version_key
-from inferd.serving.engine import ServedModel, ServedVersion
+from inferd.serving.engine import InferenceEngine, ServedModel, ServedVersion
 
 #: Protocol extensions reported by server metadata (GET /v2 and gRPC ServerMetadata).
 EXTENSIONS = [
@@ -91,3 +91,33 @@ def load_config(name: str, raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         raise InvalidInput(f"failed to load '{name}': 'config' must be a JSON object")
     return raw
+
+
+class LoadFailed(ModelNotFound):
+    """A repository load of a model the repository does not have (404 / NOT_FOUND), with the
+    reason in Triton's words."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        InferdError.__init__(self, f"failed to load '{name}': {reason}")
+        self.name, self.version = name, None
+
+
+async def load_from_repository(
+    engine: InferenceEngine, name: str, keys: list[str], raw_config: Any
+) -> None:
+    """The repository extension's load, for both transports (REST `POST
+    /v2/repository/models/{m}/load`, gRPC `RepositoryModelLoad`): `keys` are the request's
+    parameter names, `raw_config` its `config` parameter. File overrides are refused: what a
+    model is made of changes in the repository folder, never over the API."""
+    if any(k.startswith("file:") for k in keys):
+        raise InvalidInput(
+            "file overrides ('file:...') are not accepted over the API; "
+            "change the model repository instead"
+        )
+    config = load_config(name, raw_config)
+    try:
+        await engine.load(name, config)
+    except LoadFailed:
+        raise
+    except ModelNotFound as e:
+        raise LoadFailed(name, e.message) from None

@@ -24,7 +24,7 @@ from inferd.api.grpc.calls import Context
 from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, GrpcStatus, code_of
 from inferd.api.grpc.generate import TokenStreams
-from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
+from inferd.api.model_config import EXTENSIONS, load_from_repository, metadata, model_config
 from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.control.gate import Gate
 from inferd.core.errors import (
@@ -316,25 +316,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         name = request.model_name
         await self.allow(context, "RepositoryModelLoad", name)
         raw_config = None
-        for key, param in request.parameters.items():
-            if key.startswith("file:"):
+        config_param = request.parameters.get("config")
+        if config_param is not None:
+            if config_param.WhichOneof("parameter_choice") != "string_param":
                 raise InvalidInput(
-                    "file overrides ('file:...') are not accepted over the API; "
-                    "change the model repository instead"
+                    f"failed to load '{name}': 'config' must be a JSON string (string_param)"
                 )
-            if key == "config":
-                if param.WhichOneof("parameter_choice") != "string_param":
-                    raise InvalidInput(
-                        f"failed to load '{name}': 'config' must be a JSON string (string_param)"
-                    )
-                raw_config = param.string_param
-        config = load_config(name, raw_config)
-        try:
-            await self.engine.load(name, config)
-        except ModelNotFound as e:
-            raise GrpcStatus(
-                grpc.StatusCode.NOT_FOUND, f"failed to load '{name}': {e.message}"
-            ) from None
+            raw_config = config_param.string_param
+        await load_from_repository(self.engine, name, list(request.parameters), raw_config)
         return pb.RepositoryModelLoadResponse()
 
     @rpc

@@ -31,15 +31,13 @@ from inferd.api.http.v2codec import (
     loads,
     parse_header_length,
 )
-from inferd.api.model_config import EXTENSIONS, load_config, metadata, model_config
+from inferd.api.model_config import EXTENSIONS, load_from_repository, metadata, model_config
 from inferd.auth.policy import can_see
 from inferd.auth.principal import Principal
 from inferd.control.gate import Gate
 from inferd.core.errors import (
     InferdError,
     InvalidInput,
-    ModelLoadError,
-    ModelNotFound,
     RateLimited,
 )
 from inferd.core.tensors import InferenceRequest
@@ -516,18 +514,8 @@ class DataPlaneApp:
             if params is not None and not isinstance(params, dict):
                 raise InvalidInput("'parameters' must be an object")
             if op == "load":
-                if params and any(k.startswith("file:") for k in params):
-                    raise InvalidInput(
-                        "file overrides ('file:...') are not accepted over the API; "
-                        "change the model repository instead"
-                    )
-                config = load_config(name, (params or {}).get("config"))
-                try:
-                    await self.engine.load(name, config)
-                except ModelLoadError as e:
-                    return _json(400, {"error": e.message})
-                except ModelNotFound as e:
-                    return _json(404, {"error": f"failed to load '{name}': {e.message}"})
+                params = params or {}
+                await load_from_repository(self.engine, name, list(params), params.get("config"))
                 return _json(200, {"name": name, "load": True})
             await self.engine.unload(name)
             return _json(200, {"name": name, "unload": True})
