@@ -74,6 +74,14 @@ class _Cached:
     key: ApiKey | None = None
 
 
+def looks_like_credential(token: str) -> bool:
+    """Whether a bearer value is meant as an inferd credential (and so is verified, a bad one
+    being a 401): an API key (`inferd_...`, well-formed or not) or a JWT (three dot-separated
+    parts). Anything else — `EMPTY`, `sk-no-key-required` — is what clients send when they
+    have no key."""
+    return token.startswith(keys.PREFIX) or token.count(".") == 2
+
+
 class Identity:
     """Authenticates callers (JWT or API key, cached briefly) and manages users and keys."""
 
@@ -145,16 +153,16 @@ class Identity:
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
         """The caller behind `Authorization: Bearer <jwt|key>` or `X-API-Key`; ANONYMOUS when
         neither is sent. This is the one rule of "no credential" for every route and RPC: a
-        value shaped like neither an inferd key nor a JWT (the `api_key="EMPTY"` OpenAI clients
-        must send) is no credential. Anything shaped like one is verified, and a bad one
-        raises Unauthenticated (never falls back to anonymous)."""
+        value shaped like neither an inferd key nor a JWT (`looks_like_credential`; the
+        `api_key="EMPTY"` OpenAI clients must send) is no credential. Anything shaped like one
+        is verified, and a bad one raises Unauthenticated (never falls back to anonymous)."""
         token = api_key
         if authorization is not None:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise Unauthenticated("the Authorization header must be 'Bearer <token or key>'")
             token = value.strip()
-        if token is None or (keys.key_prefix(token) is None and token.count(".") != 2):
+        if token is None or not looks_like_credential(token):
             return ANONYMOUS
         now = time.monotonic()
         cached = self._cache.get(token)

@@ -35,10 +35,12 @@ from inferd.api.model_config import EXTENSIONS, load_from_repository, metadata, 
 from inferd.auth.policy import can_see
 from inferd.auth.principal import Principal
 from inferd.control.gate import Gate
+from inferd.control.identity import looks_like_credential
 from inferd.core.errors import (
     InferdError,
     InvalidInput,
     RateLimited,
+    Unauthenticated,
 )
 from inferd.core.tensors import InferenceRequest
 from inferd.observability.logs import ACCESS_LOGGER
@@ -312,6 +314,10 @@ class DataPlaneApp:
             secret = token.get_secret_value().encode()
             if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), secret):
                 return None
+            if not looks_like_credential(value.strip()):
+                # where a scrape token is set, a bearer value that is neither it nor a
+                # credential is a scraper with the wrong token: say so, do not answer less
+                raise Unauthenticated("invalid metrics token")
         await self._allow(req)
         p = req.principal
         if p.is_admin:
