@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import grpc
 
@@ -24,9 +24,7 @@ from inferd.api.grpc.frames import (
     frame,
 )
 from inferd.api.grpc.headers import OK_TRAILERS, RESPONSE_HEADERS, http_error_block, status_block
-
-if TYPE_CHECKING:
-    from inferd.api.grpc.http2 import Connection
+from inferd.api.grpc.limits import Budget
 
 #: Decompressed output produced on the event loop; the rest is produced in a worker thread,
 #: INFLATE_STEP bytes at a time, counted as buffered as it grows.
@@ -38,6 +36,25 @@ def _too_much(where: str, limit: int) -> StreamError:
     return StreamError(
         grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many request bytes buffered {where} (max {limit})"
     )
+
+
+class Link(Protocol):
+    """What a stream needs of its connection (`http2.Connection` is one): the peer's and our
+    flow-control state, the buffered-bytes accounting, and the socket. A protocol, so that
+    this module does not import the connection's (which imports this one)."""
+
+    max_message: int
+    peer_window: int
+    peer_max_frame: int
+    send_window: int
+    buffered: int
+    max_buffered: int
+    budget: Budget
+    blocked: dict[int, Stream]
+
+    def write(self, data: bytes) -> None: ...
+    def closed_locally(self, stream: Stream) -> None: ...
+    def peer(self) -> str: ...
 
 
 class Call(Protocol):
@@ -72,7 +89,7 @@ class Stream:
         "unacked",
     )
 
-    def __init__(self, conn: Connection, stream_id: int) -> None:
+    def __init__(self, conn: Link, stream_id: int) -> None:
         self.conn = conn
         self.id = stream_id
         self.call: Call | None = None
