@@ -90,10 +90,9 @@ def check_config_trust(
     and callables in a skops allow-list need an admin. What the stored config already holds (an
     admin put it there) may be sent back unchanged by the owner."""
     params = cfg.parameters
-    if previous is not None and isinstance(params, dict):
+    if previous is not None and owner.trusted and isinstance(params, dict):
+        # unchanged values were checked when written; an untrusted owner keeps nothing
         params = {k: v for k, v in params.items() if previous.parameters.get(k) != v}
-        if not owner.trusted:  # trust withdrawn since: nothing loosening is kept
-            params = cfg.parameters
     check_loosening(params, field="config.parameters", owner_trusted=owner.trusted,
                     actor_admin=actor.principal.is_admin, runtime=cfg.runtime,
                     runtime_field="config.runtime")  # fmt: skip

@@ -204,8 +204,6 @@ def is_data_class(type_name: str) -> bool:
     if type_name.split(".", 1)[0] not in DATA_PACKAGES or touches_files_or_processes(type_name):
         return False
     module_name, _, attr = type_name.rpartition(".")
-    if module_name.split(".", 1)[0] not in DATA_PACKAGES:
-        return False
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except Exception:
