@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from inferd._version import __version__
 from inferd.api.admin.app import management_app
+from inferd.api.dataplane import DataPlane
 from inferd.api.grpc import GrpcServer, Limits
-from inferd.api.http.openai import OpenAIRoutes
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.api.http.v2codec import decode_request, encode_response
 from inferd.auth.limits import ConcurrencyLimiter, RateLimiter
@@ -76,24 +76,20 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     control = _control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
     http = settings.http
     g = settings.grpc
-    generation = Generation(engine, metrics.llm)
+    plane = DataPlane(engine, Generation(engine, metrics.llm), control.gate)
     grpc = None
     if g.enabled:
-        grpc = GrpcServer(engine, g.host, g.port, g.max_message_bytes, http.server_name,
-                          __version__, control.gate, generation, g.transport,
-                          Limits.of(g))  # fmt: skip
-    openai = OpenAIRoutes(engine, generation, control.gate)
+        grpc = GrpcServer(plane, g.host, g.port, g.max_message_bytes, http.server_name,
+                          __version__, g.transport, Limits.of(g))  # fmt: skip
     asgi = DataPlaneApp(
-        engine,
+        plane,
         metrics,
-        fallback=management_app(control, __version__, generation),
+        fallback=management_app(control, __version__, plane),
         limits=HttpLimits(max_body_bytes=http.max_body_bytes),
         server_name=http.server_name,
         server_version=__version__,
         on_startup=partial(_start, engine, control, models or {}, grpc),
         on_shutdown=partial(_stop, engine, control, grpc, settings.shutdown_grace_s),
-        gate=control.gate,
-        openai=openai,
     )
     return Server(settings, engine, metrics, asgi, control, grpc)
 

@@ -21,8 +21,11 @@ from tritonclient.utils import InferenceServerException
 
 from inferd.api.admin.policy import POLICIES
 from inferd.api.admin.routes import router
-from inferd.api.grpc.servicer import POLICY as GRPC_POLICY
-from inferd.api.http.server import POLICY as HTTP_POLICY
+from inferd.api.dataplane import POLICY
+from inferd.api.grpc.servicer import OPERATION as GRPC_OPERATION
+from inferd.api.http.server import OPENAI_ROUTES
+from inferd.api.http.server import OPERATION as HTTP_OPERATION
+from inferd.api.http.websocket import OPERATION as SOCKET_OPERATION
 from tests.conftest import ADMIN
 from tests.integration.platform import Platform, iris_skops
 
@@ -67,9 +70,19 @@ def test_every_management_route_declares_a_policy(world: dict[str, Any]) -> None
 
 
 def test_every_data_plane_route_and_rpc_has_a_policy() -> None:
-    assert set(HTTP_POLICY.values()) <= {"public", "metrics", "list", "view", "infer", "admin"}
+    # one policy table (the data plane's); every adapter maps its routes / RPCs onto it
+    assert set(POLICY.values()) == {"public", "metrics", "list", "view", "infer", "admin"}
+    for table in (HTTP_OPERATION, GRPC_OPERATION, SOCKET_OPERATION):
+        assert set(table.values()) <= set(POLICY), set(table.values()) - set(POLICY)
+    assert set(OPENAI_ROUTES.values()) <= set(HTTP_OPERATION)
     methods = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name
-    assert set(methods) == set(GRPC_POLICY), set(methods) ^ set(GRPC_POLICY)
+    assert set(methods) == set(GRPC_OPERATION), set(methods) ^ set(GRPC_OPERATION)
+    # the same kind of call has the same policy on every protocol
+    assert POLICY[HTTP_OPERATION["infer"]] == POLICY[GRPC_OPERATION["ModelInfer"]] == "infer"
+    assert POLICY[HTTP_OPERATION["predict"]] == POLICY[HTTP_OPERATION["openai_chat"]] == "infer"
+    assert {POLICY[o] for o in SOCKET_OPERATION.values()} == {"infer"}
+    assert POLICY[HTTP_OPERATION["repository_load"]] == "admin"
+    assert POLICY[GRPC_OPERATION["RepositoryModelLoad"]] == "admin"
 
 
 def test_anonymous_gets_401_on_every_protected_management_route(world: dict[str, Any]) -> None:

@@ -23,7 +23,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from inferd import serve
-from inferd.api.http.websocket import POLICY as SOCKET_POLICY
+from inferd.api.dataplane import POLICY
+from inferd.api.http.websocket import OPERATION as SOCKET_OPERATION
 from inferd.api.http.websocket import TokenSocket, socket_router
 from inferd.runner import RunningServer
 from tests.conftest import ADMIN, ADMIN_KEY
@@ -299,7 +300,8 @@ def test_every_websocket_route_declares_a_policy() -> None:
     routes = socket_router(cast(TokenSocket, None)).routes
     paths = {r.path for r in routes if isinstance(r, APIWebSocketRoute)}
     assert len(routes) == len(paths) == 2
-    assert paths == set(SOCKET_POLICY) and set(SOCKET_POLICY.values()) == {"infer"}
+    assert paths == set(SOCKET_OPERATION)
+    assert {POLICY[op] for op in SOCKET_OPERATION.values()} == {"infer"}
 
 
 async def test_ws_concurrent_generations_interleave_and_match(server: RunningServer) -> None:

@@ -332,7 +332,7 @@ def test_text_generation_batches_like_single(models: dict[str, Path]) -> None:
     ],
 )
 def test_bad_generation_parameters_name_the_parameter(params: dict[str, Any], name: str) -> None:
-    with pytest.raises(InvalidInput, match=f"parameter '{name}'"):
+    with pytest.raises(InvalidInput, match=f"^{name}: "):
         generation_options({}, params)
 
 

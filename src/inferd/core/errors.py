@@ -15,6 +15,14 @@ class InvalidInput(InferdError):
     """The request is malformed or does not match the model (HTTP 400)."""
 
 
+class InvalidField(InvalidInput):
+    """A bad request field (HTTP 400); `param` names it (OpenAI's error `param`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
 class ModelNotFound(InferdError):
     """No such model or version (HTTP 404). The message starts with 'Request for unknown model'."""
 

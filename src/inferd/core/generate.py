@@ -3,10 +3,11 @@ generation produces (new tokens and text, then a finish reason and token counts)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from inferd.core.errors import InvalidInput
+from inferd.core.errors import InvalidField
 
 FINISH_REASONS = ("stop", "length", "abort", "error")
 
@@ -37,8 +38,8 @@ class SamplingParams:
     def validate(self) -> SamplingParams:
         """Raise InvalidInput naming the first bad field."""
 
-        def bad(name: str, why: str) -> InvalidInput:
-            return InvalidInput(f"{name}: {why}")
+        def bad(name: str, why: str) -> InvalidField:
+            return InvalidField(name, why)
 
         if self.max_tokens is not None and (not _int(self.max_tokens) or self.max_tokens < 1):
             raise bad("max_tokens", "must be an integer >= 1")
@@ -63,6 +64,66 @@ class SamplingParams:
         if not _int(self.min_tokens) or self.min_tokens < 0:
             raise bad("min_tokens", "must be an integer >= 0")
         return self
+
+
+def _integer(name: str, v: Any) -> int:
+    if not _int(v):
+        raise InvalidField(name, "must be an integer")
+    return int(v)
+
+
+def _number(name: str, v: Any) -> float:
+    if not _num(v):
+        raise InvalidField(name, "must be a number")
+    return float(v)
+
+
+def _boolean(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise InvalidField(name, "must be true or false")
+    return v
+
+
+def _strings(name: str, v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list | tuple) and all(isinstance(s, str) for s in v):
+        return tuple(v)
+    raise InvalidField(name, "must be a string or a list of strings")
+
+
+def _token_ids(name: str, v: Any) -> tuple[int, ...]:
+    if _int(v):
+        return (v,)
+    if isinstance(v, list | tuple) and all(_int(t) for t in v):
+        return tuple(v)
+    raise InvalidField(name, "must be a list of token ids (integers)")
+
+
+def _top_k(name: str, v: Any) -> int:
+    return max(_integer(name, v), 0)  # vLLM's -1 means "off", as 0 does here
+
+
+#: Every sampling field a request may carry, with its check (OpenAI / vLLM names and types).
+_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "max_tokens": _integer, "temperature": _number, "top_p": _number, "top_k": _top_k,
+    "seed": _integer, "stop": _strings, "stop_token_ids": _token_ids,
+    "repetition_penalty": _number, "presence_penalty": _number, "frequency_penalty": _number,
+    "ignore_eos": _boolean, "min_tokens": _integer,
+}  # fmt: skip
+
+
+def parse_sampling(doc: Mapping[str, Any], **defaults: Any) -> SamplingParams:
+    """The one parser of sampling fields, used by every protocol (OpenAI bodies, V2 generate
+    and infer parameters, gRPC parameters, WebSocket messages).
+
+    Fields use OpenAI / vLLM names; a field that is absent or null takes `defaults`, then the
+    `SamplingParams` default. Keys that are not sampling fields are left alone (they belong to
+    the protocol or the runtime). Raises `InvalidField` naming the first bad field.
+    """
+    given = {name: check(name, doc[name]) for name, check in _FIELDS.items()
+             if doc.get(name) is not None}  # fmt: skip
+    return replace(SamplingParams(), **{**defaults, **given}).validate()
 
 
 def _int(v: Any) -> bool:

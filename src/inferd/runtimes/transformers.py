@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from inferd.core.errors import (
+    InvalidField,
     InvalidInput,
     ModelExecutionError,
     ModelLoadError,
 )
+from inferd.core.generate import parse_sampling
 from inferd.core.spec import TensorSpec
 from inferd.runtimes.base import Runtime, framework_message, int_parameter, safetensors_only
 
@@ -480,8 +482,11 @@ class TransformersRuntime(Runtime):
 def generation_options(defaults: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """`generate()` keyword arguments from request parameters over model.yaml defaults.
 
-    Raises InvalidInput naming the first bad parameter. Sampling is on when `do_sample` says so,
-    else when a `temperature` > 0 is given; temperature 0 is greedy.
+    The sampling fields (`temperature`, `top_p`, `top_k`, `seed`) go through the platform's one
+    sampling parser (`core.generate.parse_sampling`: the names, types and ranges of every
+    protocol); `max_new_tokens` and `do_sample` are this runtime's own (Hugging Face's
+    `generate()` vocabulary). Raises InvalidInput naming the first bad parameter. Sampling is on
+    when `do_sample` says so, else when a `temperature` > 0 is given; temperature 0 is greedy.
     """
 
     def get(key: str) -> Any:
@@ -491,26 +496,23 @@ def generation_options(defaults: dict[str, Any], request: dict[str, Any]) -> dic
     out: dict[str, Any] = {
         "max_new_tokens": _number(get("max_new_tokens"), "max_new_tokens", int, 1, limit, 32)
     }
-    temperature = _number(get("temperature"), "temperature", float, 0.0, 100.0, None)
-    top_p = _number(get("top_p"), "top_p", float, 0.0, 1.0, None)
-    top_k = _number(get("top_k"), "top_k", int, 0, 1_000_000, None)
-    seed = _number(get("seed"), "seed", int, 0, 2**63 - 1, None)
+    given = {k: get(k) for k in ("temperature", "top_p", "top_k", "seed")}
+    _number(given["seed"], "seed", int, 0, 2**63 - 1, None)
+    sampling = parse_sampling(given, max_tokens=None)
     do_sample = get("do_sample")
     if do_sample is not None and not isinstance(do_sample, bool):
-        raise InvalidInput("parameter 'do_sample' must be true or false")
+        raise InvalidField("do_sample", "must be true or false")
     if do_sample is None:
-        do_sample = temperature is not None and temperature > 0
-    if temperature == 0:
+        do_sample = given["temperature"] is not None and sampling.temperature > 0
+    if given["temperature"] == 0:
         do_sample = False
     out["do_sample"] = do_sample
     if do_sample:
-        for key, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
-            if value is not None:
-                out[key] = value
-        if top_p == 0:
-            raise InvalidInput("parameter 'top_p' must be > 0 when sampling")
-    if seed is not None:
-        out["seed"] = seed
+        for key in ("temperature", "top_p", "top_k"):
+            if given[key] is not None:
+                out[key] = getattr(sampling, key)
+    if sampling.seed is not None:
+        out["seed"] = sampling.seed
     return out
 
 
@@ -522,7 +524,7 @@ def _number(value: Any, name: str, kind: type, low: float, high: float, default:
         ok = False
     if not ok or not math.isfinite(float(value)) or not low <= value <= high:
         what = "an integer" if kind is int else "a number"
-        raise InvalidInput(f"parameter '{name}' must be {what} in [{low}, {high}]")
+        raise InvalidField(name, f"must be {what} in [{low}, {high}]")
     return kind(value)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -240,7 +240,7 @@ class InferenceEngine:
             response: InferenceResponse | str | None = None
             if sample is not None:
                 try:
-                    response = await self.infer_decoded(sv, lambda: sample)
+                    response = await self.infer_version(sv, sample)
                 except InferdError as e:
                     response = e.message.replace(name, real)
             return sv, response
@@ -479,27 +479,29 @@ class InferenceEngine:
     async def infer(
         self, name: str, version: str | None, request: InferenceRequest
     ) -> InferenceResponse:
+        """Run a decoded request on a model by name (the Python API's and the control plane's
+        way in; the protocol adapters go through `api.dataplane.DataPlane`)."""
         self.admit()
         return await self.infer_version(self.version(name, version), request)
 
-    async def infer_version(
-        self, sv: ServedVersion, request: InferenceRequest
-    ) -> InferenceResponse:
-        return await self.infer_decoded(sv, lambda: request)
+    def decode_failed(self, sv: ServedVersion, error: BaseException, elapsed_ns: int) -> None:
+        """Count a request whose wire decoding failed against the version it was sent to."""
+        sv.metrics.requests.inc()
+        sv.stats.record_failure(elapsed_ns)
+        sv.metrics.failure(_reason(error))
 
-    async def infer_decoded(
-        self, sv: ServedVersion, decode: Callable[[], InferenceRequest]
+    async def infer_version(
+        self, sv: ServedVersion, request: InferenceRequest, decode_ns: int = 0
     ) -> InferenceResponse:
-        """Decode (an adapter's wire parsing) and run, so every failure is counted per version."""
-        self.admit()
-        t0 = time.perf_counter_ns()
+        """Validate and run a decoded request; `decode_ns` is the time the adapter spent
+        decoding it (reported in the version's input statistics and request latency)."""
+        t0 = time.perf_counter_ns() - decode_ns
         m = sv.metrics
         m.requests.inc()
         m.pending.inc()
         sv.inflight += 1
         self.inflight += 1
         try:
-            request = decode()
             arrays = check_inputs(sv.name, request, sv.input_map, sv.spec.max_batch_size)
             wanted = check_outputs(sv.name, request.outputs, sv.output_map)
             rows = next(iter(arrays.values())).shape[0] if sv.spec.max_batch_size > 0 else 1

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from inferd.core.errors import ModelNotReady, Unsupported
+from inferd.core.errors import ModelExecutionError, ModelNotReady, Unsupported
 from inferd.core.generate import GenerateRequest, TokenEvent
 from inferd.observability.metrics import LLMMetrics
 from inferd.serving.engine import InferenceEngine, ServedVersion
@@ -30,9 +30,8 @@ class Generation:
     def generator(
         self, name: str, version: str | None = None
     ) -> tuple[ServedVersion, GeneratorBase]:
-        """The version and the generator replica that takes a new request (refused while the
-        server drains)."""
-        self.engine.admit()
+        """The version and the generator replica that takes a new request (admission, the
+        draining check included, is the data plane's: `api.dataplane.DataPlane.admit`)."""
         sv = self.engine.version(name, version)
         if sv.runtime_name != "llm":
             raise Unsupported(f"model '{name}' does not generate text (runtime {sv.runtime_name})")
@@ -52,7 +51,9 @@ class Generation:
     async def stream(
         self, name: str, version: str | None, request: GenerateRequest
     ) -> AsyncIterator[TokenEvent]:
-        """Token events of one request; closing the iterator early aborts the request."""
+        """Token events of one request; closing the iterator early aborts the request. A
+        generation that fails raises `ModelExecutionError` (after its metrics are recorded):
+        callers never see an `error` event."""
         sv, gen = self.generator(name, version)
         labels = (sv.name, sv.version)
         m = self.metrics
@@ -78,6 +79,8 @@ class Generation:
                     m.e2e.labels(*labels).observe(now - start)
                     m.finished.labels(*labels, ev.finish_reason or "stop").inc()
                 self._gauges(sv, gen)
+                if ev.finish_reason == "error":
+                    raise ModelExecutionError(f"generation failed: {ev.error}")
                 yield ev
         finally:
             self.engine.inflight -= 1

@@ -17,14 +17,13 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from inferd.core.errors import InferdError, InvalidInput, ModelLoadError, ReplicaFailed
-from inferd.core.generate import GenerateRequest, SamplingParams, TokenEvent
+from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 from inferd.core.spec import ModelSpec, TensorSpec
 from inferd.workers.inprocess import Loaded, ReplicaResult
 
@@ -134,7 +133,7 @@ class GeneratorBase(ABC):
         """V2 infer: each text of the batch is a request; they run in the same engine batch."""
         start = time.perf_counter_ns()
         texts = inputs["text"].reshape(-1)
-        params = sampling_from(parameters or {})
+        params = parse_sampling(parameters or {})
 
         async def one(raw: Any) -> str:
             prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
@@ -263,20 +262,6 @@ def run_engine(
             if event.finished:
                 running.discard(event.request_id)
             deliver(event.request_id, event)
-
-
-def sampling_from(parameters: dict[str, Any]) -> SamplingParams:
-    """V2 request parameters → SamplingParams (unknown keys are the runtime's business)."""
-    fields = {f for f in SamplingParams.__dataclass_fields__}
-    given = {k: v for k, v in parameters.items() if k in fields}
-    for key in ("stop", "stop_token_ids"):
-        if key in given:
-            v = given[key]
-            given[key] = tuple(v) if isinstance(v, list) else (v,)
-    try:
-        return replace(SamplingParams(), **given).validate()
-    except TypeError as e:
-        raise InvalidInput(f"parameters: {e}") from None
 
 
 def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:

@@ -9,36 +9,38 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from inferd.api.admin.docs import add_docs
 from inferd.api.admin.routes import router
+from inferd.api.dataplane import DataPlane
 from inferd.api.http.errors import status_of
 from inferd.api.http.websocket import TokenSocket, socket_router
 from inferd.control.plane import ControlPlane
 from inferd.core.errors import InferdError, RateLimited, Unavailable
-from inferd.serving.generation import Generation
 
 log = logging.getLogger("inferd.api")
 
 
-def management_app(
-    control: ControlPlane, version: str, generation: Generation | None = None
-) -> FastAPI:
-    """The management API; with `generation`, also the token-stream WebSocket routes (every
-    non-HTTP scope reaches this app, so `/v2/...` WebSocket paths are served here)."""
+def management_app(control: ControlPlane, version: str, plane: DataPlane | None = None) -> FastAPI:
+    """The management API and its docs pages (assets served locally: `docs.add_docs`); with
+    `plane`, also the token-stream WebSocket routes (every non-HTTP scope reaches this app,
+    so `/v2/...` WebSocket paths are served here)."""
     app = FastAPI(
         title="inferd",
         version=version,
         description="Model serving platform. Management API under /api/v1 (users, API keys, "
         "models, versions, deployments, audit). The inference routes (Open Inference Protocol "
-        "V2, KServe V1) are described in docs/http-api.md. Authenticate with "
+        "V2, KServe V1, OpenAI, WebSocket token streams) are described in docs/http-api.md. "
+        "Authenticate with "
         "`Authorization: Bearer <access token or API key>`.",
-        docs_url="/docs",
+        docs_url=None,  # FastAPI's pages load Swagger UI from a CDN: add_docs serves our own
         openapi_url="/openapi.json",
         redoc_url=None,
     )
+    add_docs(app)
     app.state.control = control
     app.include_router(router)
-    if generation is not None:
-        app.include_router(socket_router(TokenSocket(generation, control.gate)))
+    if plane is not None:
+        app.include_router(socket_router(TokenSocket(plane)))
 
     async def inferd_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InferdError)

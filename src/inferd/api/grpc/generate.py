@@ -24,17 +24,14 @@ import numpy as np
 import orjson
 from tritonclient.grpc import service_pb2 as pb
 
+from inferd.api.dataplane import DataPlane
 from inferd.api.grpc.access import log_rpc
 from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, code_of
 from inferd.auth.principal import Principal
-from inferd.control.gate import Gate
 from inferd.core.errors import InferdError, InvalidInput, ModelExecutionError
-from inferd.core.generate import GenerateRequest, TokenEvent
+from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 from inferd.core.tensors import InferenceResponse, Tensor
-from inferd.serving.engine import InferenceEngine
-from inferd.serving.generation import Generation
-from inferd.workers.generation import sampling_from
 
 log = logging.getLogger("inferd.grpc")
 
@@ -101,7 +98,7 @@ def to_generate(request: Any) -> GenerateCall:
         raise InvalidInput("input 'text_input' (BYTES, the prompt) is required")
     params.update(core.parameters or {})
     empty_final = bool(params.pop(EMPTY_FINAL, False))
-    generate = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=sampling_from(params))
+    generate = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=parse_sampling(params))
     return GenerateCall(generate, stream, empty_final)
 
 
@@ -135,18 +132,15 @@ class TokenStreams:
     """The generative side of `ModelStreamInfer`: one generation per request, its events
     answered as they come (put on the stream's queue)."""
 
-    def __init__(self, engine: InferenceEngine, generation: Generation, gate: Gate | None) -> None:
-        self.engine = engine
-        self.generation = generation
-        self.gate = gate
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     def handles(self, request: Any, principal: Principal) -> bool:
         """Whether this request goes to a text generator. Anything the caller may not use, or
         that does not exist, is left to the ordinary path, so its error is the ordinary one."""
         try:
-            if self.gate is not None:
-                self.gate.model(principal, request.model_name, True)
-            sv = self.engine.version(request.model_name, request.model_version or None)
+            self.plane.allow("generate", principal, request.model_name)
+            sv = self.plane.version(request.model_name, request.model_version or None)
         except InferdError:
             return False
         return sv.runtime_name == "llm"
@@ -173,21 +167,16 @@ class TokenStreams:
     async def _generate(
         self, request: Any, principal: Principal, put: Callable[[Any], None]
     ) -> None:
-        self.engine.admit()
+        plane = self.plane
         call = to_generate(request)
-        admit: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
-        if self.gate is not None and not principal.anonymous:
-            admit = self.gate.admit(principal)
         name, version = request.model_name, request.model_version or None
-        async with admit:
-            sv = self.engine.version(name, version)
-            events = self.generation.stream(name, version, call.request)
+        async with plane.admit(principal):
+            sv = plane.version(name, version)
+            events = plane.generate(name, version, call.request)
             assert isinstance(events, AsyncGenerator)
             parts: list[str] = []
             async with contextlib.aclosing(events):  # an early exit aborts the generation
                 async for ev in events:
-                    if ev.finish_reason == "error":
-                        raise ModelExecutionError(f"generation failed: {ev.error}")
                     if not call.stream:
                         parts.append(ev.text)
                         if ev.finished:

@@ -14,13 +14,11 @@ from typing import Any, Literal
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from inferd.api.dataplane import DataPlane
 from inferd.api.grpc.calls import NativeServer, Router
 from inferd.api.grpc.health import HealthService
 from inferd.api.grpc.limits import DEFAULT_MAX_MESSAGE, Limits
 from inferd.api.grpc.servicer import InferenceServicer
-from inferd.control.gate import Gate
-from inferd.serving.engine import InferenceEngine
-from inferd.serving.generation import Generation
 
 log = logging.getLogger("inferd.grpc")
 
@@ -38,14 +36,12 @@ class GrpcServer:
 
     def __init__(
         self,
-        engine: InferenceEngine,
+        plane: DataPlane,
         host: str = "127.0.0.1",
         port: int = 8001,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
         server_name: str = "inferd",
         server_version: str = "0",
-        gate: Gate | None = None,
-        generation: Generation | None = None,
         transport: Literal["native", "grpcio"] = "native",
         limits: Limits | None = None,
     ) -> None:
@@ -54,8 +50,8 @@ class GrpcServer:
         self.requested_port = port
         self.max_message_bytes = max_message_bytes
         self.limits = replace(limits or Limits(), max_message_bytes=max_message_bytes)
-        self.servicer = InferenceServicer(engine, server_name, server_version, gate, generation)
-        self.health = HealthService(lambda: engine.not_ready_reason() is None)
+        self.servicer = InferenceServicer(plane, server_name, server_version)
+        self.health = HealthService(lambda: plane.not_ready_reason() is None)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._native: NativeServer | None = None

@@ -19,22 +19,15 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
+from inferd.api.dataplane import NO_CREDENTIALS, Credentials, DataPlane
 from inferd.api.grpc.access import log_rpc
 from inferd.api.grpc.calls import Context
 from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, GrpcStatus, code_of
 from inferd.api.grpc.generate import TokenStreams
-from inferd.api.model_config import EXTENSIONS, load_from_repository, metadata, model_config
+from inferd.api.model_config import EXTENSIONS, metadata, model_config
 from inferd.auth.principal import ANONYMOUS, Principal
-from inferd.control.gate import Gate
-from inferd.core.errors import (
-    InferdError,
-    InvalidInput,
-    ModelNotFound,
-    ModelNotReady,
-)
-from inferd.serving.engine import InferenceEngine
-from inferd.serving.generation import Generation
+from inferd.core.errors import InferdError, InvalidInput, ModelNotFound, ModelNotReady
 
 log = logging.getLogger("inferd.grpc")
 
@@ -44,17 +37,19 @@ MAX_STREAM_INFLIGHT = 128
 
 Handler = Callable[[Any, Any, Context], Awaitable[Any]]
 
-#: The access policy of every RPC (tests check each method of the service has one); meanings as
-#: the REST table in `inferd.api.http.server.POLICY`.
-POLICY: dict[str, str] = {
-    "ServerLive": "public", "ServerReady": "public", "ServerMetadata": "public",
-    "ModelReady": "view", "ModelMetadata": "view", "ModelConfig": "view",
-    "ModelStatistics": "view", "ModelInfer": "infer", "ModelStreamInfer": "infer",
-    "RepositoryIndex": "list", "RepositoryModelLoad": "admin", "RepositoryModelUnload": "admin",
-    "SystemSharedMemoryStatus": "public", "SystemSharedMemoryRegister": "public",
-    "SystemSharedMemoryUnregister": "public", "CudaSharedMemoryStatus": "public",
-    "CudaSharedMemoryRegister": "public", "CudaSharedMemoryUnregister": "public",
-    "TraceSetting": "public", "LogSettings": "public",
+#: The data-plane operation behind every RPC (its access policy is the operation's, in
+#: `inferd.api.dataplane.POLICY`; tests check each method of the service has one).
+OPERATION: dict[str, str] = {
+    "ServerLive": "server_live", "ServerReady": "server_ready",
+    "ServerMetadata": "server_metadata", "ModelReady": "model_ready",
+    "ModelMetadata": "model_metadata", "ModelConfig": "model_config",
+    "ModelStatistics": "model_stats", "ModelInfer": "infer", "ModelStreamInfer": "infer",
+    "RepositoryIndex": "repository_index", "RepositoryModelLoad": "repository_load",
+    "RepositoryModelUnload": "repository_unload",
+    "SystemSharedMemoryStatus": "unimplemented", "SystemSharedMemoryRegister": "unimplemented",
+    "SystemSharedMemoryUnregister": "unimplemented", "CudaSharedMemoryStatus": "unimplemented",
+    "CudaSharedMemoryRegister": "unimplemented", "CudaSharedMemoryUnregister": "unimplemented",
+    "TraceSetting": "unimplemented", "LogSettings": "unimplemented",
 }  # fmt: skip
 
 
@@ -102,17 +97,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     statistics and repository control."""
 
     def __init__(
-        self,
-        engine: InferenceEngine,
-        server_name: str = "inferd",
-        server_version: str = "0",
-        gate: Gate | None = None,
-        generation: Generation | None = None,
+        self, plane: DataPlane, server_name: str = "inferd", server_version: str = "0"
     ) -> None:
-        self.engine = engine
-        self.gate = gate
+        self.plane = plane
         #: `runtime: llm` models stream one response per token event in ModelStreamInfer.
-        self.tokens = TokenStreams(engine, generation, gate) if generation is not None else None
+        self.tokens = TokenStreams(plane)
         self.server_name = server_name
         self.server_version = server_version
         self._streams: set[_Stream] = set()
@@ -121,53 +110,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def caller(self, context: Context) -> Principal:
         """The principal behind the call's `authorization` / `x-api-key` metadata."""
-        if self.gate is None:
-            return ANONYMOUS
-        authorization = api_key = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value if isinstance(value, str) else value.decode("latin-1")
-            elif key == "x-api-key":
-                api_key = value if isinstance(value, str) else value.decode("latin-1")
-        if authorization is None and api_key is None:
-            return ANONYMOUS
-        return await self.gate.principal(authorization, api_key)
+        return await self.plane.caller(credentials(context))
 
     async def allow(self, context: Context, method: str, model: str | None = None) -> Principal:
-        """Apply `POLICY[method]`; raises when the caller may not do this."""
-        gate = self.gate
+        """Apply the policy of the RPC's data-plane operation; raises when not allowed."""
         p = await self.caller(context)
-        if gate is None:
-            return p
-        policy = POLICY[method]
-        if policy in ("view", "infer") and model:
-            gate.model(p, model, policy == "infer")
-        elif policy == "admin":
-            gate.admin(p)
-        elif policy == "list" or (policy == "view" and not model):
-            gate.visible(p, ())
+        self.plane.allow(OPERATION[method], p, model or None)
         return p
-
-    def _visible_names(self, p: Principal) -> set[str]:
-        names = [m.name for m in self.engine.models()]
-        return set(names if self.gate is None else self.gate.visible(p, names))
 
     # ---- health and metadata -----------------------------------------------------------
 
     @rpc
     async def ServerLive(self, request: Any, context: Context) -> Any:
-        return pb.ServerLiveResponse(live=self.engine.live())
+        return pb.ServerLiveResponse(live=self.plane.live())
 
     @rpc
     async def ServerReady(self, request: Any, context: Context) -> Any:
-        return pb.ServerReadyResponse(ready=self.engine.not_ready_reason() is None)
+        return pb.ServerReadyResponse(ready=self.plane.not_ready_reason() is None)
 
     @rpc
     async def ModelReady(self, request: Any, context: Context) -> Any:
         # As Triton: an unknown or unready model is `ready: false` with status OK.
         try:
             await self.allow(context, "ModelReady", request.name)
-            self.engine.version(request.name, request.version or None)
+            self.plane.version(request.name, request.version or None)
         except (ModelNotFound, ModelNotReady):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -181,8 +147,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
         await self.allow(context, "ModelMetadata", request.name)
-        model = self.engine.model(request.name)
-        sv = self.engine.version(request.name, request.version or None)
+        model = self.plane.model(request.name)
+        sv = self.plane.version(request.name, request.version or None)
         doc = metadata(model, sv)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -196,8 +162,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelConfig(self, request: Any, context: Context) -> Any:
         await self.allow(context, "ModelConfig", request.name)
-        model = self.engine.model(request.name)
-        doc = model_config(model, self.engine.version(request.name, request.version or None))
+        model = self.plane.model(request.name)
+        doc = model_config(model, self.plane.version(request.name, request.version or None))
         config = json_format.ParseDict(
             doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
         )
@@ -206,10 +172,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelStatistics(self, request: Any, context: Context) -> Any:
         p = await self.allow(context, "ModelStatistics", request.name or None)
-        stats = self.engine.stats(request.name or None, request.version or None)
-        if not request.name and self.gate is not None:
-            names = self._visible_names(p)
-            stats = [s for s in stats if s["name"] in names]
+        stats = self.plane.stats(p, request.name or None, request.version or None)
         return json_format.ParseDict(
             {"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
         )
@@ -220,19 +183,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: Any, timeout_s: float | None = None, principal: Principal = ANONYMOUS
     ) -> Any:
         """One ModelInferRequest -> ModelInferResponse (raises InferdError)."""
-        engine = self.engine
-        engine.admit()
-        gate = self.gate
-        if gate is not None:
-            gate.model(principal, request.model_name, True)
-            if not principal.anonymous:
-                async with gate.admit(principal):
-                    sv = engine.version(request.model_name, request.model_version or None)
-                    return from_core(
-                        await engine.infer_decoded(sv, lambda: to_core(request, timeout_s))
-                    )
-        sv = engine.version(request.model_name, request.model_version or None)
-        return from_core(await engine.infer_decoded(sv, lambda: to_core(request, timeout_s)))
+        plane = self.plane
+        plane.allow("infer", principal, request.model_name)
+        async with plane.admit(principal):
+            sv = plane.version(request.model_name, request.model_version or None)
+            with plane.decoding(sv) as decoding:
+                core = to_core(request, timeout_s)
+            return from_core(await plane.infer(sv, core, decoding))
 
     @rpc
     async def ModelInfer(self, request: Any, context: Context) -> Any:
@@ -261,7 +218,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Answer one request of a stream: a generative model puts one response per token
         event, any other model one response."""
         tokens = self.tokens
-        if tokens is not None and tokens.handles(request, principal):
+        if tokens.handles(request, principal):
             await tokens.run(request, principal, put)
         else:
             put(await self.stream_one(request, principal))
@@ -301,13 +258,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
         p = await self.allow(context, "RepositoryIndex")
-        names = self._visible_names(p)
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
             models=[
                 index(name=m["name"], version=m["version"], state=m["state"], reason=m["reason"])
-                for m in self.engine.index(ready_only=request.ready)
-                if m["name"] in names
+                for m in self.plane.index(p, ready_only=request.ready)
             ]
         )
 
@@ -323,13 +278,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     f"failed to load '{name}': 'config' must be a JSON string (string_param)"
                 )
             raw_config = config_param.string_param
-        await load_from_repository(self.engine, name, list(request.parameters), raw_config)
+        await self.plane.load(name, list(request.parameters), raw_config)
         return pb.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         await self.allow(context, "RepositoryModelUnload", request.model_name)
-        await self.engine.unload(request.model_name)
+        await self.plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ---- not offered ---------------------------------------------------------------------
@@ -342,6 +297,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister", _SHM)
     TraceSetting = _unimplemented("TraceSetting", "tracing")
     LogSettings = _unimplemented("LogSettings", "log settings; use --log-level")
+
+
+def credentials(context: Context) -> Credentials:
+    """The call's credentials: `authorization` and `x-api-key` metadata."""
+    authorization = api_key = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = value if isinstance(value, str) else value.decode("latin-1")
+        elif key == "x-api-key":
+            api_key = value if isinstance(value, str) else value.decode("latin-1")
+    if authorization is None and api_key is None:
+        return NO_CREDENTIALS
+    return Credentials(authorization, api_key)
 
 
 class _Stream:

@@ -17,12 +17,11 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Send
 
+from inferd.api.dataplane import DataPlane
 from inferd.api.http.errors import status_of
 from inferd.api.http.openai import send_json, send_sse
 from inferd.core.errors import InferdError, InvalidInput
-from inferd.core.generate import GenerateRequest
-from inferd.serving.generation import Generation
-from inferd.workers.generation import sampling_from
+from inferd.core.generate import GenerateRequest, parse_sampling
 
 _RESERVED = {"text_input", "parameters", "id", "stream"}
 
@@ -53,11 +52,11 @@ def _request(doc: Any) -> GenerateRequest:
         raise InvalidInput("parameters: must be an object")
     merged = {**{k: v for k, v in doc.items() if k not in _RESERVED}, **params}
     rid = doc.get("id") if isinstance(doc.get("id"), str) else None
-    return GenerateRequest(rid or uuid.uuid4().hex, prompt=text, params=sampling_from(merged))
+    return GenerateRequest(rid or uuid.uuid4().hex, prompt=text, params=parse_sampling(merged))
 
 
 async def serve_generate(
-    generation: Generation,
+    plane: DataPlane,
     name: str,
     version: str | None,
     stream: bool,
@@ -70,7 +69,7 @@ async def serve_generate(
     try:
         request = _request(await prepare())
         async with admit():
-            return await _run(generation, name, version, stream, request, receive, send)
+            return await _run(plane, name, version, stream, request, receive, send)
     except InferdError as e:  # raised before any byte of the answer was sent
         status = status_of(e)
         await send_json(send, status, {"error": e.message}, [])
@@ -80,7 +79,7 @@ async def serve_generate(
 
 
 async def _run(
-    generation: Generation,
+    plane: DataPlane,
     name: str,
     version: str | None,
     stream: bool,
@@ -88,17 +87,15 @@ async def _run(
     receive: Receive,
     send: Send,
 ) -> int:
-    sv, _ = generation.generator(name, version)  # not an LLM: 501 before anything runs
+    sv = plane.generator(name, version)  # not an LLM: 501 before anything runs
     head = {"model_name": sv.name, "model_version": sv.version}
-    events = generation.stream(name, version, request)
+    events = plane.generate(name, version, request)
     if not stream:
         text, last = [], None
         async for ev in events:
             text.append(ev.text)
             last = ev
         assert last is not None
-        if last.finish_reason == "error":
-            raise InferdError(f"generation failed: {last.error}")
         await send_json(send, 200, {**head, "text_output": "".join(text),
                                     "finish_reason": last.finish_reason,
                                     "usage": _usage(last)}, [])  # fmt: skip
@@ -107,8 +104,6 @@ async def _run(
     async def chunks() -> AsyncGenerator[bytes, None]:
         try:
             async for ev in events:
-                if ev.finish_reason == "error":
-                    raise InferdError(f"generation failed: {ev.error}")
                 if not ev.text and not ev.finished:
                     continue
                 doc: dict[str, Any] = {**head, "text_output": ev.text}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 import uuid
@@ -19,15 +18,13 @@ import numpy as np
 import orjson
 from starlette.types import Receive, Send
 
+from inferd.api.dataplane import DataPlane
 from inferd.api.http.errors import status_of
 from inferd.api.http.request import until_disconnect
-from inferd.auth.principal import ANONYMOUS, Principal
-from inferd.control.gate import Gate
-from inferd.core.errors import InferdError, InvalidInput, ModelNotFound, RateLimited
-from inferd.core.generate import GenerateRequest, SamplingParams, TokenEvent
+from inferd.auth.principal import Principal
+from inferd.core.errors import InferdError, InvalidField, InvalidInput, ModelNotFound, RateLimited
+from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 from inferd.core.tensors import InferenceRequest, Tensor
-from inferd.serving.engine import InferenceEngine
-from inferd.serving.generation import Generation
 
 log = logging.getLogger("inferd.openai")
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -35,12 +32,8 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           503: "service_unavailable"}  # fmt: skip
 
 
-class ParamError(InvalidInput):
-    """A bad request field; `param` names it (OpenAI's error `param`)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
+#: A bad request field; `param` names it (OpenAI's error `param`).
+ParamError = InvalidField
 
 
 def error_body(exc: InferdError, status: int) -> dict[str, Any]:
@@ -60,36 +53,6 @@ def _get(doc: dict[str, Any], key: str, kinds: tuple[type, ...], default: Any = 
         names = "/".join(k.__name__ for k in kinds)
         raise ParamError(key, f"must be {names}")
     return value
-
-
-def sampling(doc: dict[str, Any], max_tokens: int | None) -> SamplingParams:
-    """OpenAI/vLLM request fields → SamplingParams, each error naming its field."""
-    stop = doc.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise ParamError("stop", "must be a string or a list of strings")
-    num = (int, float)
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=_get(doc, "temperature", num, 1.0),
-            top_p=_get(doc, "top_p", num, 1.0),
-            top_k=max(_get(doc, "top_k", (int,), 0), 0),
-            seed=_get(doc, "seed", (int,)),
-            stop=tuple(stop or ()),
-            stop_token_ids=tuple(_get(doc, "stop_token_ids", (list,), [])),
-            repetition_penalty=_get(doc, "repetition_penalty", num, 1.0),
-            presence_penalty=_get(doc, "presence_penalty", num, 0.0),
-            frequency_penalty=_get(doc, "frequency_penalty", num, 0.0),
-            ignore_eos=_get(doc, "ignore_eos", (bool,), False),
-            min_tokens=_get(doc, "min_tokens", (int,), 0),
-        ).validate()
-    except ParamError:
-        raise
-    except InvalidInput as e:
-        field = e.message.split(":", 1)[0]
-        raise ParamError(field, e.message.split(": ", 1)[-1]) from None
 
 
 def _unsupported(doc: dict[str, Any]) -> None:
@@ -119,39 +82,27 @@ def _stream_options(doc: dict[str, Any]) -> bool:
 
 
 class OpenAIRoutes:
-    """Handlers for the OpenAI routes; each authenticates, checks the model, makes one call."""
+    """Handlers for the OpenAI routes: each checks the model, makes one data-plane call."""
 
-    def __init__(self, engine: InferenceEngine, generation: Generation, gate: Gate | None) -> None:
-        self.engine = engine
-        self.generation = generation
-        self.gate = gate
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
-    async def principal(self, authorization: str | None, api_key: str | None) -> Principal:
-        """The caller, by the one rule every route uses (`Identity.authenticate`: the
-        `api_key="EMPTY"` OpenAI clients send is no credential)."""
-        if self.gate is None:
-            return ANONYMOUS
-        return await self.gate.principal(authorization, api_key)
-
-    def allow(self, p: Principal, model: Any) -> str:
+    def allow(self, p: Principal, model: Any, operation: str = "generate") -> str:
         if not isinstance(model, str) or not model:
             raise ParamError("model", "is required")
-        if self.gate is not None:
-            self.gate.model(p, model, True)
+        self.plane.allow(operation, p, model)
         return model
 
     def models(self, p: Principal, created: int) -> dict[str, Any]:
         """GET /v1/models: OpenAI's list, plus KServe V1's `models` (both clients read it)."""
-        names = [m.name for m in self.engine.models()]
-        if self.gate is not None:
-            names = self.gate.visible(p, names)
+        names = self.plane.visible(p)
         data = []
         for name in names:
             entry: dict[str, Any] = {
                 "id": name, "object": "model", "created": created, "owned_by": "inferd",
                 "root": name, "parent": None,
             }  # fmt: skip
-            m = self.engine.model(name)
+            m = self.plane.model(name)
             if m.default is not None and m.default.runtime_name == "llm":
                 live = m.default.scheduler.live()
                 replica = live[0].replica if live else None
@@ -183,11 +134,13 @@ class OpenAIRoutes:
                     messages[i] = msg
                 elif not isinstance(content, str):
                     raise ParamError(f"messages[{i}].content", "must be a string or text parts")
-            max_tokens = _get(doc, "max_completion_tokens", (int,),
-                              _get(doc, "max_tokens", (int,)))  # fmt: skip
-            prompts: list[Any] = [await self.generation.chat_prompt(model, messages)]
+            limit = doc.get("max_completion_tokens")
+            if limit is None:
+                limit = doc.get("max_tokens")
+            params = parse_sampling({**doc, "max_tokens": limit}, max_tokens=None)
+            prompts: list[Any] = [await self.plane.chat_prompt(model, messages)]
         else:
-            max_tokens = _get(doc, "max_tokens", (int,), 16)
+            params = parse_sampling(doc, max_tokens=16)
             prompt = doc.get("prompt")
             if isinstance(prompt, str) or _token_ids(prompt):
                 prompts = [prompt]
@@ -201,7 +154,6 @@ class OpenAIRoutes:
                 raise ParamError("prompt", "must be a string, a list of strings or token ids")
             if len(prompts) > 64:
                 raise ParamError("prompt", "at most 64 prompts per request")
-        params = sampling(doc, max_tokens)
         requests = []
         for p in prompts:
             rid = uuid.uuid4().hex
@@ -218,18 +170,15 @@ class OpenAIRoutes:
 
         async def run(r: GenerateRequest) -> TokenEvent:
             text, last = [], None
-            async for ev in self.generation.stream(model, None, r):
+            async for ev in self.plane.generate(model, None, r):
                 text.append(ev.text)
                 last = ev
             assert last is not None
             return TokenEvent(r.request_id, (), "".join(text), last.prompt_tokens,
                               last.completion_tokens, True, last.finish_reason,
-                              last.stop_reason, last.error)  # fmt: skip
+                              last.stop_reason)  # fmt: skip
 
         results = await asyncio.gather(*(run(r) for r in requests))
-        for r in results:
-            if r.finish_reason == "error":
-                raise InferdError(f"generation failed: {r.error}")
         usage = _usage(sum(r.prompt_tokens for r in results),
                        sum(r.completion_tokens for r in results))  # fmt: skip
         created = int(time.time())
@@ -256,13 +205,13 @@ class OpenAIRoutes:
         requests, _, usage_chunk = await self._prepare(kind, doc, model)
         if len(requests) != 1:
             raise ParamError("prompt", "streaming takes one prompt")
-        self.generation.generator(model)  # draining, not an LLM, no generator: before the 200
+        self.plane.generator(model)  # not an LLM, no generator: refused before the 200
         req = requests[0]
         chat = kind == "chat"
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{req.request_id}"
         obj = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
-        events = self.generation.stream(model, None, req)
+        events = self.plane.generate(model, None, req)
         assert isinstance(events, AsyncGenerator)
 
         def chunk(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
@@ -280,8 +229,6 @@ class OpenAIRoutes:
                                  "logprobs": None, "finish_reason": None})  # fmt: skip
                 async for ev in events:
                     last = ev
-                    if ev.finish_reason == "error":
-                        raise InferdError(f"generation failed: {ev.error}")
                     if ev.text or ev.finished:
                         piece = {"content": ev.text} if ev.text else {}
                         choice: dict[str, Any] = {"index": 0, "logprobs": None,
@@ -307,7 +254,7 @@ class OpenAIRoutes:
 
     async def images(self, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
         """POST /v1/images/generations on a `runtime: diffusers` model (b64_json answers)."""
-        model = self.allow(p, doc.get("model"))
+        model = self.allow(p, doc.get("model"), "infer")
         prompt = doc.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise ParamError("prompt", "must be a non-empty string")
@@ -328,7 +275,7 @@ class OpenAIRoutes:
                            doc.get("guidance_scale")), ("seed", doc.get("seed"))):  # fmt: skip
             if value is not None:
                 params[key] = value
-        sv = self.engine.version(model)
+        sv = self.plane.version(model)
         if "image" not in sv.output_map:
             raise ParamError("model", f"`{model}` is not an image generation model")
         inputs = [Tensor("prompt", "BYTES", np.array([prompt.encode()] * n, dtype=object))]
@@ -337,9 +284,7 @@ class OpenAIRoutes:
             inputs.append(Tensor("negative_prompt", "BYTES",
                                  np.array([negative.encode()] * n, dtype=object)))  # fmt: skip
         try:
-            response = await self.engine.infer_version(
-                sv, InferenceRequest(inputs, parameters=params)
-            )
+            response = await self.plane.infer(sv, InferenceRequest(inputs, parameters=params))
         except InvalidInput as e:  # the runtime names the parameter first
             raise ParamError(e.message.split(" ", 1)[0].strip("'"), e.message) from None
         images = next(t.data for t in response.outputs if t.name == "image")
@@ -350,7 +295,7 @@ class OpenAIRoutes:
     # ---- embeddings ----------------------------------------------------------------------
 
     async def embeddings(self, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
-        model = self.allow(p, doc.get("model"))
+        model = self.allow(p, doc.get("model"), "infer")
         raw = doc.get("input")
         if isinstance(raw, str):
             texts = [raw]
@@ -363,13 +308,13 @@ class OpenAIRoutes:
         fmt = doc.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise ParamError("encoding_format", "must be 'float' or 'base64'")
-        sv = self.engine.version(model)
+        sv = self.plane.version(model)
         if "embedding" not in sv.output_map:
             raise ParamError("model", f"`{model}` is not an embedding model")
         request = InferenceRequest(
             [Tensor("text", "BYTES", np.array([t.encode() for t in texts], dtype=object))]
         )
-        response = await self.engine.infer_version(sv, request)
+        response = await self.plane.infer(sv, request)
         outs = {t.name: t.data for t in response.outputs}
         vectors: np.ndarray = np.asarray(outs["embedding"], dtype=np.float32)
         dims = doc.get("dimensions")
@@ -450,7 +395,6 @@ async def serve_openai(
     prepare: Callable[[], Awaitable[tuple[Principal, Any]]],
     receive: Receive,
     send: Send,
-    admit: Callable[[Principal], contextlib.AbstractAsyncContextManager[None]],
 ) -> int:
     """Run one OpenAI route to the end; returns the status for the access log (499 when the
     client went away mid-stream, which aborted its generation)."""
@@ -460,7 +404,7 @@ async def serve_openai(
         p, doc = await prepare()
         if not isinstance(doc, dict):
             raise ParamError("body", "must be a JSON object")
-        async with admit(p):
+        async with api.plane.admit(p):
             if route == "openai_embeddings":
                 await send_json(send, 200, await api.embeddings(doc, p), [])
                 return status

@@ -8,8 +8,6 @@ A hand-written router on raw ASGI keeps per-request framework cost off the infer
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferd.api.dataplane import Credentials, DataPlane
 from inferd.api.http import generate, v1
 from inferd.api.http.body import ClientDisconnected, compress, decode_content, read_body
 from inferd.api.http.errors import MethodNotAllowed, status_of
@@ -31,21 +30,11 @@ from inferd.api.http.v2codec import (
     loads,
     parse_header_length,
 )
-from inferd.api.model_config import EXTENSIONS, load_from_repository, metadata, model_config
-from inferd.auth.policy import can_see
+from inferd.api.model_config import EXTENSIONS, metadata, model_config
 from inferd.auth.principal import Principal
-from inferd.control.gate import Gate
-from inferd.control.identity import looks_like_credential
-from inferd.core.errors import (
-    InferdError,
-    InvalidInput,
-    RateLimited,
-    Unauthenticated,
-)
-from inferd.core.tensors import InferenceRequest
+from inferd.core.errors import InferdError, InvalidInput, RateLimited
 from inferd.observability.logs import ACCESS_LOGGER
 from inferd.observability.metrics import CONTENT_TYPE, ServingMetrics
-from inferd.serving.engine import InferenceEngine
 
 log = logging.getLogger("inferd.http")
 T = TypeVar("T")
@@ -64,18 +53,19 @@ class HttpLimits:
 
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
-#: The access policy of every data-plane route (tests/integration/test_access.py checks that
-#: each route has one): public, metrics (public unless configured; series filtered like a
-#: list), list (filtered to what the caller may see), view / infer (the named model must be
-#: visible / callable), admin.
-POLICY: dict[str, str] = {
-    "root": "public", "live": "public", "ready": "public", "server_metadata": "public",
-    "metrics": "metrics", "models": "list", "stats": "list", "model_stats": "view",
-    "model_metadata": "view", "model_ready": "view", "model_config": "view", "infer": "infer",
-    "v1_models": "list", "v1_model": "view", "predict": "infer", "repository_index": "list",
-    "repository_load": "admin", "repository_unload": "admin",
-    "openai_completions": "infer", "openai_chat": "infer", "openai_embeddings": "infer",
-    "generate": "infer", "generate_stream": "infer", "openai_images": "infer",
+#: The data-plane operation behind every route (its access policy is the operation's, in
+#: `inferd.api.dataplane.POLICY`; tests/integration/test_access.py checks each route has one).
+#: Route names label the `inferd_http_requests_total` series and the access log.
+OPERATION: dict[str, str] = {
+    "root": "server_live", "live": "server_live", "ready": "server_ready",
+    "server_metadata": "server_metadata", "metrics": "metrics", "models": "model_list",
+    "stats": "server_stats", "model_stats": "model_stats", "model_metadata": "model_metadata",
+    "model_ready": "model_ready", "model_config": "model_config", "infer": "infer",
+    "v1_models": "model_list", "v1_model": "model_ready", "predict": "infer",
+    "repository_index": "repository_index", "repository_load": "repository_load",
+    "repository_unload": "repository_unload", "openai_completions": "generate",
+    "openai_chat": "generate", "openai_embeddings": "infer", "openai_images": "infer",
+    "generate": "generate", "generate_stream": "generate",
 }  # fmt: skip
 OPENAI_ROUTES = {"/v1/completions": "openai_completions", "/v1/chat/completions": "openai_chat",
                  "/v1/embeddings": "openai_embeddings",
@@ -91,7 +81,7 @@ class DataPlaneApp:
 
     def __init__(
         self,
-        engine: InferenceEngine,
+        plane: DataPlane,
         metrics: ServingMetrics,
         fallback: ASGIApp,
         limits: HttpLimits,
@@ -99,12 +89,9 @@ class DataPlaneApp:
         server_version: str = "0",
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
-        gate: Gate | None = None,
-        openai: OpenAIRoutes | None = None,
     ) -> None:
-        self.engine = engine
-        self.gate = gate
-        self.openai = openai
+        self.plane = plane
+        self.openai = OpenAIRoutes(plane)
         self.metrics = metrics
         self.fallback = fallback
         self.limits = limits
@@ -148,11 +135,11 @@ class DataPlaneApp:
         try:
             req = Request(scope, receive)
             route = OPENAI_ROUTES.get(scope["path"])
-            if route is not None and self.openai is not None:
+            if route is not None:
                 req.route = route
                 await self._openai(req, scope, send, start)
                 return
-            gen = generate.parse_path(scope["path"]) if self.openai is not None else None
+            gen = generate.parse_path(scope["path"])
             if gen is not None:
                 await self._generate(req, scope, send, start, *gen)
                 return
@@ -184,20 +171,18 @@ class DataPlaneApp:
     async def _openai(self, req: Request, scope: Scope, send: Send, start: int) -> None:
         """An OpenAI route: JSON answers or an SSE stream, errors in OpenAI's dialect."""
         api = self.openai
-        assert api is not None
 
         async def prepare() -> tuple[Principal, Any]:
             self._method(req, "POST")
-            p = await api.principal(req.authorization, req.api_key)
+            p = await self.plane.caller(Credentials(req.authorization, req.api_key))
             return p, loads(await self._body(req))
 
-        status = await serve_openai(api, req.route, prepare, req.receive, send, self._admit)
+        status = await serve_openai(api, req.route, prepare, req.receive, send)
         self._access(req, scope, status, start)
 
     async def _generate(self, req: Request, scope: Scope, send: Send, start: int, name: str,
                         version: str | None, stream: bool) -> None:  # fmt: skip
         """V2 generate / generate_stream on an LLM (Triton's generate extension)."""
-        assert self.openai is not None
         req.route = "generate_stream" if stream else "generate"
         req.model, req.version = name, version
 
@@ -207,16 +192,10 @@ class DataPlaneApp:
             return loads(await self._body(req))
 
         status = await generate.serve_generate(
-            self.openai.generation, name, version, stream, prepare, req.receive, send,
-            lambda: self._admit(req.principal),
+            self.plane, name, version, stream, prepare, req.receive, send,
+            lambda: self.plane.admit(req.principal),
         )  # fmt: skip
         self._access(req, scope, status, start)
-
-    def _admit(self, p: Principal) -> contextlib.AbstractAsyncContextManager[None]:
-        """Rate and concurrency limits for the caller (nothing to do for anonymous calls)."""
-        if self.gate is None or p.anonymous:
-            return contextlib.nullcontext()
-        return self.gate.admit(p)
 
     async def _fallback(
         self, req: Request, scope: Scope, receive: Receive, send: Send, start: int
@@ -284,64 +263,20 @@ class DataPlaneApp:
         return None
 
     async def _allow(self, req: Request) -> None:
-        """Apply the route's policy (POLICY) for the caller; raises when not allowed."""
-        gate = self.gate
-        if gate is None:
-            return
-        policy = POLICY[req.route]
+        """Apply the policy of the route's data-plane operation for the caller; raises when
+        not allowed."""
         if req.authorization is not None or req.api_key is not None:
-            req.principal = await gate.principal(req.authorization, req.api_key)
-        p = req.principal
-        if policy == "view" or policy == "infer":
-            assert req.model is not None
-            gate.model(p, req.model, policy == "infer")
-        elif policy == "admin":
-            gate.admin(p)
-        elif policy == "metrics":
-            gate.metrics(p)
+            req.principal = await self.plane.caller(Credentials(req.authorization, req.api_key))
+        self.plane.allow(OPERATION[req.route], req.principal, req.model)
 
     async def _metrics_shown(self, req: Request) -> Callable[[str], bool] | None:
-        """Whose series /metrics shows the caller: every model's (None) to an admin or to the
-        operator's scrape token (`auth.metrics_token`); otherwise the models the caller may see
-        (public ones, its own), by the rule the listings use. A name the server neither knows
-        nor serves (a deleted model's leftover series) is shown to no one else."""
-        gate = self.gate
-        if gate is None:
-            return None
-        token = gate.identity.settings.metrics_token
-        if token is not None and req.authorization is not None:
-            scheme, _, value = req.authorization.partition(" ")
-            secret = token.get_secret_value().encode()
-            if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), secret):
-                return None
-            if not looks_like_credential(value.strip()):
-                # where a scrape token is set, a bearer value that is neither it nor a
-                # credential is a scraper with the wrong token: say so, do not answer less
-                raise Unauthenticated("invalid metrics token")
-        await self._allow(req)
-        p = req.principal
-        if p.is_admin:
-            return None
-        by_name = gate.catalog.by_name
-        served = {m.name for m in self.engine.models()}
-
-        def shown(name: str) -> bool:
-            model = by_name.get(name)
-            if model is None:  # a repository model: public while it is served
-                return name in served
-            # /metrics is public by the operator's choice, so anonymous callers see what any
-            # caller may see (public models) even where anonymous inference is off
-            return model.system or can_see(p, model, allow_anonymous=True)
-
-        return shown
+        """Whose series /metrics shows the caller (`DataPlane.metrics_shown`)."""
+        return await self.plane.metrics_shown(Credentials(req.authorization, req.api_key))
 
     async def _names(self, req: Request) -> list[str]:
         """Model names for a listing route, filtered to what the caller may see."""
-        names = [m.name for m in self.engine.models()]
-        if self.gate is None:
-            return names
         await self._allow(req)
-        return self.gate.visible(req.principal, names)
+        return self.plane.visible(req.principal)
 
     @staticmethod
     def _method(req: Request, *allowed: str) -> None:
@@ -369,11 +304,8 @@ class DataPlaneApp:
         if n == 3 and parts[2] == "stats":
             req.route = "stats"
             self._method(req, "GET")
-            stats = self.engine.stats()
-            if self.gate is not None:
-                names = set(await self._names(req))
-                stats = [s for s in stats if s["name"] in names]
-            return _json(200, {"model_stats": stats})
+            await self._allow(req)
+            return _json(200, {"model_stats": self.plane.stats(req.principal)})
         name = parts[2]
         rest = parts[3:]
         version = None
@@ -390,14 +322,14 @@ class DataPlaneApp:
             req.route = "infer"
             self._method(req, "POST")
             await self._allow(req)
-            async with self._admit(req.principal):
+            async with self.plane.admit(req.principal):
                 return await self._infer(req, name, version)
         if action == "":
             req.route = "model_metadata"
             self._method(req, "GET")
             await self._allow(req)
-            model = self.engine.model(name)
-            return _json(200, metadata(model, self.engine.version(name, version)))
+            model = self.plane.model(name)
+            return _json(200, metadata(model, self.plane.version(name, version)))
         if action == "ready":
             req.route = "model_ready"
             self._method(req, "GET")
@@ -407,34 +339,34 @@ class DataPlaneApp:
             req.route = "model_config"
             self._method(req, "GET")
             await self._allow(req)
-            model = self.engine.model(name)
-            return _json(200, model_config(model, self.engine.version(name, version)))
+            model = self.plane.model(name)
+            return _json(200, model_config(model, self.plane.version(name, version)))
         if action == "stats":
             req.route = "model_stats"
             self._method(req, "GET")
             await self._allow(req)
-            return _json(200, {"model_stats": self.engine.stats(name, version)})
+            return _json(200, {"model_stats": self.plane.stats(req.principal, name, version)})
         return None
 
     def _health(self, req: Request, which: str) -> Response | None:
         self._method(req, "GET")
         if which == "live":
             req.route = "live"
-            if self.engine.live():
+            if self.plane.live():
                 return _json(200, {"live": True})
             return _json(503, {"live": False, "error": "server is shutting down"})
         if which == "ready":
             req.route = "ready"
-            reason = self.engine.not_ready_reason()
+            reason = self.plane.not_ready_reason()
             if reason is None:
                 return _json(200, {"ready": True})
             return _json(503, {"ready": False, "error": reason})
         return None
 
     def _model_ready(self, name: str, version: str | None) -> Response:
-        model = self.engine.model(name)  # unknown -> 404
+        model = self.plane.model(name)  # unknown -> 404
         try:
-            sv = self.engine.version(name, version)
+            sv = self.plane.version(name, version)
         except InferdError as e:
             if status_of(e) == 404:
                 raise
@@ -447,27 +379,21 @@ class DataPlaneApp:
         return decode_content(body, req.content_encoding, limit)
 
     async def _infer(self, req: Request, name: str, version: str | None) -> Response:
-        self.engine.admit()
-        sv = self.engine.version(name, version)
+        plane = self.plane
+        sv = plane.version(name, version)
         body = await self._body(req)
-        decoded: list[InferenceRequest] = []
-
-        def decode() -> InferenceRequest:
+        with plane.decoding(sv) as decoding:
             header_length = parse_header_length(req.header_length, len(body))
             if header_length == 0:
                 request = decode_raw(body, sv.inputs)
             else:
                 request = decode_request(body, header_length)
-            if request.id is not None:
-                req.request_id = request.id
-            if req.timeout_s is not None:
-                request.timeout_s = req.timeout_s
-            request.on_queued = req.watch_disconnect
-            decoded.append(request)
-            return request
-
-        response = await self._cancellable(req, self.engine.infer_decoded(sv, decode))
-        request = decoded[0]
+        if request.id is not None:
+            req.request_id = request.id
+        if req.timeout_s is not None:
+            request.timeout_s = req.timeout_s
+        request.on_queued = req.watch_disconnect
+        response = await self._cancellable(req, plane.infer(sv, request, decoding))
         out, json_len = encode_response(response, request)
         headers = [(b"content-type", JSON if json_len is None else b"application/octet-stream")]
         if json_len is not None:
@@ -499,7 +425,7 @@ class DataPlaneApp:
         if n == 3 and parts[2] == "index":
             req.route = "repository_index"
             self._method(req, "POST", "GET")
-            names = set(await self._names(req))
+            await self._allow(req)
             body = await self._body(req) if req.method == "POST" else b""
             doc = loads(body) if body.strip() else {}
             if not isinstance(doc, dict):
@@ -507,8 +433,7 @@ class DataPlaneApp:
             ready = doc.get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidInput("'ready' must be true or false")
-            index = [m for m in self.engine.index(ready_only=ready) if m["name"] in names]
-            return _json(200, index)
+            return _json(200, self.plane.index(req.principal, ready_only=ready))
         if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
             name, op = parts[3], parts[4]
             req.route, req.model = f"repository_{op}", name
@@ -521,9 +446,9 @@ class DataPlaneApp:
                 raise InvalidInput("'parameters' must be an object")
             if op == "load":
                 params = params or {}
-                await load_from_repository(self.engine, name, list(params), params.get("config"))
+                await self.plane.load(name, list(params), params.get("config"))
                 return _json(200, {"name": name, "load": True})
-            await self.engine.unload(name)
+            await self.plane.unload(name)
             return _json(200, {"name": name, "unload": True})
         return None
 
@@ -532,10 +457,8 @@ class DataPlaneApp:
         if n == 2:
             req.route = "v1_models"
             self._method(req, "GET")
-            if self.openai is not None:  # one answer both KServe V1 and OpenAI clients read
-                p = await self.openai.principal(req.authorization, req.api_key)
-                return _json(200, self.openai.models(p, self._created))
-            return _json(200, {"models": await self._names(req)})
+            await self._allow(req)  # one answer both KServe V1 and OpenAI clients read
+            return _json(200, self.openai.models(req.principal, self._created))
         if n != 3:
             return None
         name, _, verb = parts[2].partition(":")
@@ -557,18 +480,16 @@ class DataPlaneApp:
         req.route = "predict"
         self._method(req, "POST")
         await self._allow(req)
-        async with self._admit(req.principal):
+        async with self.plane.admit(req.principal):
             return await self._predict(req, name)
 
     async def _predict(self, req: Request, name: str) -> Response:
-        sv = self.engine.version(name)
+        plane = self.plane
+        sv = plane.version(name)
         body = await self._body(req)
-
-        def decode() -> InferenceRequest:
+        with plane.decoding(sv) as decoding:
             request = v1.decode_predict(body, sv.inputs)
-            request.timeout_s = req.timeout_s
-            request.on_queued = req.watch_disconnect
-            return request
-
-        response = await self._cancellable(req, self.engine.infer_decoded(sv, decode))
+        request.timeout_s = req.timeout_s
+        request.on_queued = req.watch_disconnect
+        response = await self._cancellable(req, plane.infer(sv, request, decoding))
         return _json(200, v1.encode_predictions(response))

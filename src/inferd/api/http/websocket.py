@@ -20,27 +20,20 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from inferd.api.dataplane import Credentials, DataPlane
 from inferd.api.http.errors import status_of
-from inferd.auth.principal import ANONYMOUS, Principal
-from inferd.control.gate import Gate
-from inferd.core.errors import (
-    InferdError,
-    InvalidInput,
-    ModelExecutionError,
-    Overloaded,
-    Unauthenticated,
-)
-from inferd.core.generate import GenerateRequest, TokenEvent
-from inferd.serving.generation import Generation
-from inferd.workers.generation import sampling_from
+from inferd.auth.principal import Principal
+from inferd.core.errors import InferdError, InvalidInput, ModelExecutionError, Overloaded
+from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 
 log = logging.getLogger("inferd.websocket")
 
 PATH = "/v2/models/{name}/generate_stream/ws"
 VERSION_PATH = "/v2/models/{name}/versions/{version}/generate_stream/ws"
-#: The access policy of every WebSocket route (tests check each route has one): `infer` as on
-#: the data plane — credentials from the handshake, the model checked per generation.
-POLICY: dict[str, str] = {PATH: "infer", VERSION_PATH: "infer"}
+#: The data-plane operation behind every WebSocket route (its policy is `dataplane.POLICY`'s;
+#: tests check each route has one): credentials from the handshake, the model checked per
+#: generation.
+OPERATION: dict[str, str] = {PATH: "generate", VERSION_PATH: "generate"}
 #: Generations running at once on one socket; more are refused (error 503).
 MAX_SOCKET_INFLIGHT = 64
 #: Close codes (4000-4999 are the application's): bad or missing credentials.
@@ -69,24 +62,17 @@ class _Socket:
 
 
 class TokenSocket:
-    """The WebSocket adapter over `Generation.stream`: decode a message, make one call, encode
-    each token event."""
+    """The WebSocket adapter over `DataPlane.generate`: decode a message, make one call,
+    encode each token event."""
 
-    def __init__(self, generation: Generation, gate: Gate | None) -> None:
-        self.generation = generation
-        self.engine = generation.engine
-        self.gate = gate
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     async def principal(self, ws: WebSocket) -> Principal:
         """The caller behind the handshake's `Authorization` / `x-api-key` headers; raises
         Unauthenticated for bad credentials, or none where anonymous inference is off."""
-        gate = self.gate
-        if gate is None:
-            return ANONYMOUS
-        p = await gate.principal(ws.headers.get("authorization"), ws.headers.get("x-api-key"))
-        if p.anonymous and not gate.anonymous:
-            raise Unauthenticated("authentication required")
-        return p
+        credentials = Credentials(ws.headers.get("authorization"), ws.headers.get("x-api-key"))
+        return await self.plane.authorize(OPERATION[PATH], credentials)
 
     async def serve(self, ws: WebSocket, name: str, version: str | None) -> None:
         """Run one socket until the client closes it."""
@@ -175,30 +161,24 @@ class TokenSocket:
             sock.cancelled.discard(rid)
 
     async def _stream(self, sock: _Socket, run: _Run, doc: dict[str, Any]) -> None:
-        self.engine.admit()
-        gate, p = self.gate, sock.principal
-        if gate is not None:
-            gate.model(p, run.model_name, True)  # someone else's private model is "not found"
+        plane, p = self.plane, sock.principal
+        plane.allow(OPERATION[PATH], p, run.model_name)  # another's private model: "not found"
         prompt = doc.get("text_input")
         if not isinstance(prompt, str):
             raise InvalidInput("text_input: must be a string (the prompt)")
         parameters = doc.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput("parameters: must be an object")
-        request = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=sampling_from(parameters))
-        admit: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
-        if gate is not None and not p.anonymous:
-            admit = gate.admit(p)
-        async with admit:
-            sv = self.engine.version(run.model_name, run.model_version)
+        params = parse_sampling(parameters)
+        request = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=params)
+        async with plane.admit(p):
+            sv = plane.version(run.model_name, run.model_version)
             run.model_version = sv.version
-            events = self.generation.stream(sv.name, sv.version, request)
+            events = plane.generate(sv.name, sv.version, request)
             assert isinstance(events, AsyncGenerator)
             async with contextlib.aclosing(events):  # an early exit aborts the generation
                 async for ev in events:
                     run.last = ev
-                    if ev.finish_reason == "error":
-                        raise ModelExecutionError(f"generation failed: {ev.error}")
                     if ev.text or not ev.finished:
                         await sock.send(run.delta(ev.text))
                     if ev.finished:

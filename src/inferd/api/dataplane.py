@@ -1,0 +1,261 @@
+"""The data plane: what every protocol adapter shares, written once.
+
+V2 REST, KServe V1, gRPC, OpenAI, V2 generate and the WebSocket adapter each do the same four
+things: extract the caller's credentials (`Credentials`), decode the wire request, make one
+`DataPlane` call, encode the answer (errors through one table per adapter). Everything between
+the wire and the engine lives here, once: who may call what (`POLICY`, one notion of "no
+credential"), admission (the draining check, rate and concurrency limits), model / version
+lookup, infer, generate, repository index / load / unload, statistics. The capabilities that sit
+between the wire and the engine (traffic routing to a revision, shadow, fallback) go here too.
+
+Nothing in this module knows a protocol: the data plane may not import an adapter (an
+import-linter contract in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from inferd.api.model_config import load_from_repository
+from inferd.auth.policy import can_see
+from inferd.auth.principal import ANONYMOUS, Principal
+from inferd.control.gate import Gate
+from inferd.control.identity import looks_like_credential
+from inferd.core.errors import Unauthenticated
+from inferd.core.generate import GenerateRequest, TokenEvent
+from inferd.core.tensors import InferenceRequest, InferenceResponse
+from inferd.serving.engine import InferenceEngine, ServedModel, ServedVersion
+from inferd.serving.generation import Generation
+
+PUBLIC, METRICS, LIST, VIEW, INFER, ADMIN = "public", "metrics", "list", "view", "infer", "admin"
+
+#: The access policy of every data-plane operation. Each adapter maps its routes / RPCs to these
+#: operations (tests/integration/test_access.py checks every route and RPC has one):
+#: `public` anyone; `metrics` public unless the operator says otherwise (series filtered like a
+#: list); `list` a listing filtered to what the caller may see; `view` / `infer` the named model
+#: must be visible / callable (someone else's private model is "not found"); `admin` an admin.
+POLICY: dict[str, str] = {
+    "server_live": PUBLIC, "server_ready": PUBLIC, "server_metadata": PUBLIC,
+    "unimplemented": PUBLIC, "metrics": METRICS,
+    "model_list": LIST, "server_stats": LIST, "repository_index": LIST,
+    "model_metadata": VIEW, "model_ready": VIEW, "model_config": VIEW, "model_stats": VIEW,
+    "infer": INFER, "generate": INFER,
+    "repository_load": ADMIN, "repository_unload": ADMIN,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a caller presented, as every adapter extracts it: the `Authorization` header (or
+    gRPC metadata / WebSocket handshake header) and `x-api-key`. Neither = no credential."""
+
+    authorization: str | None = None
+    api_key: str | None = None
+
+
+NO_CREDENTIALS = Credentials()
+
+
+class _Free:
+    """The admission of a caller without limits (anonymous): nothing to acquire."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+
+_FREE = _Free()
+
+
+class Decoding:
+    """Times an adapter's wire decoding (`with plane.decoding(sv) as d: request = decode(...)`)
+    and counts a request that fails to decode against the version it was sent to."""
+
+    __slots__ = ("_plane", "_sv", "elapsed_ns", "start_ns")
+
+    def __init__(self, plane: DataPlane, sv: ServedVersion) -> None:
+        self._plane = plane
+        self._sv = sv
+        self.start_ns = 0
+        self.elapsed_ns = 0
+
+    def __enter__(self) -> Decoding:
+        self.start_ns = time.perf_counter_ns()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.elapsed_ns = time.perf_counter_ns() - self.start_ns
+        if e is not None:
+            self._plane.engine.decode_failed(self._sv, e, self.elapsed_ns)
+
+
+class DataPlane:
+    """Policy, admission, lookup and the engine calls every protocol makes."""
+
+    def __init__(self, engine: InferenceEngine, generation: Generation, gate: Gate) -> None:
+        self.engine = engine
+        self.generation = generation
+        self.gate = gate
+
+    # ---- who is calling, and may they ------------------------------------------------------
+
+    async def caller(self, credentials: Credentials) -> Principal:
+        """The principal behind `credentials`; none presented is the anonymous caller (whether
+        anonymous calls are allowed is the policy's business). A value that does not look like
+        a credential (`EMPTY`, an OpenAI client's placeholder) counts as none
+        (`Identity.authenticate`); a bad credential raises Unauthenticated."""
+        if credentials.authorization is None and credentials.api_key is None:
+            return ANONYMOUS
+        return await self.gate.principal(credentials.authorization, credentials.api_key)
+
+    def allow(self, operation: str, p: Principal, model: str | None = None) -> None:
+        """Apply `POLICY[operation]` to the caller; raises when not allowed."""
+        policy = POLICY[operation]
+        gate = self.gate
+        if policy in (VIEW, INFER):
+            if model is None:  # a model-less call to a model route: at least a caller
+                gate.visible(p, ())
+            else:
+                gate.model(p, model, policy == INFER)
+        elif policy == LIST:
+            gate.visible(p, ())
+        elif policy == ADMIN:
+            gate.admin(p)
+        elif policy == METRICS:
+            gate.metrics(p)
+
+    async def authorize(
+        self, operation: str, credentials: Credentials, model: str | None = None
+    ) -> Principal:
+        """`caller` then `allow`: the first step of every adapter call."""
+        p = await self.caller(credentials)
+        self.allow(operation, p, model)
+        return p
+
+    def admit(self, p: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+        """Admission of new work, for every protocol's infer and generate: refused while the
+        server drains (503), then the caller's rate and concurrency limits (429)."""
+        self.engine.admit()
+        if p.anonymous:
+            return _FREE
+        return self.gate.admit(p)
+
+    async def metrics_shown(self, credentials: Credentials) -> Callable[[str], bool] | None:
+        """Whose series /metrics shows the caller: every model's (None) to an admin or to the
+        operator's scrape token (`auth.metrics_token`); otherwise the models the caller may see
+        (public ones, its own), by the rule the listings use. A name the server neither knows
+        nor serves (a deleted model's leftover series) is shown to no one else."""
+        gate = self.gate
+        token = gate.identity.settings.metrics_token
+        authorization = credentials.authorization
+        if token is not None and authorization is not None:
+            scheme, _, value = authorization.partition(" ")
+            secret = token.get_secret_value().encode()
+            if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), secret):
+                return None
+            if not looks_like_credential(value.strip()):
+                # where a scrape token is set, a bearer value that is neither it nor a
+                # credential is a scraper with the wrong token: say so, do not answer less
+                raise Unauthenticated("invalid metrics token")
+        p = await self.authorize("metrics", credentials)
+        if p.is_admin:
+            return None
+        by_name = gate.catalog.by_name
+        served = {m.name for m in self.engine.models()}
+
+        def shown(name: str) -> bool:
+            model = by_name.get(name)
+            if model is None:  # a repository model: public while it is served
+                return name in served
+            # /metrics is public by the operator's choice, so anonymous callers see what any
+            # caller may see (public models) even where anonymous inference is off
+            return model.system or can_see(p, model, allow_anonymous=True)
+
+        return shown
+
+    def visible(self, p: Principal) -> list[str]:
+        """Names of the served models the caller may see."""
+        return self.gate.visible(p, [m.name for m in self.engine.models()])
+
+    # ---- health and lookup -------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return self.engine.live()
+
+    def not_ready_reason(self) -> str | None:
+        """None when the server is ready for traffic, else why not."""
+        return self.engine.not_ready_reason()
+
+    def model(self, name: str) -> ServedModel:
+        return self.engine.model(name)
+
+    def version(self, name: str, version: str | None = None) -> ServedVersion:
+        """The served version a request for `name` (and `version`, if given) goes to."""
+        return self.engine.version(name, version)
+
+    # ---- infer -------------------------------------------------------------------------------
+
+    def decoding(self, sv: ServedVersion) -> Decoding:
+        return Decoding(self, sv)
+
+    async def infer(
+        self, sv: ServedVersion, request: InferenceRequest, decoding: Decoding | None = None
+    ) -> InferenceResponse:
+        """Run a decoded request on the version `version` chose (admitted by `admit`)."""
+        return await self.engine.infer_version(
+            sv, request, decoding.elapsed_ns if decoding is not None else 0
+        )
+
+    # ---- generate ----------------------------------------------------------------------------
+
+    def generator(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version that generates for `name`: 501 for a model that does not generate text,
+        503 when it has no running generator, before anything is sent."""
+        sv, _ = self.generation.generator(name, version)
+        return sv
+
+    def generate(
+        self, name: str, version: str | None, request: GenerateRequest
+    ) -> AsyncIterator[TokenEvent]:
+        """Token events of one generation; a failure raises (`ModelExecutionError`), and
+        closing the iterator early aborts the generation (its slot frees at the next step)."""
+        return self.generation.stream(name, version, request)
+
+    async def chat_prompt(self, name: str, messages: list[dict[str, Any]]) -> str:
+        return await self.generation.chat_prompt(name, messages)
+
+    # ---- repository and statistics -----------------------------------------------------------
+
+    def index(self, p: Principal, ready_only: bool = False) -> list[dict[str, Any]]:
+        names = set(self.visible(p))
+        return [m for m in self.engine.index(ready_only=ready_only) if m["name"] in names]
+
+    async def load(
+        self, name: str, parameter_names: list[str], raw_config: str | None = None
+    ) -> None:
+        await load_from_repository(self.engine, name, parameter_names, raw_config)
+
+    async def unload(self, name: str) -> None:
+        await self.engine.unload(name)
+
+    def stats(
+        self, p: Principal, name: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Statistics of one model (`name`), or of every model the caller may see."""
+        stats = self.engine.stats(name, version)
+        if name is None:
+            names = set(self.visible(p))
+            stats = [s for s in stats if s["name"] in names]
+        return stats
