@@ -24,6 +24,7 @@ from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
 from inferd.control.plane import ControlPlane
+from inferd.control.supervisor import ReplicaSupervisor
 from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.metrics import ServingMetrics
 from inferd.registry.artifacts import open_store
@@ -71,8 +72,11 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
         if settings.model_repository
         else None
     )
+    # the supervisor's loops (healing, health checks, autoscaling) start with each version the
+    # engine loads and stop with it
     engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s,
-                             isolation=_worker_isolation(settings))  # fmt: skip
+                             isolation=_worker_isolation(settings),
+                             supervisor=ReplicaSupervisor())  # fmt: skip
     control = _control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
     http = settings.http
     g = settings.grpc

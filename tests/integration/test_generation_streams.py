@@ -388,3 +388,39 @@ async def test_ws_credentials_when_required(locked: RunningServer) -> None:
         await start(ws, "ok", "hello", 4)
         messages = await until_final(ws, {"ok"})
     assert "".join(m["text_output"] for m in messages) == completion_as_admin(locked, "hello", 4)
+
+
+# ---- draining ------------------------------------------------------------------------------
+
+
+async def test_draining_refuses_new_work_on_grpc_and_websocket(server: RunningServer) -> None:
+    """After SIGTERM (begin_drain) gRPC ModelInfer, a gRPC token stream and a WebSocket
+    generation are refused as shutting down (UNAVAILABLE / in-band 503), as every REST route is
+    (tests/integration/test_openai.py): one admission check, in the data plane."""
+    client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    echo = tc.InferInput("IN", [1], "BYTES")
+    echo.set_data_from_numpy(np.array([b"x"], dtype=object))
+    async with connect(ws_url(server)) as ws:  # a socket opened before the drain began
+        server.engine.begin_drain()
+        try:
+            with pytest.raises(InferenceServerException) as unary:
+                client.infer("echo", [echo])
+            assert unary.value.status() == "StatusCode.UNAVAILABLE", unary.value
+            assert "shutting down" in str(unary.value)
+            got = Collector()
+            client.start_stream(callback=got)
+            try:
+                client.async_stream_infer("tiny", [text_input("hi")], request_id="d",
+                                          parameters={"max_tokens": 2, **GREEDY})  # fmt: skip
+                _, error = got.next()
+                assert error is not None and "shutting down" in str(error), error
+            finally:
+                client.stop_stream()
+            await start(ws, "w", "hi", 2)
+            m = await recv(ws)
+            assert m["id"] == "w" and m["error"]["code"] == 503, m
+            assert "shutting down" in m["error"]["message"]
+        finally:
+            server.engine.stopping = False
+            client.close()
+    assert completion(server, "hi", 2)  # serving again for the tests after this one

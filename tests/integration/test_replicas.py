@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inferd.control.supervisor import ReplicaSupervisor
 from inferd.core.errors import (
     DeadlineExceeded,
     InferdError,
@@ -70,7 +71,8 @@ async def engine(tmp_path: Path) -> AsyncIterator[InferenceEngine]:
         (tmp_path / name / "1" / "model.py").write_text(MODEL)
         (tmp_path / name / "model.yaml").write_text(yaml)
     eng = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path),
-                          drain_timeout_s=2, health_interval_s=0.5)  # fmt: skip
+                          drain_timeout_s=2, health_interval_s=0.5,
+                          supervisor=ReplicaSupervisor())  # fmt: skip
     await eng.start()
     assert eng.not_ready_reason() is None, eng.index()
     yield eng

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inferd.control.supervisor import ReplicaSupervisor
 from inferd.core.tensors import InferenceRequest, Tensor
 from inferd.observability.metrics import ServingMetrics
 from inferd.serving.engine import InferenceEngine
@@ -57,7 +58,8 @@ def _request(hoard_mb: int = 0) -> InferenceRequest:
 async def test_cpu_pinning_gpu_hiding_and_memory_limit(tmp_path: Path) -> None:
     _model(tmp_path, "pinned", "{cpu: 1, gpu: 0, memory: 300MiB}")
     _model(tmp_path, "tiny", "{memory: 5MiB}")
-    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path))
+    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path),
+                             supervisor=ReplicaSupervisor())  # fmt: skip
     await engine.start()
     try:
         # a worker whose model alone exceeds its memory limit fails to load, with the reason
@@ -115,7 +117,8 @@ async def test_worker_processes_do_not_see_server_secrets(
         inputs: [{name: X, datatype: FP32, shape: [-1]}]
         outputs: [{name: NAMES, datatype: BYTES, shape: [-1]}]
         """))  # fmt: skip
-    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path))
+    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path),
+                             supervisor=ReplicaSupervisor())  # fmt: skip
     await engine.start()
     try:
         r = await engine.infer("env", None, _request())

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inferd.control.supervisor import ReplicaSupervisor
 from inferd.core.errors import ModelLoadError, ReplicaFailed
 from inferd.core.spec import parse_model_config
 from inferd.core.tensors import InferenceRequest, Tensor
@@ -66,7 +67,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[InferenceEngine]:
         (tmp_path / name / "model.yaml").write_text(yaml)
     # the default idle health interval (5 s): the pings must not be what finds the stopped worker
     eng = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path),
-                          drain_timeout_s=2)  # fmt: skip
+                          drain_timeout_s=2, supervisor=ReplicaSupervisor())  # fmt: skip
     await eng.start()
     assert eng.not_ready_reason() is None, eng.index()
     yield eng

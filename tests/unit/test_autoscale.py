@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inferd.control.supervisor import ReplicaSupervisor
 from inferd.core.errors import InvalidInput
 from inferd.core.scaling import AutoscalingPolicy, parse_autoscaling, parse_resources
 from inferd.core.spec import parse_model_config, spec_to_config
@@ -18,6 +20,7 @@ from inferd.observability.metrics import ServingMetrics
 from inferd.serving.autoscale import LoadHistory, desired_replicas
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.repository import ModelRepository
+from inferd.serving.scheduler import Scheduler
 
 POLICY = AutoscalingPolicy(min_replicas=1, max_replicas=4, target_concurrency=2,
                            downscale_delay_s=10, upscale_window_s=2)  # fmt: skip
@@ -76,13 +79,13 @@ def test_policy_parsing_names_fields() -> None:
         parse_model_config("m", {"instance_kind": "thread", "resources": {"cpu": 1}})
 
 
-SLOW = textwrap.dedent(
+GATED = textwrap.dedent(
     """
-    import time
-
     class Model:
         def infer(self, inputs, parameters):
-            time.sleep(float(parameters.get("sleep", 0)))
+            gate = parameters.get("gate")
+            if gate is not None:  # held in flight until the test opens the gate
+                gate.wait(60)
             return {"Y": inputs["X"] + 1}
     """
 )
@@ -98,39 +101,75 @@ YAML = textwrap.dedent(
 )
 
 
-def _request(sleep: float) -> InferenceRequest:
+class FakeClock:
+    """The supervisor's clock, moved by hand: the autoscaler's windows pass when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _request(gate: threading.Event | None = None) -> InferenceRequest:
+    # thread replicas run in this process, so a request parameter can carry the gate itself
     return InferenceRequest([Tensor("X", "FP32", np.ones(2, np.float32))],
-                            parameters={"sleep": sleep})  # fmt: skip
+                            parameters={"gate": gate} if gate else None)  # fmt: skip
 
 
-async def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
+def _scalings(sched: Scheduler) -> asyncio.Queue[int]:
+    """The live replica count after each scaling the autoscaler makes, in order."""
+    counts: asyncio.Queue[int] = asyncio.Queue()
+    scale_to = sched.scale_to
+
+    async def recorded(n: int) -> None:
+        await scale_to(n)
+        counts.put_nowait(len(sched.live()))
+
+    sched.scale_to = recorded  # type: ignore[method-assign]
+    return counts
+
+
+async def _next(counts: asyncio.Queue[int]) -> int:
+    # the guard only turns a hang into a failure; the autoscaler runs every 0.05 s
+    return await asyncio.wait_for(counts.get(), 30)
 
 
 async def test_replicas_follow_the_load_to_zero_and_back(tmp_path: Path) -> None:
     (tmp_path / "slow" / "1").mkdir(parents=True)
-    (tmp_path / "slow" / "1" / "model.py").write_text(SLOW)
+    (tmp_path / "slow" / "1" / "model.py").write_text(GATED)
     (tmp_path / "slow" / "model.yaml").write_text(YAML)
-    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path))
+    clock = FakeClock()
+    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path),
+                             supervisor=ReplicaSupervisor(clock))  # fmt: skip
     await engine.start()
+    gate = threading.Event()
     try:
         sched = engine.version("slow").scheduler
         sched.autoscale_interval_s = 0.05
+        counts = _scalings(sched)
         assert len(sched.live()) == 1  # loaded once to prove it works, even with min 0
-        # three concurrent slow requests: scaled up to three replicas, all answered
-        calls = [asyncio.create_task(engine.infer("slow", None, _request(0.8))) for _ in range(3)]
-        await _until(lambda: len(sched.live()) == 3)
+        # three requests held in flight (the clock stands still): up to three replicas
+        calls = [asyncio.create_task(engine.infer("slow", None, _request(gate))) for _ in range(3)]
+        ups = [await _next(counts)]
+        while ups[-1] < 3:
+            ups.append(await _next(counts))
+        assert ups == sorted(set(ups)) and ups[-1] == 3 and len(sched.live()) == 3
+        gate.set()
         assert all(r.outputs[0].data.tolist() == [2.0, 2.0] for r in await asyncio.gather(*calls))
-        # idle: down, then to zero
-        await _until(lambda: len(sched.live()) == 0)
+        # idle past the downscale delay, not yet past scale_to_zero_after_s: one stays warm
+        clock.now = 0.4
+        assert await _next(counts) == 1
+        assert engine.index()[0]["state"] == "READY"
+        # idle past scale_to_zero_after_s: none left, and the model is still READY
+        clock.now = 0.8
+        assert await _next(counts) == 0
         assert engine.index()[0]["state"] == "READY"
         # a request at zero replicas starts one and is answered
-        r = await engine.infer("slow", None, _request(0))
+        r = await engine.infer("slow", None, _request())
         assert r.outputs[0].data.tolist() == [2.0, 2.0]
+        assert await _next(counts) == 1
         assert len(sched.live()) == 1
     finally:
+        gate.set()
         await engine.stop()

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inferd.control.supervisor import ReplicaSupervisor
 from inferd.core.errors import (
     InvalidInput,
     ModelExecutionError,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
+    ReplicaFailed,
 )
 from inferd.core.spec import parse_model_config
 from inferd.core.tensors import InferenceRequest, RequestedOutput, Tensor
@@ -60,9 +64,8 @@ def request(*values: float, **kw: object) -> InferenceRequest:
 
 
 def engine_for(root: Path) -> InferenceEngine:
-    return InferenceEngine(
-        ServingMetrics(CollectorRegistry()), ModelRepository(root), drain_timeout_s=1
-    )
+    return InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(root),
+                           drain_timeout_s=1, supervisor=ReplicaSupervisor())  # fmt: skip
 
 
 async def test_start_loads_all_and_keeps_failures_with_reasons(tmp_path: Path) -> None:
@@ -135,6 +138,66 @@ async def test_unload_then_requests_are_not_ready(tmp_path: Path) -> None:
     await engine.stop()
 
 
+GATED = textwrap.dedent(
+    """
+    class Model:
+        def infer(self, inputs, parameters):
+            # thread replicas run in this process: the request carries the gate it waits on
+            parameters["gate"].wait(60)
+            return {"Y": inputs["X"]}
+    """
+)
+
+
+async def test_unload_and_drain_wait_for_the_request_in_flight(tmp_path: Path) -> None:
+    write_model(tmp_path, "held", {"1": GATED})
+    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), ModelRepository(tmp_path),
+                             drain_timeout_s=60, supervisor=ReplicaSupervisor())  # fmt: skip
+    await engine.start()
+    gate = threading.Event()
+    try:
+        call = asyncio.create_task(
+            engine.infer("held", None, request(1, parameters={"gate": gate}))
+        )
+        while engine.inflight == 0:
+            await asyncio.sleep(0)
+        unloading = asyncio.create_task(engine.unload("held"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not unloading.done() and not await engine.drained(0)
+        gate.set()
+        assert (await call).outputs[0].data.tolist() == [1.0]  # answered, not cut off
+        await unloading
+        assert await engine.drained(0) and engine.model("held").state == "UNAVAILABLE"
+    finally:
+        gate.set()
+        await engine.stop()
+
+
+async def test_a_replica_that_times_out_is_replaced_by_the_supervisor(tmp_path: Path) -> None:
+    write_model(tmp_path, "stuck", {"1": GATED})
+    yaml = (tmp_path / "stuck" / "model.yaml").read_text()
+    (tmp_path / "stuck" / "model.yaml").write_text(yaml + "execution_timeout_s: 0.2\n")
+    engine = engine_for(tmp_path)
+    await engine.start()
+    stuck, free = threading.Event(), threading.Event()
+    free.set()
+    try:
+        with pytest.raises(ReplicaFailed, match=r"did not finish within 0\.2 s"):
+            await engine.infer("stuck", None, request(1, parameters={"gate": stuck}))
+        # the next request waits for the replacement (no request could run without one)
+        out = await asyncio.wait_for(
+            engine.infer("stuck", None, request(2, parameters={"gate": free})), 30
+        )
+        assert out.outputs[0].data.tolist() == [2.0]
+        health = engine.version("stuck").scheduler.health()
+        assert (health.total, health.healthy, health.restarts) == (1, 1, 1)
+        assert "did not finish within 0.2 s" in health.last_error
+    finally:
+        stuck.set()
+        await engine.stop()
+
+
 async def test_errors_and_stats(tmp_path: Path) -> None:
     write_model(tmp_path, "m", {"1": model_py(2)})
     engine = engine_for(tmp_path)
@@ -163,7 +226,7 @@ async def test_python_objects_and_estimators() -> None:
 
     x, y = load_iris(return_X_y=True)
     est = LogisticRegression(max_iter=500).fit(x, y)
-    engine = InferenceEngine(ServingMetrics(CollectorRegistry()))
+    engine = InferenceEngine(ServingMetrics(CollectorRegistry()), supervisor=ReplicaSupervisor())
     spec = parse_model_config("iris", {"labels": ["setosa", "versicolor", "virginica"]})
     await engine.add_model(spec, ObjectRuntime(spec, est))
     try:

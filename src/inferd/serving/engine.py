@@ -1,14 +1,13 @@
-"""The one inference engine every protocol adapter calls."""
+"""The one inference engine every protocol adapter calls: a facade over the model manager
+(`models.py`: lifecycle, versions), each version's scheduler (`scheduler.py`: queue + replica
+set) and the accounting of every request (`infer_version`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -16,82 +15,34 @@ import numpy as np
 from inferd.core.datatypes import NUMPY_DTYPES
 from inferd.core.errors import (
     DeadlineExceeded,
-    InferdError,
     InvalidInput,
     ModelExecutionError,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
     Overloaded,
     ReplicaFailed,
     ServerNotReady,
 )
-from inferd.core.spec import ModelSpec, TensorSpec, check_name, version_key
+from inferd.core.spec import ModelSpec, version_key
 from inferd.core.tensors import InferenceRequest, InferenceResponse, Tensor
 from inferd.core.validation import check_inputs, check_outputs
-from inferd.observability.metrics import ServingMetrics, VersionMetrics
-from inferd.runtimes import detect_runtime, runtime_class
+from inferd.observability.metrics import ServingMetrics
 from inferd.runtimes.base import Runtime
 from inferd.serving.classification import classify
+from inferd.serving.models import ModelManager, ModelState, ServedModel, ServedVersion, wait_set
 from inferd.serving.repository import ModelRepository, ModelSource
-from inferd.serving.scheduler import ReplicaMaker, Scheduler
-from inferd.serving.stats import VersionStats
-from inferd.workers import InProcessReplica, Loaded, ProcessReplica, Replica
-from inferd.workers.generation import ThreadGenerator, engine_factory
-from inferd.workers.generation_process import ProcessGenerator
+from inferd.serving.scheduler import Supervisor
 from inferd.workers.isolation import WorkerIsolation
+
+__all__ = ["InferenceEngine", "ModelState", "ServedModel", "ServedVersion", "request_timeout"]
 
 log = logging.getLogger("inferd.engine")
 
 
-class ModelState(StrEnum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    UNLOADING = "UNLOADING"
-
-
-@dataclass(eq=False)
-class ServedVersion:
-    """A loaded version: its scheduler (queue + replicas), signature, stats and metrics."""
-
-    name: str
-    version: str
-    spec: ModelSpec
-    runtime_name: str
-    platform: str
-    scheduler: Scheduler
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    metrics: VersionMetrics
-    stats: VersionStats = field(default_factory=VersionStats)
-    inflight: int = 0
-
-    def __post_init__(self) -> None:
-        self.input_map = {t.name: t for t in self.inputs}
-        self.output_map = {t.name: t for t in self.outputs}
-        self.output_names = [t.name for t in self.outputs]
-
-
-@dataclass(eq=False)
-class ServedModel:
-    """A model name: its served versions and its state (with the reason when unavailable)."""
-
-    name: str
-    spec: ModelSpec | None
-    state: ModelState = ModelState.LOADING
-    reason: str = ""
-    required: bool = True
-    versions: dict[str, ServedVersion] = field(default_factory=dict)
-    default: ServedVersion | None = None
-
-    def refresh_default(self) -> None:
-        ordered = sorted(self.versions, key=version_key)
-        self.default = self.versions[ordered[-1]] if ordered else None
-
-
 class InferenceEngine:
-    """Owns served models; loads, unloads and runs them. Adapters make one call per request."""
+    """Owns served models; loads, unloads and runs them. Adapters make one call per request.
+
+    `supervisor` heals and scales every version's replicas (`control/supervisor.py`
+    `ReplicaSupervisor`); without one, a dead replica is not replaced and nothing autoscales.
+    """
 
     def __init__(
         self,
@@ -100,38 +51,53 @@ class InferenceEngine:
         health_interval_s: float = 5.0,
         drain_timeout_s: float = 30.0,
         isolation: WorkerIsolation | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.metrics = metrics
-        #: Who worker processes run as, what they see and whether they reach the network.
-        self.isolation = isolation or WorkerIsolation()
-        self.repository = repository
-        self._health_interval_s = health_interval_s
-        self.inflight = 0
-        self._models: dict[str, ServedModel] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._drain_timeout_s = drain_timeout_s
+        self._manager = ModelManager(metrics, repository, isolation or WorkerIsolation(),
+                                     health_interval_s, drain_timeout_s, supervisor)  # fmt: skip
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.started = False
         self.stopping = False
+
+    @property
+    def repository(self) -> ModelRepository | None:
+        return self._manager.repository
+
+    @repository.setter
+    def repository(self, repository: ModelRepository | None) -> None:
+        self._manager.repository = repository
+
+    @property
+    def isolation(self) -> WorkerIsolation:
+        """Who worker processes run as, what they see and whether they reach the network."""
+        return self._manager.isolation
+
+    @property
+    def inflight(self) -> int:
+        """Requests (and generations) running now, on every model."""
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, n: int) -> None:
+        self._inflight = n
+        if n:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load every model of the repository concurrently; failures are kept with reasons."""
-        names = self.repository.names() if self.repository else []
-        for name in names:
-            self._models.setdefault(name, ServedModel(name, None))
-        await asyncio.gather(*(self._load_quietly(n) for n in names))
+        await self._manager.load_repository()
         self.started = True
-
-    async def _load_quietly(self, name: str) -> None:
-        try:
-            await self.load(name)
-        except InferdError as e:
-            log.warning("model %s failed to load: %s", name, e.message)
 
     async def stop(self) -> None:
         self.stopping = True
-        await asyncio.gather(*(self.unload(n) for n in list(self._models)), return_exceptions=True)
+        await self._manager.unload_all()
         self.isolation.close()
 
     def begin_drain(self) -> None:
@@ -140,10 +106,7 @@ class InferenceEngine:
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until no request is in flight (True) or `timeout_s` passed (False)."""
-        deadline = time.monotonic() + timeout_s
-        while self.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return self.inflight == 0
+        return await wait_set(self._idle, timeout_s)
 
     def live(self) -> bool:
         return not self.stopping
@@ -160,64 +123,30 @@ class InferenceEngine:
             return "server is shutting down"
         if not self.started:
             return "server is starting: models are loading"
-        waiting = [m.name for m in self._models.values() if m.required and m.state != "READY"]
+        waiting = self._manager.waiting()
         if waiting:
             return f"required model(s) not ready: {', '.join(sorted(waiting))}"
         return None
 
     # ---- model control ---------------------------------------------------------------------
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        return lock
-
     async def load(self, name: str, config: dict[str, Any] | None = None) -> ServedModel:
         """(Re)load a model from the repository. A failed reload keeps the old versions serving.
 
         `config` overrides `model.yaml` fields for this load (Triton's load-time config).
         """
-        if self.repository is None:
-            raise ModelNotFound(name)
-        check_name(name)
-        async with self._lock(name):
-            model = self._models.get(name)
-            try:
-                source = self.repository.source(name, config)
-            except ModelNotFound:
-                if model is not None and not model.versions:
-                    del self._models[name]  # gone from the repository: stop reporting it
-                raise
-            except InferdError as e:
-                self._failed(name, model, e.message)
-                raise ModelLoadError(f"failed to load '{name}': {e.message}") from None
-            return await self._load_locked(name, model, source)
+        return await self._manager.load(name, config)
 
     async def load_source(self, source: ModelSource) -> ServedModel:
         """(Re)load a model from files outside the repository (a registry deployment).
 
         Same guarantees as `load`: a failed reload keeps the old versions serving.
         """
-        name = check_name(source.spec.name)
-        async with self._lock(name):
-            return await self._load_locked(name, self._models.get(name), source)
-
-    async def _load_locked(
-        self, name: str, model: ServedModel | None, source: ModelSource
-    ) -> ServedModel:
-        if model is None:
-            model = self._models[name] = ServedModel(name, source.spec)
-        if not model.versions:
-            model.state = ModelState.LOADING
-        model.required = source.spec.required
-        return await self._load_versions(model, source)
+        return await self._manager.load_source(source)
 
     async def forget(self, name: str) -> None:
         """Unload a model and stop reporting it at all (its deployment was deleted)."""
-        if name in self._models:
-            await self.unload(name)
-            self._models.pop(name, None)
+        await self._manager.forget(name)
 
     async def probe(
         self, source: ModelSource, version: str, sample: InferenceRequest | None = None
@@ -228,221 +157,26 @@ class InferenceEngine:
         the signature the model carries. Never touches served models or their metrics.
         Returns the response to `sample`, or why it failed (a string), or None without one.
         """
-        name = f"probe-{uuid.uuid4().hex[:12]}"
-        real = source.spec.name
-        spec = replace(source.spec, name=name, instances=1, instance_kind="process",
-                       autoscaling=None)  # fmt: skip
-        try:
-            sv = await self._load_version(spec, version, source)
-        except InferdError as e:  # messages name the model, not the throw-away probe
-            raise ModelLoadError(e.message.replace(name, real)) from None
-        try:
-            response: InferenceResponse | str | None = None
-            if sample is not None:
-                try:
-                    response = await self.infer_version(sv, sample)
-                except InferdError as e:
-                    response = e.message.replace(name, real)
-            return sv, response
-        finally:
-            await sv.scheduler.stop()
-            self.metrics.forget(name, version)
-
-    async def _load_versions(self, model: ServedModel, source: ModelSource) -> ServedModel:
-        spec = source.spec
-        wanted = spec.version_policy.select(list(source.versions))
-        if not wanted:
-            self._failed(model.name, model, "the version policy selects no version on disk")
-            raise ModelLoadError(f"failed to load '{model.name}': no version selected")
-        results = await asyncio.gather(
-            *(self._load_version(spec, v, source) for v in wanted), return_exceptions=True
-        )
-        loaded: dict[str, ServedVersion] = {}
-        errors = []
-        for v, r in zip(wanted, results, strict=True):
-            if isinstance(r, ServedVersion):
-                loaded[v] = r
-            else:
-                msg = r.message if isinstance(r, InferdError) else f"{type(r).__name__}: {r}"
-                errors.append(f"version {v}: {msg}")
-        if errors:
-            for sv in loaded.values():
-                await self._retire(sv)
-            reason = "; ".join(errors)
-            self.metrics.model_loads.labels(model.name, "failure").inc()
-            self._failed(model.name, model, reason)
-            raise ModelLoadError(f"failed to load '{model.name}': {reason}")
-        old = model.versions
-        model.spec, model.versions = spec, loaded
-        model.refresh_default()
-        model.state, model.reason = ModelState.READY, ""
-        self.metrics.model_loads.labels(model.name, "success").inc()
-        for sv in loaded.values():
-            self.metrics.model_ready.labels(model.name, sv.version).set(1)
-        for v, sv in old.items():
-            if v not in loaded:
-                self.metrics.forget(model.name, v)
-            await self._retire(sv)
-        log.info("model %s ready, versions %s", model.name, ",".join(sorted(loaded)))
-        return model
-
-    def _failed(self, name: str, model: ServedModel | None, reason: str) -> None:
-        if model is None:
-            model = self._models.setdefault(name, ServedModel(name, None))
-        if not model.versions:  # a failed reload keeps serving the old versions
-            model.state, model.reason = ModelState.UNAVAILABLE, reason
-        else:
-            model.reason = f"reload failed: {reason}"
-
-    async def _load_version(
-        self, spec: ModelSpec, version: str, source: ModelSource
-    ) -> ServedVersion:
-        path = source.version_path(version)
-        runtime_name = spec.runtime or detect_runtime(path)
-        label = f"{spec.name}-{version}"
-        if runtime_name == "llm":  # continuous-batching generation (worker process or thread)
-            make_engine = engine_factory(spec, path)
-
-            def make(i: int) -> Replica:
-                if spec.instance_kind == "thread":
-                    return ThreadGenerator(make_engine, f"{label}-{i}")
-                return ProcessGenerator(spec, version, path, f"{label}-{i}", index=i,
-                                        isolation=self.isolation)  # fmt: skip
-
-            return await self._start_version(spec, version, runtime_name, make)
-        if spec.instance_kind == "thread":
-            cls = runtime_class(runtime_name)
-
-            def make(i: int) -> Replica:
-                runtime = cls(spec, version, path)
-                replica = InProcessReplica(runtime, f"{label}-{i}", spec.execution_timeout_s)
-                replica.on_progress = progress
-                return replica
-        else:
-
-            def make(i: int) -> Replica:
-                replica = ProcessReplica(spec, version, path, runtime_name, f"{label}-{i}",
-                                         index=i, isolation=self.isolation)  # fmt: skip
-                replica.on_progress = progress
-                return replica
-
-        llm = self.metrics.llm
-        steps = llm.image_steps.labels(spec.name, version)
-        ratio = llm.progress.labels(spec.name, version)
-
-        def progress(done: int, total: int) -> None:
-            # one report per denoising step: the counter moves live, the ratio shows how far
-            steps.inc()
-            ratio.set(done / total if total else 0.0)
-
-        return await self._start_version(spec, version, runtime_name, make)
-
-    async def _start_version(
-        self, spec: ModelSpec, version: str, runtime_name: str, make: ReplicaMaker
-    ) -> ServedVersion:
-        """Start `spec.instances` replicas and work out the effective signature."""
-        replicas = [make(i) for i in range(spec.instances)]
-        results = await asyncio.gather(*(r.load() for r in replicas), return_exceptions=True)
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
-        loaded = results[0]
-        if failure is not None or not isinstance(loaded, Loaded):
-            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
-            if isinstance(failure, InferdError):
-                raise failure
-            raise ModelLoadError(f"{type(failure).__name__}: {failure}")
-        inputs = spec.batched(spec.inputs) if spec.inputs else loaded.inputs
-        outputs = spec.batched(spec.outputs) if spec.outputs else loaded.outputs
-        if not inputs or not outputs:
-            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
-            raise ModelLoadError("the model declares no inputs or outputs; list them in model.yaml")
-        metrics = self.metrics.for_version(spec.name, version)
-        stats = VersionStats()
-        scheduler = Scheduler.create(
-            spec, f"{spec.name}-{version}", list(replicas), make, stats, metrics,
-            self._health_interval_s,
-        )  # fmt: skip
-        scheduler.start()
-        return ServedVersion(
-            name=spec.name,
-            version=version,
-            spec=spec,
-            runtime_name=runtime_name,
-            platform=spec.platform or loaded.platform,
-            scheduler=scheduler,
-            inputs=inputs,
-            outputs=outputs,
-            metrics=metrics,
-            stats=stats,
-        )
+        return await self._manager.probe(source, version, sample, self.infer_version)
 
     async def add_model(self, spec: ModelSpec, runtime: Runtime, version: str = "1") -> ServedModel:
         """Serve an already-constructed runtime (the Python API's path): one thread replica."""
-        async with self._lock(spec.name):
-            label = f"{spec.name}-{version}"
-
-            def make(i: int) -> Replica:
-                return InProcessReplica(runtime, f"{label}-{i}", spec.execution_timeout_s)
-
-            sv = await self._start_version(replace(spec, instances=1), version, runtime.name, make)
-            old = self._models.get(spec.name)
-            if old is not None:
-                for stale in old.versions.values():
-                    await self._retire(stale)
-            model = ServedModel(spec.name, spec, ModelState.READY, required=spec.required)
-            model.versions = {version: sv}
-            model.refresh_default()
-            self._models[spec.name] = model
-            self.metrics.model_ready.labels(spec.name, version).set(1)
-            return model
+        return await self._manager.add_model(spec, runtime, version)
 
     async def unload(self, name: str) -> None:
-        model = self._models.get(name)
-        if model is None:
-            raise ModelNotFound(name)
-        async with self._lock(name):
-            versions, model.versions, model.default = model.versions, {}, None
-            model.state, model.reason = ModelState.UNLOADING, ""
-            for sv in versions.values():
-                await self._retire(sv)
-                self.metrics.forget(name, sv.version)
-            # an operator's explicit unload takes the model out of the readiness set
-            model.state, model.reason, model.required = ModelState.UNAVAILABLE, "unloaded", False
-
-    async def _retire(self, sv: ServedVersion) -> None:
-        """Unload once in-flight requests are done (bounded by the drain timeout)."""
-        deadline = time.monotonic() + self._drain_timeout_s
-        while sv.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        await sv.scheduler.stop()
+        await self._manager.unload(name)
 
     # ---- queries ---------------------------------------------------------------------------
 
     def models(self) -> list[ServedModel]:
-        return [self._models[n] for n in sorted(self._models)]
+        return self._manager.models()
 
     def model(self, name: str) -> ServedModel:
-        model = self._models.get(name)
-        if model is None:
-            raise ModelNotFound(name)
-        return model
+        return self._manager.model(name)
 
     def version(self, name: str, version: str | None = None) -> ServedVersion:
         """The version to serve, or ModelNotFound / ModelNotReady with the reason."""
-        model = self._models.get(name)
-        if model is None:
-            raise ModelNotFound(name)
-        if version is None or version == "":
-            sv = model.default
-            if sv is None:
-                why = model.reason or model.state.value.lower()
-                raise ModelNotReady(f"model '{name}' is not ready: {why}")
-            return sv
-        sv = model.versions.get(version)
-        if sv is None:
-            if model.state == ModelState.READY:
-                raise ModelNotFound(name, version)
-            raise ModelNotReady(f"model '{name}' version {version} is not ready")
-        return sv
+        return self._manager.version(name, version)
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

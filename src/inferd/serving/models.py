@@ -1,0 +1,368 @@
+"""The served models and their versions: load, reload, unload, probe, add, look up.
+
+A version's replicas come from the replica factory (`factory.py`, keyed by runtime kind); each
+loaded version gets a `Scheduler` (queue + replica set) handed to the supervisor, if any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from inferd.core.errors import InferdError, ModelLoadError, ModelNotFound, ModelNotReady
+from inferd.core.spec import ModelSpec, TensorSpec, check_name, version_key
+from inferd.core.tensors import InferenceRequest, InferenceResponse
+from inferd.observability.metrics import ServingMetrics, VersionMetrics
+from inferd.runtimes import detect_runtime
+from inferd.runtimes.base import Runtime
+from inferd.serving.factory import ReplicaPlan, replica_maker, runtime_replicas
+from inferd.serving.repository import ModelRepository, ModelSource
+from inferd.serving.scheduler import ReplicaMaker, Scheduler, Supervisor
+from inferd.serving.stats import VersionStats
+from inferd.workers import Loaded
+from inferd.workers.isolation import WorkerIsolation
+
+log = logging.getLogger("inferd.engine")
+
+
+class ModelState(StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """A loaded version: its scheduler (queue + replicas), signature, stats and metrics."""
+
+    name: str
+    version: str
+    spec: ModelSpec
+    runtime_name: str
+    platform: str
+    scheduler: Scheduler
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    metrics: VersionMetrics
+    stats: VersionStats = field(default_factory=VersionStats)
+
+    def __post_init__(self) -> None:
+        self.input_map = {t.name: t for t in self.inputs}
+        self.output_map = {t.name: t for t in self.outputs}
+        self.output_names = [t.name for t in self.outputs]
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        """Requests running on this version now."""
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, n: int) -> None:
+        self._inflight = n
+        if n:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def idle(self, timeout_s: float) -> bool:
+        """Wait until no request runs here (True) or `timeout_s` passed (False)."""
+        return await wait_set(self._idle, timeout_s)
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A model name: its served versions and its state (with the reason when unavailable)."""
+
+    name: str
+    spec: ModelSpec | None
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    required: bool = True
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+    default: ServedVersion | None = None
+
+    def refresh_default(self) -> None:
+        ordered = sorted(self.versions, key=version_key)
+        self.default = self.versions[ordered[-1]] if ordered else None
+
+
+Run = Callable[[ServedVersion, InferenceRequest], Awaitable[InferenceResponse]]
+
+
+class ModelManager:
+    """Owns the served models: their lifecycle and versions, one lock per model name."""
+
+    def __init__(self, metrics: ServingMetrics, repository: ModelRepository | None,
+                 isolation: WorkerIsolation, health_interval_s: float, drain_timeout_s: float,
+                 supervisor: Supervisor | None) -> None:  # fmt: skip
+        self.metrics = metrics
+        self.repository = repository
+        self.isolation = isolation
+        self.health_interval_s = health_interval_s
+        self.drain_timeout_s = drain_timeout_s
+        self.supervisor = supervisor
+        self._models: dict[str, ServedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def load_repository(self) -> None:
+        """Load every model of the repository concurrently; failures are kept with reasons."""
+        names = self.repository.names() if self.repository else []
+        for name in names:
+            self._models.setdefault(name, ServedModel(name, None))
+        await asyncio.gather(*(self._load_quietly(n) for n in names))
+
+    async def _load_quietly(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except InferdError as e:
+            log.warning("model %s failed to load: %s", name, e.message)
+
+    async def unload_all(self) -> None:
+        await asyncio.gather(*(self.unload(n) for n in list(self._models)), return_exceptions=True)
+
+    def waiting(self) -> list[str]:
+        """Required models that are not READY."""
+        return [m.name for m in self._models.values() if m.required and m.state != "READY"]
+
+    # ---- model control ---------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    async def load(self, name: str, config: dict[str, Any] | None = None) -> ServedModel:
+        if self.repository is None:
+            raise ModelNotFound(name)
+        check_name(name)
+        async with self._lock(name):
+            model = self._models.get(name)
+            try:
+                source = self.repository.source(name, config)
+            except ModelNotFound:
+                if model is not None and not model.versions:
+                    del self._models[name]  # gone from the repository: stop reporting it
+                raise
+            except InferdError as e:
+                self._failed(name, model, e.message)
+                raise ModelLoadError(f"failed to load '{name}': {e.message}") from None
+            return await self._load_locked(name, model, source)
+
+    async def load_source(self, source: ModelSource) -> ServedModel:
+        name = check_name(source.spec.name)
+        async with self._lock(name):
+            return await self._load_locked(name, self._models.get(name), source)
+
+    async def _load_locked(
+        self, name: str, model: ServedModel | None, source: ModelSource
+    ) -> ServedModel:
+        if model is None:
+            model = self._models[name] = ServedModel(name, source.spec)
+        if not model.versions:
+            model.state = ModelState.LOADING
+        model.required = source.spec.required
+        return await self._load_versions(model, source)
+
+    async def forget(self, name: str) -> None:
+        if name in self._models:
+            await self.unload(name)
+            self._models.pop(name, None)
+
+    async def probe(
+        self, source: ModelSource, version: str, sample: InferenceRequest | None, run: Run
+    ) -> tuple[ServedVersion, InferenceResponse | str | None]:
+        """Load one version in a throw-away worker process, optionally `run` one request on it,
+        unload. Never touches served models or their metrics."""
+        name = f"probe-{uuid.uuid4().hex[:12]}"
+        real = source.spec.name
+        spec = replace(source.spec, name=name, instances=1, instance_kind="process",
+                       autoscaling=None)  # fmt: skip
+        try:
+            sv = await self._load_version(spec, version, source)
+        except InferdError as e:  # messages name the model, not the throw-away probe
+            raise ModelLoadError(e.message.replace(name, real)) from None
+        try:
+            response: InferenceResponse | str | None = None
+            if sample is not None:
+                try:
+                    response = await run(sv, sample)
+                except InferdError as e:
+                    response = e.message.replace(name, real)
+            return sv, response
+        finally:
+            await sv.scheduler.stop()
+            self.metrics.forget(name, version)
+
+    async def _load_versions(self, model: ServedModel, source: ModelSource) -> ServedModel:
+        spec = source.spec
+        wanted = spec.version_policy.select(list(source.versions))
+        if not wanted:
+            self._failed(model.name, model, "the version policy selects no version on disk")
+            raise ModelLoadError(f"failed to load '{model.name}': no version selected")
+        results = await asyncio.gather(
+            *(self._load_version(spec, v, source) for v in wanted), return_exceptions=True
+        )
+        loaded: dict[str, ServedVersion] = {}
+        errors = []
+        for v, r in zip(wanted, results, strict=True):
+            if isinstance(r, ServedVersion):
+                loaded[v] = r
+            else:
+                msg = r.message if isinstance(r, InferdError) else f"{type(r).__name__}: {r}"
+                errors.append(f"version {v}: {msg}")
+        if errors:
+            for sv in loaded.values():
+                await self.retire(sv)
+            reason = "; ".join(errors)
+            self.metrics.model_loads.labels(model.name, "failure").inc()
+            self._failed(model.name, model, reason)
+            raise ModelLoadError(f"failed to load '{model.name}': {reason}")
+        old = model.versions
+        model.spec, model.versions = spec, loaded
+        model.refresh_default()
+        model.state, model.reason = ModelState.READY, ""
+        self.metrics.model_loads.labels(model.name, "success").inc()
+        for sv in loaded.values():
+            self.metrics.model_ready.labels(model.name, sv.version).set(1)
+        for v, sv in old.items():
+            if v not in loaded:
+                self.metrics.forget(model.name, v)
+            await self.retire(sv)
+        log.info("model %s ready, versions %s", model.name, ",".join(sorted(loaded)))
+        return model
+
+    def _failed(self, name: str, model: ServedModel | None, reason: str) -> None:
+        if model is None:
+            model = self._models.setdefault(name, ServedModel(name, None))
+        if not model.versions:  # a failed reload keeps serving the old versions
+            model.state, model.reason = ModelState.UNAVAILABLE, reason
+        else:
+            model.reason = f"reload failed: {reason}"
+
+    async def _load_version(
+        self, spec: ModelSpec, version: str, source: ModelSource
+    ) -> ServedVersion:
+        path = source.version_path(version)
+        runtime_name = spec.runtime or detect_runtime(path)
+        plan = ReplicaPlan(spec, version, path, runtime_name, self.isolation, self.metrics)
+        return await self._start_version(spec, version, runtime_name, replica_maker(plan))
+
+    async def _start_version(
+        self, spec: ModelSpec, version: str, runtime_name: str, make: ReplicaMaker
+    ) -> ServedVersion:
+        """Start `spec.instances` replicas and work out the effective signature."""
+        replicas = [make(i) for i in range(spec.instances)]
+        results = await asyncio.gather(*(r.load() for r in replicas), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        loaded = results[0]
+        if failure is not None or not isinstance(loaded, Loaded):
+            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
+            if isinstance(failure, InferdError):
+                raise failure
+            raise ModelLoadError(f"{type(failure).__name__}: {failure}")
+        inputs = spec.batched(spec.inputs) if spec.inputs else loaded.inputs
+        outputs = spec.batched(spec.outputs) if spec.outputs else loaded.outputs
+        if not inputs or not outputs:
+            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
+            raise ModelLoadError("the model declares no inputs or outputs; list them in model.yaml")
+        metrics = self.metrics.for_version(spec.name, version)
+        stats = VersionStats()
+        scheduler = Scheduler(spec, f"{spec.name}-{version}", list(replicas), make, stats,
+                              metrics, self.health_interval_s, self.supervisor)  # fmt: skip
+        scheduler.start()
+        return ServedVersion(
+            name=spec.name,
+            version=version,
+            spec=spec,
+            runtime_name=runtime_name,
+            platform=spec.platform or loaded.platform,
+            scheduler=scheduler,
+            inputs=inputs,
+            outputs=outputs,
+            metrics=metrics,
+            stats=stats,
+        )
+
+    async def add_model(self, spec: ModelSpec, runtime: Runtime, version: str = "1") -> ServedModel:
+        async with self._lock(spec.name):
+            make = runtime_replicas(runtime, f"{spec.name}-{version}", spec.execution_timeout_s)
+            sv = await self._start_version(replace(spec, instances=1), version, runtime.name, make)
+            old = self._models.get(spec.name)
+            if old is not None:
+                for stale in old.versions.values():
+                    await self.retire(stale)
+            model = ServedModel(spec.name, spec, ModelState.READY, required=spec.required)
+            model.versions = {version: sv}
+            model.refresh_default()
+            self._models[spec.name] = model
+            self.metrics.model_ready.labels(spec.name, version).set(1)
+            return model
+
+    async def unload(self, name: str) -> None:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        async with self._lock(name):
+            versions, model.versions, model.default = model.versions, {}, None
+            model.state, model.reason = ModelState.UNLOADING, ""
+            for sv in versions.values():
+                await self.retire(sv)
+                self.metrics.forget(name, sv.version)
+            # an operator's explicit unload takes the model out of the readiness set
+            model.state, model.reason, model.required = ModelState.UNAVAILABLE, "unloaded", False
+
+    async def retire(self, sv: ServedVersion) -> None:
+        """Unload once in-flight requests are done (bounded by the drain timeout)."""
+        await sv.idle(self.drain_timeout_s)
+        await sv.scheduler.stop()
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def models(self) -> list[ServedModel]:
+        return [self._models[n] for n in sorted(self._models)]
+
+    def model(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        return model
+
+    def version(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version to serve, or ModelNotFound / ModelNotReady with the reason."""
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        if version is None or version == "":
+            sv = model.default
+            if sv is None:
+                why = model.reason or model.state.value.lower()
+                raise ModelNotReady(f"model '{name}' is not ready: {why}")
+            return sv
+        sv = model.versions.get(version)
+        if sv is None:
+            if model.state == ModelState.READY:
+                raise ModelNotFound(name, version)
+            raise ModelNotReady(f"model '{name}' version {version} is not ready")
+        return sv
+
+
+async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set (True) or `timeout_s` passed (False)."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
