@@ -9,9 +9,14 @@ tensor bytes in ``raw_input_contents`` as tritonclient sends them; ``bench/out/b
 <m>.grpc.bin``) is checked against the in-process reference over gRPC, then sent in a closed
 loop by ``bench/grpc_load.py`` (h2load, or grpc.aio) pinned to CPU 1. ``--servers raw`` adds
 ``bench/peers/raw_grpc.py`` (fixed answer, no model) to show the ceiling of grpcio + generator.
+``inferd-<transport>`` (``inferd-grpcio``; ``inferd-h2`` for the tree measured in
+bench/RESULTS.md, given as ``--inferd-src``) is inferd from the same tree as ``inferd`` with
+``grpc.transport`` set to ``<transport>``, to compare transports in one run. Each round also
+records the server process's CPU time per call (its own, not its model workers').
 
     .venv/bin/python bench/grpc_bench.py --interleave
     .venv/bin/python bench/grpc_bench.py --servers raw --models mlp --rounds 2 --duration 5
+    .venv/bin/python bench/grpc_bench.py --servers inferd,inferd-grpcio --interleave
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ import grpc_load  # noqa: E402
 import models as model_builder  # noqa: E402
 import run  # noqa: E402
 import servers  # noqa: E402
-from report import render_markdown, summarise  # noqa: E402
+from report import NOT_PEERS, render_markdown, summarise  # noqa: E402
 
-PORTS = run.PORTS  # gRPC listens on each + 1
+#: inferd with another gRPC transport (INFERD_GRPC__TRANSPORT), by server name.
+TRANSPORTS = {"inferd-h2": "h2", "inferd-grpcio": "grpcio"}
+PORTS = {**run.PORTS, "inferd-h2": 18500, "inferd-grpcio": 18600}  # gRPC listens on each + 1
+NOT_PEERS.update(TRANSPORTS)  # inferd itself: not a peer in the summary
 _DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "BOOL": "?"}
 _TYPED = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
           "INT32": "int_contents", "BOOL": "bool_contents"}  # fmt: skip
@@ -45,7 +53,9 @@ _TYPED = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_cont
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (the same meanings as bench/run.py's)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--servers", default="inferd,mlserver,kserve", help="also: raw")
+    ap.add_argument(
+        "--servers", default="inferd,mlserver,kserve", help="also: raw, inferd-grpcio, inferd-h2"
+    )
     ap.add_argument("--models", default="mlp,iris")
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--duration", type=float, default=10.0)
@@ -77,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers.ServerSpec:
     """The ServerSpec of ``name`` with its gRPC listener on."""
     port = PORTS[name]
-    if name in ("inferd", "inferd-base"):
+    if name in ("inferd", "inferd-base", *TRANSPORTS):
         repo, note = servers.inferd_variant(models_root, args.inferd_instance_kind, args.batching)
         src = args.inferd_base_src if name == "inferd-base" else args.inferd_src
         if name == "inferd-base" and src is None:
@@ -85,6 +95,10 @@ def make_spec(name: str, models_root: Path, args: argparse.Namespace) -> servers
         spec = servers.inferd_spec(repo, port, src, port + 1)
         spec.name = name
         spec.config += note
+        transport = TRANSPORTS.get(name)
+        if transport is not None:
+            spec.env["INFERD_GRPC__TRANSPORT"] = transport
+            spec.config += f"; grpc.transport {transport}"
         return spec
     if name == "mlserver":
         return servers.mlserver_variant(
@@ -210,6 +224,12 @@ def bring_up(spec: servers.ServerSpec, args: argparse.Namespace, names: list[str
     return live
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_round(live: run.Live, args: argparse.Namespace, concs: list[int], index: int) -> None:
     """One load run of every (model, concurrency) of this server."""
     warm = args.warmup if index == 0 else min(1.0, args.warmup)
@@ -217,6 +237,8 @@ def one_round(live: run.Live, args: argparse.Namespace, concs: list[int], index:
     for _, m, request in live.targets:
         for c in concs:
             size = live.info["response_bytes"][m]
+            assert live.proc is not None
+            before = cpu_seconds(live.proc.pid)
             try:
                 r = grpc_load.run_grpc_load(
                     live.spec.grpc_port, request, c, args.duration, warm, args.engine,
@@ -225,12 +247,18 @@ def one_round(live: run.Live, args: argparse.Namespace, concs: list[int], index:
             except RuntimeError as exc:
                 run._fail(live, exc, model_builder.DEFAULT_OUT)
                 return
-            live.rounds.setdefault(("grpc", m, c), []).append(r.to_dict())
+            # the server process's own CPU (its model workers are other processes), per call;
+            # the warm-up's calls are counted at the measured rate
+            served = r.infer_per_s * (args.duration + warm)
+            server_us = (cpu_seconds(live.proc.pid) - before) / served * 1e6 if served else 0.0
+            live.rounds.setdefault(("grpc", m, c), []).append(
+                r.to_dict() | {"server_cpu_us_per_req": server_us}
+            )
             run._repin(live, run._cpu(args.server_cpu))
             print(
                 f"[{live.spec.name}] grpc {m} c={c} round {index + 1}/{args.rounds}: "
                 f"{r.infer_per_s:,.0f} infer/s p50 {r.p50_ms:.3f} ms p99 {r.p99_ms:.3f} ms "
-                f"errors {r.errors} {r.error_detail or ''} (generator "
+                f"errors {r.errors} {r.error_detail or ''} (server {server_us:.0f}, generator "
                 f"{r.gen_cpu_us_per_req:.0f} CPU µs/req)",
                 flush=True,
             )
@@ -240,27 +268,29 @@ def rows_of(live: run.Live) -> list[dict[str, Any]]:
     """run.rows_of plus the generator's median CPU per request."""
     rows = run.rows_of(live)
     for row in rows:
-        row["gen_cpu_us_per_req"] = statistics.median(
-            r["gen_cpu_us_per_req"] for r in row["rounds"]
-        )
+        for key in ("gen_cpu_us_per_req", "server_cpu_us_per_req"):
+            row[key] = statistics.median(r[key] for r in row["rounds"])
     return rows
 
 
 def generator_md(results: dict[str, Any]) -> str:
-    """The generator's own cost per request and the ceiling that implies."""
+    """The generator's own cost per request and the ceiling that implies; the server process's
+    CPU per request (medians of the rounds)."""
     lines = [
         "",
         "Load generator cost (its CPU time per request on its own core; 1e6 / that = the most it "
-        "could send):",
+        "could send) and the server process's CPU time per request (not its model workers'):",
         "",
-        "| server | model | concurrency | generator CPU µs/req | generator ceiling req/s |",
-        "|---|---|---:|---:|---:|",
+        "| server | model | concurrency | generator CPU µs/req | generator ceiling req/s "
+        "| server CPU µs/req |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         cost = r["gen_cpu_us_per_req"]
         ceiling = f"{1e6 / cost:,.0f}" if cost else "?"
         lines.append(
-            f"| {r['server']} | {r['model']} | {r['concurrency']} | {cost:.1f} | {ceiling} |"
+            f"| {r['server']} | {r['model']} | {r['concurrency']} | {cost:.1f} | {ceiling} "
+            f"| {r['server_cpu_us_per_req']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,11 @@
 """Both gRPC transports on real sockets with real clients (grpcio's C core, tritonclient):
-compression, many calls on one connection, message limits, graceful shutdown of running calls;
-and the native transport's timeouts against raw slow sockets."""
+unary and stream infer, deadlines, compression, big messages, many calls on one connection,
+message limits, graceful shutdown of running calls; and the native transport's timeouts against
+raw slow sockets."""
 
 from __future__ import annotations
 
+import queue
 import socket
 import struct
 import threading
@@ -159,6 +161,49 @@ def test_compressed_request_inflating_past_the_limit(server: RunningServer) -> N
             stub.ModelInfer(request(np.zeros(2_000_000)), timeout=30)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert answer(stub.ModelInfer(request(np.ones(3)), timeout=30)).tolist() == [2, 2, 2]
+
+
+def test_tritonclient_stream_infer(server: RunningServer) -> None:
+    """ModelStreamInfer: several requests on one stream, answered in band, in order."""
+    client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    for i in range(5):
+        inp = tc.InferInput("IN", [3], "FP32")
+        inp.set_data_from_numpy(np.full(3, i, dtype=np.float32))
+        client.async_stream_infer("double", [inp], request_id=str(i))
+    got = [results.get(timeout=30) for _ in range(5)]
+    client.stop_stream()
+    client.close()
+    assert [error for _, error in got] == [None] * 5
+    assert [r.get_response().id for r, _ in got] == [str(i) for i in range(5)]
+    assert [r.as_numpy("OUT").tolist() for r, _ in got] == [[2.0 * i] * 3 for i in range(5)]
+
+
+def test_tritonclient_deadline(server: RunningServer) -> None:
+    """A call past its deadline ends with DEADLINE_EXCEEDED; the connection goes on."""
+    client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    inp = tc.InferInput("IN", [2], "FP32")
+    inp.set_data_from_numpy(np.ones(2, dtype=np.float32))
+    with pytest.raises(tc.InferenceServerException) as err:
+        client.infer("double", [inp], parameters={"sleep": 1.5}, client_timeout=0.2)
+    assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert client.infer("double", [inp]).as_numpy("OUT").tolist() == [2, 2]
+    client.close()
+
+
+def test_big_messages_both_ways(server: RunningServer) -> None:
+    """Requests and answers just under the 1 MiB limit cross many frames, and answers more
+    than a client's initial 64 KiB window (they wait for its WINDOW_UPDATEs)."""
+    client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    x = np.arange(250_000, dtype=np.float32)  # 1,000,000 bytes each way
+    inp = tc.InferInput("IN", [x.size], "FP32")
+    inp.set_data_from_numpy(x)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: client.infer("double", [inp]), range(8)))
+    for result in answers:
+        np.testing.assert_array_equal(result.as_numpy("OUT"), x * 2)
+    client.close()
 
 
 # ---- slow clients (native transport) -------------------------------------------------------

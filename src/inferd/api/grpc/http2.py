@@ -9,10 +9,8 @@ hops per call, unlike grpcio's completion-queue poller, which is where grpc.aio'
 Response headers are encoded without the dynamic table (static indexes and literals), so they
 are constant bytes and the peer's table size never matters.
 
-Bounds (`Limits`): request bytes buffered per connection and per server (`Stream.hold`); one
-timer per connection, re-armed every `Limits.tick_s()`, checks the read deadline of an
-incomplete frame or header block, the idle timeout and keepalive. The read path only sets a
-flag and, when a read ends inside a frame, notes the time: no timer per frame or per call.
+Bounds (`Limits`): request bytes buffered per connection and per server (`Stream.hold`); the
+timeouts, back-pressure and drain are `connection.BaseConnection`'s.
 """
 
 from __future__ import annotations
@@ -21,11 +19,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, cast
 
 import grpc
 import hpack
 
+from inferd.api.grpc.connection import BaseConnection, Dispatcher
 from inferd.api.grpc.errors import INTERNAL_MESSAGE
 from inferd.api.grpc.frames import (
     ACK,
@@ -40,10 +39,8 @@ from inferd.api.grpc.frames import (
     FRAME_HEADER,
     FRAME_SIZE_ERROR,
     GOAWAY,
-    GOAWAY_BODY,
     HEADERS,
     INITIAL_WINDOW_SIZE,
-    KEEPALIVE_PING,
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
     MAX_HEADER_BLOCK,
@@ -79,7 +76,7 @@ from inferd.api.grpc.frames import (
 )
 from inferd.api.grpc.headers import inspect_fields, keeps_table
 from inferd.api.grpc.limits import Budget, Limits
-from inferd.api.grpc.stream import Call, Stream
+from inferd.api.grpc.stream import Stream
 
 log = logging.getLogger("inferd.grpc")
 
@@ -94,49 +91,23 @@ class Block(NamedTuple):
     head: Any
 
 
-class Dispatcher(Protocol):
-    """Reads a request's header fields (`head`, kept with a header block that is seen again)
-    and opens a call for each new stream (or answers the stream at once and returns None)."""
-
-    def head(self, headers: list[tuple[str, str]]) -> Any: ...
-    def open(self, stream: Stream, head: Any) -> Call | None: ...
-
-
-class Connection(asyncio.Protocol):
-    """One client connection; `on_close` is told when it is gone.
-
-    `budget` counts the request bytes buffered by every connection of the server (its own when
-    None); `clock` (seconds, monotonic) is what the timeouts are measured with.
-    """
+class Connection(BaseConnection):
+    """One client connection, its HTTP/2 parsed here (see `BaseConnection` for the rest)."""
 
     def __init__(
         self,
         dispatcher: Dispatcher,
         limits: Limits,
-        on_close: Callable[[Connection], None] | None = None,
+        on_close: Callable[[BaseConnection], None] | None = None,
         budget: Budget | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.dispatcher = dispatcher
-        self.limits = limits
-        self.max_message = limits.max_message_bytes
-        self.budget = budget if budget is not None else Budget(limits.max_buffered_bytes_total)
-        self.on_close = on_close
-        self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, Stream] = {}
-        self.blocked: dict[int, Stream] = {}
-        self.last_stream_id = 0
+        super().__init__(dispatcher, limits, on_close, budget, clock)
         self.peer_window = 65_535
         self.peer_max_frame = 16_384
         self.send_window = 65_535
         self.recv_window = OUR_CONN_WINDOW
         self.unacked = 0
-        self.buffered = 0  # request bytes held by this connection's streams (Stream.hold)
-        self.max_buffered = limits.max_buffered_bytes_per_connection
-        self.draining = False  # GOAWAY sent or received: no new streams
-        self.closed = False
-        self.idle = asyncio.Event()
-        self.idle.set()
         self._preface = False
         self._buf = bytearray()
         self._need = len(PREFACE)
@@ -147,24 +118,13 @@ class Connection(asyncio.Protocol):
         self._credit: dict[int, Stream] = {}
         self._resets = 0
         self._reset_ids: dict[int, None] = {}  # streams we reset lately, oldest first
-        # timeouts: timestamps from `clock`, flags set by the read path and read by `tick`
-        self._clock = clock
-        self._tick = limits.tick_s()
-        self._timer: asyncio.TimerHandle | None = None
-        self._paused = False  # reading paused because the client does not read
-        self._read = False  # bytes arrived since the last tick
-        self._opened = False  # a stream opened since the last tick
         self._partial_since = 0.0  # a frame (or the preface) began arriving at; 0: none
         self._block_since = 0.0  # a header block awaiting CONTINUATION began at
-        self._active_at = 0.0  # the last tick that saw bytes arrive or leave
-        self._busy_at = 0.0  # the last tick that saw a stream open
-        self._ping_at = 0.0  # our keepalive PING was sent at; 0: none outstanding
-        self._write_size = 0
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        self._started(transport)
         settings = b"".join(
             SETTING.pack(k, v)
             for k, v in (
@@ -178,9 +138,7 @@ class Connection(asyncio.Protocol):
             frame(SETTINGS, 0, 0, settings)
             + frame(WINDOW_UPDATE, 0, 0, U32.pack(OUR_CONN_WINDOW - 65_535))
         )
-        now = self._clock()
-        self._partial_since = self._active_at = self._busy_at = now  # the preface is due
-        self._arm()
+        self._partial_since = self._active_at  # the preface is due
 
     def data_received(self, data: bytes) -> None:
         self._read = True
@@ -231,111 +189,26 @@ class Connection(asyncio.Protocol):
         finally:
             del buf[:pos]
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
-            stream.free()
-            if stream.call is not None:
-                stream.call.reset()
-        self.blocked.clear()
+    def _lost(self) -> None:
         self._credit.clear()
         self._buf = bytearray()  # rebound, not cleared: a frame may still be viewed
         self._continuation = None
         self._blocks.clear()
-        self.idle.set()
-        if self.on_close is not None:
-            self.on_close(self)
 
-    def eof_received(self) -> bool:
-        return False
+    def _reading_resumed(self, now: float) -> None:
+        if self._partial_since:
+            self._partial_since = now
+        if self._continuation is not None:
+            self._block_since = now
 
-    # A client that does not read what it is sent (PING or SETTINGS floods, large answers) is not
-    # read from either until it catches up, so the output buffer stays bounded.
-    def pause_writing(self) -> None:
-        self._paused = True
-        if self.transport is not None:
-            self._write_size = self.transport.get_write_buffer_size()
-            self.transport.pause_reading()
+    def _incomplete_since(self, now: float) -> float:
+        started = self._partial_since
+        if self._continuation is not None:
+            started = min(started or now, self._block_since)
+        return started
 
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self.closed:
-            now = self._clock()  # what was not read while paused is not the client's delay
-            if self._partial_since:
-                self._partial_since = now
-            if self._continuation is not None:
-                self._block_since = now
-            self.transport.resume_reading()
-
-    # ---- timeouts --------------------------------------------------------------------------
-
-    def _arm(self) -> None:
-        if not self._tick or self.closed:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # driven by hand outside a loop (tests): `tick` is called directly
-            return
-        self._timer = loop.call_later(self._tick, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self.closed:  # closed by us a tick ago and not gone yet: the client does not read
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        self.tick()
-        self._arm()
-
-    def tick(self) -> None:
-        """Check the timeouts (every `Limits.tick_s()`; each fires at most one tick late)."""
-        if self.closed:
-            return
-        limits, now = self.limits, self._clock()
-        transport = self.transport
-        active = self._read
-        self._read = False
-        if self._paused and transport is not None:  # not read from: is it reading our answers?
-            size = transport.get_write_buffer_size()
-            active = active or size < self._write_size
-            self._write_size = size
-        if active:
-            self._active_at = now
-            self._ping_at = 0.0  # alive, whether or not the PING's ACK came yet
-        if self.streams or self._opened:
-            self._opened = False
-            self._busy_at = now
-        read = limits.read_timeout_s
-        if read and not self._paused:
-            started = self._partial_since
-            if self._continuation is not None:
-                started = min(started or now, self._block_since)
-            if started and now - started > read:
-                self._expire("read timeout: a frame or header block left incomplete")
-                return
-        if limits.idle_timeout_s and now - self._busy_at >= limits.idle_timeout_s:
-            self._expire("idle timeout: no call for a while")
-            return
-        if limits.keepalive_interval_s:
-            if self._ping_at:
-                if now - self._ping_at > limits.keepalive_timeout_s:
-                    self._expire("keepalive timeout: PING not answered")
-            elif now - self._active_at >= limits.keepalive_interval_s:
-                self._ping_at = now
-                self.write(frame(PING, 0, 0, KEEPALIVE_PING))
-
-    def _expire(self, reason: str) -> None:
-        """Close now for a timeout: GOAWAY (sent if the socket takes it), then drop the socket
-        without waiting for a client that may never read."""
-        log.debug("gRPC connection closed: %s", reason)
-        self.goaway(NO_ERROR, reason)
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+    def _ping(self, payload: bytes) -> None:
+        self.write(frame(PING, 0, 0, payload))
 
     # ---- frames ----------------------------------------------------------------------------
 
@@ -359,8 +232,8 @@ class Connection(asyncio.Protocol):
                 raise ConnectionFault(PROTOCOL_ERROR, "PING on a stream")
             if not flags & ACK:
                 self.write(frame(PING, ACK, 0, payload))
-            elif payload == KEEPALIVE_PING:
-                self._ping_at = 0.0
+            else:
+                self._pong(payload)
         elif ftype == RST_STREAM:
             self._on_rst_stream(sid, payload)
         elif ftype == GOAWAY:
@@ -614,10 +487,6 @@ class Connection(asyncio.Protocol):
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
     def _send_credit(self) -> None:
         """Refill the windows for what was read (batched: once per read, not per frame)."""
         out = []
@@ -680,38 +549,3 @@ class Connection(asyncio.Protocol):
         self._credit.pop(stream.id, None)
         stream.free()
         self._check_idle()
-
-    def _check_idle(self) -> None:
-        if not self.streams:
-            self.idle.set()
-            if self.draining and self.transport is not None:
-                self.transport.close()
-
-    def goaway(self, code: int = NO_ERROR, message: str = "") -> None:
-        """Tell the client no new streams will be taken; close once the open ones are done."""
-        if self.closed or (self.draining and code == NO_ERROR):
-            return
-        self.draining = True
-        self.write(
-            frame(
-                GOAWAY, 0, 0, GOAWAY_BODY.pack(self.last_stream_id, code) + message.encode()[:256]
-            )
-        )
-        self._check_idle()
-
-    def abort(self, code: int, message: str) -> None:
-        """A connection error: GOAWAY with the reason, close."""
-        log.debug("gRPC connection error %d: %s", code, message)
-        self.goaway(code, message)
-        if self.transport is not None:
-            self.transport.close()
-        self.closed = True
-
-    def peer(self) -> str:
-        if self.transport is None:
-            return ""
-        addr: Any = self.transport.get_extra_info("peername")
-        if isinstance(addr, tuple) and len(addr) >= 2:
-            host = addr[0]
-            return f"ipv6:[{host}]:{addr[1]}" if ":" in host else f"ipv4:{host}:{addr[1]}"
-        return str(addr or "")
