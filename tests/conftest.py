@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import os
 import socket
@@ -123,3 +124,12 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     for key in client.scan_iter(match=f"{prefix}*"):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage_per_module() -> Iterator[None]:
+    """A leaked socket, file or transport is reported (a ResourceWarning, an error here) when the
+    garbage collector finds it; collecting at the end of each module pins the report on the
+    module that leaked, not on whichever test happens to run when the collector does."""
+    yield
+    gc.collect()

@@ -15,6 +15,7 @@ from inferd._version import __version__
 from inferd.api.admin.app import management_app
 from inferd.api.dataplane import DataPlane
 from inferd.api.grpc import GrpcServer, Limits
+from inferd.api.http.routes import data_plane_router
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.api.http.v2codec import decode_request, encode_response
 from inferd.auth.limits import ConcurrencyLimiter, RateLimiter
@@ -85,13 +86,13 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     if g.enabled:
         grpc = GrpcServer(plane, g.host, g.port, g.max_message_bytes, http.server_name,
                           __version__, g.transport, Limits.of(g))  # fmt: skip
+    limits = HttpLimits(max_body_bytes=http.max_body_bytes)
+    routes = data_plane_router(plane, metrics, limits, http.server_name, __version__)
     asgi = DataPlaneApp(
         plane,
         metrics,
-        fallback=management_app(control, __version__, plane),
-        limits=HttpLimits(max_body_bytes=http.max_body_bytes),
-        server_name=http.server_name,
-        server_version=__version__,
+        fallback=management_app(control, __version__, plane, routes),
+        limits=limits,
         on_startup=partial(_start, engine, control, models or {}, grpc),
         on_shutdown=partial(_stop, engine, control, grpc, settings.shutdown_grace_s),
     )

@@ -55,7 +55,8 @@ def start_server(repo: Path, log: Path, *args: str, grpc: bool = True) -> Proces
     cmd = [sys.executable, "-m", "inferd.cli.main", "serve", "--model-repository", str(repo),
            "--http-port", str(port), *grpc_args, *args]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    with log.open("wb") as out:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -225,4 +225,5 @@ def test_saved_credentials_go_only_to_the_server_they_were_saved_for(tmp_path: P
         failed(cli("whoami", key="inferd_env_secret", ok=False), "authentication required")
     finally:
         httpd.shutdown()
+        httpd.server_close()
     assert _Recorder.seen == [None, "Bearer inferd_this_secret", "Bearer inferd_env_secret"]

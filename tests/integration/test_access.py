@@ -23,8 +23,9 @@ from inferd.api.admin.policy import POLICIES
 from inferd.api.admin.routes import router
 from inferd.api.dataplane import POLICY
 from inferd.api.grpc.servicer import OPERATION as GRPC_OPERATION
-from inferd.api.http.server import OPENAI_ROUTES
-from inferd.api.http.server import OPERATION as HTTP_OPERATION
+from inferd.api.http.body import HttpLimits
+from inferd.api.http.routes import HOT_ROUTES, OPENAI_ROUTES, data_plane_router
+from inferd.api.http.routes import OPERATION as HTTP_OPERATION
 from inferd.api.http.websocket import OPERATION as SOCKET_OPERATION
 from tests.conftest import ADMIN
 from tests.integration.platform import Platform, iris_skops
@@ -74,7 +75,7 @@ def test_every_data_plane_route_and_rpc_has_a_policy() -> None:
     assert set(POLICY.values()) == {"public", "metrics", "list", "view", "infer", "admin"}
     for table in (HTTP_OPERATION, GRPC_OPERATION, SOCKET_OPERATION):
         assert set(table.values()) <= set(POLICY), set(table.values()) - set(POLICY)
-    assert set(OPENAI_ROUTES.values()) <= set(HTTP_OPERATION)
+    assert set(HTTP_OPERATION) >= OPENAI_ROUTES and set(HTTP_OPERATION) >= HOT_ROUTES
     methods = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name
     assert set(methods) == set(GRPC_OPERATION), set(methods) ^ set(GRPC_OPERATION)
     # the same kind of call has the same policy on every protocol
@@ -83,6 +84,22 @@ def test_every_data_plane_route_and_rpc_has_a_policy() -> None:
     assert {POLICY[o] for o in SOCKET_OPERATION.values()} == {"infer"}
     assert POLICY[HTTP_OPERATION["repository_load"]] == "admin"
     assert POLICY[GRPC_OPERATION["RepositoryModelLoad"]] == "admin"
+
+
+def test_every_data_plane_http_route_has_an_operation(world: dict[str, Any]) -> None:
+    """The FastAPI app serves every data-plane route but the raw router's hot ones, each under
+    a route name of the one route -> operation table (which picks its policy); the OpenAPI
+    document describes both kinds."""
+    server = world["p"].server.server
+    routes = data_plane_router(server.asgi.plane, server.metrics, HttpLimits(), "inferd", "0")
+    data_plane = [r for r in routes.routes if isinstance(r, APIRoute) and r.include_in_schema]
+    assert len(data_plane) >= 25
+    for route in data_plane:
+        assert route.name in HTTP_OPERATION, f"{route.methods} {route.path} has no operation"
+    assert {r.name for r in data_plane} == set(HTTP_OPERATION) - HOT_ROUTES
+    paths = world["p"].http.get("/openapi.json").json()["paths"]
+    for path in ("/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v1/completions"):
+        assert "post" in paths[path], path
 
 
 def test_anonymous_gets_401_on_every_protected_management_route(world: dict[str, Any]) -> None:

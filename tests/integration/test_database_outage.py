@@ -61,6 +61,7 @@ class Proxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
         self.conns.clear()
 
     def restore(self) -> None:

@@ -81,3 +81,51 @@ def test_assets_folder_is_confined(client: httpx.Client) -> None:
     assert client.get("/docs/assets/no-such-file.js").status_code == 404
     assert client.get("/docs/assets/..%2f__init__.py").status_code == 404
     assert client.get("/docs/assets/../core.py").status_code == 404
+
+
+#: Every data-plane HTTP path, as the OpenAPI document names it, with its methods.
+DATA_PLANE_PATHS = {
+    "/": {"get"}, "/v2": {"get"}, "/v2/health/live": {"get"}, "/v2/health/ready": {"get"},
+    "/v2/models": {"get"}, "/v2/models/stats": {"get"}, "/metrics": {"get"},
+    "/v2/repository/index": {"get", "post"}, "/v2/repository/models/{name}/load": {"post"},
+    "/v2/repository/models/{name}/unload": {"post"}, "/v1/models": {"get"},
+    "/v1/models/{name}": {"get"}, "/v1/models/{name}:predict": {"post"},
+    "/v1/completions": {"post"}, "/v1/chat/completions": {"post"}, "/v1/embeddings": {"post"},
+    "/v1/images/generations": {"post"},
+    **{f"/v2/models/{{name}}{v}{s}": {"post" if s[1:] in ("infer", "generate",
+       "generate_stream") else "get"} for v in ("", "/versions/{version}")
+       for s in ("", "/ready", "/config", "/stats", "/infer", "/generate", "/generate_stream")},
+}  # fmt: skip
+
+
+def test_openapi_document_describes_the_data_plane(client: httpx.Client) -> None:
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
+    for path, methods in DATA_PLANE_PATHS.items():
+        assert path in paths, path
+        assert set(paths[path]) == methods, (path, set(paths[path]))
+        for method, op in paths[path].items():
+            assert op.get("summary") and op.get("description"), (method, path)
+            assert "200" in op["responses"], (method, path)
+    schemas = doc["components"]["schemas"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    ref = infer["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.rsplit("/", 1)[-1] in schemas  # every referenced body is in the document
+    assert "RequestInput" in schemas and "OpenAIError" in schemas
+    assert any(p.startswith("/api/v1/") for p in paths)  # the management API too
+
+
+def test_fastapi_data_plane_routes_keep_their_errors_and_labels(client: httpx.Client) -> None:
+    # a wrong method: 405 in the route's dialect, counted under the route's name
+    r = client.post("/v2/models/simple/ready")
+    assert r.status_code == 405
+    assert r.json() == {"error": "method POST not allowed here; use GET"}
+    r = client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == 405
+    assert client.get("/v2/models/").json()["models"]  # trailing slash ignored, as on /v2
+    assert client.get("/v2/models/nope/config").status_code == 404
+    metrics = client.get("/metrics").text
+    assert 'inferd_http_requests_total{code="405",route="model_ready"}' in metrics
+    assert 'inferd_http_requests_total{code="405",route="openai_chat"}' in metrics
+    assert 'inferd_http_requests_total{code="404",route="model_config"}' in metrics
+    assert 'inferd_http_requests_total{code="200",route="models"}' in metrics

@@ -52,6 +52,7 @@ def files() -> Iterator[dict[str, bytes]]:
         yield served
     finally:
         httpd.shutdown()
+        httpd.server_close()
 
 
 def _trust(p: Platform, headers: dict[str, str]) -> None:

@@ -25,6 +25,10 @@ def test_defaults() -> None:
     spec = deployment_spec(MODEL, VERSION, parse_config(None), trusted=False)
     assert spec.name == "fraud" and spec.instances == 1 and spec.max_batch_size == 0
     assert spec.inputs[0].shape == (-1, 4) and spec.required is False and spec.trusted is False
+    # the server parses none of an untrusted owner's files; a trusted owner's it may
+    assert spec.untrusted_files is True and spec.network is False
+    trusted = deployment_spec(MODEL, VERSION, parse_config(None), trusted=True)
+    assert trusted.untrusted_files is False
 
 
 def test_batching_strips_the_batch_dimension() -> None:

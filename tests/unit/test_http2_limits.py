@@ -57,13 +57,9 @@ def goaway_debug(c: Client) -> bytes:
     return goaway_payload(c)[8:]
 
 
-async def until(done: Any, seconds: float = 5.0) -> None:
-    """Let the loop (and worker threads) run until `done()`."""
-    for _ in range(int(seconds / 0.01)):
-        if done():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
+async def idle(c: Client, seconds: float = 5.0) -> None:
+    """Wait until the connection has no open stream (work handed to threads included)."""
+    await asyncio.wait_for(c.conn.idle.wait(), seconds)
 
 
 def prefix(length: int) -> bytes:
@@ -241,7 +237,7 @@ async def test_a_gzip_bomb_stays_bounded(thread_steps: list[int]) -> None:
     tracemalloc.start()
     try:
         c.call(1, grpc_message(bomb, compressed=True), grpc_encoding="gzip")
-        await until(lambda: not c.conn.streams)
+        await idle(c)
         _now, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -258,7 +254,7 @@ async def test_large_compressed_messages_inflate_off_the_loop(thread_steps: list
     c.call(1, grpc_message(gzip.compress(big), compressed=True), grpc_encoding="gzip")
     small = HealthCheckRequest(service="small").SerializeToString()
     c.call(3, grpc_message(zlib.compress(small), compressed=True), grpc_encoding="deflate")
-    await until(lambda: not c.conn.streams)
+    await idle(c)
     answers = c.answers()
     assert HealthCheckResponse.FromString(answers[1]["data"][5:]).status == 3 * MiB
     assert HealthCheckResponse.FromString(answers[3]["data"][5:]).status == 5
@@ -281,7 +277,7 @@ async def test_client_stream_with_a_bomb_fails_the_call_only() -> None:
     c = Client(router(), max_message=MiB)
     c.send(H.frame(H.HEADERS, H.END_HEADERS, 1, c.headers("/t.S/Echo", grpc_encoding="gzip")))
     c.send(H.frame(H.DATA, 0, 1, grpc_message(gzip_of_zeros(8 * MiB), compressed=True)))
-    await until(lambda: not c.conn.streams)
+    await idle(c)
     assert status_of(c.answers()[1])[0] == "8"
     c.call(3, request("still fine"))
     await settle()

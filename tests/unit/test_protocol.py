@@ -1,23 +1,37 @@
-"""Worker IPC frames: every datatype round-trips, through the socket buffers and through files in
-a shared-memory folder; hostile files there are refused."""
+"""Worker IPC frames: typed and multiplexed by id; every datatype round-trips, through the socket
+buffers and through files in a shared-memory folder; hostile files there are refused; errors,
+generation requests and events keep their meaning across the wire."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import struct
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from inferd.core.datatypes import NUMPY_DTYPES
+from inferd.core.errors import InvalidInput, ModelExecutionError, ModelLoadError
+from inferd.core.generate import GenerateRequest, SamplingParams, TokenEvent
 from inferd.workers import protocol
 from inferd.workers.protocol import (
+    BadFrame,
+    Frame,
+    Kind,
     encode_frame,
+    error_body,
+    error_of,
+    event_body,
+    event_of,
     pack_tensors,
     read_frame,
     read_frame_sync,
+    request_body,
+    request_of,
     unpack_tensors,
     write_frame_sync,
 )
@@ -59,15 +73,59 @@ async def test_frames_over_a_socket_pair() -> None:
     metas = pack_tensors({"x": big}, None, buffers)
     stream = b.makefile("rb")
     reading = asyncio.create_task(asyncio.to_thread(read_frame_sync, stream))
-    writer.writelines(encode_frame({"op": "infer", "inputs": metas}, buffers))
+    writer.writelines(encode_frame(Kind.INFER, "7", {"inputs": metas}, buffers))
     await writer.drain()
-    header, got = await asyncio.wait_for(reading, 10)
-    assert header["op"] == "infer"
-    np.testing.assert_array_equal(unpack_tensors(header["inputs"], got)["x"], big)
-    await asyncio.to_thread(write_frame_sync, b, {"ok": True}, [b"xyz"])
-    assert await read_frame(reader) == ({"ok": True}, [b"xyz"])
+    frame = await asyncio.wait_for(reading, 10)
+    assert (frame.kind, frame.id) == (Kind.INFER, "7")
+    np.testing.assert_array_equal(unpack_tensors(frame.body["inputs"], frame.buffers)["x"], big)
+    await asyncio.to_thread(write_frame_sync, b, Kind.RESULT, "7", {"ok": 1}, [b"xyz"])
+    assert await read_frame(reader) == Frame(Kind.RESULT, "7", {"ok": 1}, [b"xyz"])
     writer.close()
     b.close()
+
+
+async def test_bad_headers_are_refused_with_their_id() -> None:
+    """A frame of an unknown kind is refused naming its id (the worker answers that id with an
+    error); a header that is not a frame at all is refused too, the stream staying in step."""
+    a, b = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=a)
+    for header in (b'{"kind": "exec", "id": "3", "body": {}}', b"[1]", b'{"kind": "ping"}'):
+        b.sendall(struct.pack("<IIQ", len(header), 1, 2) + header + b"zz")
+    b.sendall(b"".join(bytes(p) for p in encode_frame(Kind.PONG, "4", {"pid": 1})))
+    with pytest.raises(BadFrame) as err:
+        await read_frame(reader)
+    assert err.value.id == "3" and "exec" in str(err.value)
+    for _ in range(2):
+        with pytest.raises(BadFrame) as err:
+            await read_frame(reader)
+        assert err.value.id == ""
+    assert await read_frame(reader) == Frame(Kind.PONG, "4", {"pid": 1})
+    writer.close()
+    b.close()
+
+
+def test_errors_keep_their_kind_and_the_worker_cannot_claim_not_found() -> None:
+    assert isinstance(error_of(error_body(InvalidInput("bad x"))), InvalidInput)
+    raised = error_of(error_body(ZeroDivisionError("division by zero"), prefix="model raised "))
+    assert isinstance(raised, ModelExecutionError)
+    assert raised.message == "model raised ZeroDivisionError: division by zero"
+    loading = error_of(error_body(OSError("no file"), "ModelLoadError"))
+    assert isinstance(loading, ModelLoadError) and loading.message == "OSError: no file"
+    forged = error_of({"error": "ModelNotFound", "message": "m"})
+    assert type(forged) is ModelExecutionError
+    assert type(error_of({"error": "object", "message": "m"})) is ModelExecutionError
+
+
+def test_generation_requests_and_events_round_trip() -> None:
+    params = SamplingParams(max_tokens=5, temperature=0.0, stop=("a", "b"), stop_token_ids=(2,))
+    req = GenerateRequest("client-id", prompt="hi", params=params)
+    wire = orjson.loads(orjson.dumps(request_body(req)))
+    assert request_of("9", wire) == GenerateRequest("9", "hi", None, params)
+    ev = TokenEvent("9", (1, 2), "xy", 3, 2, True, "stop", "a", None)
+    body = orjson.loads(orjson.dumps(event_body(ev, {"running": 1})))
+    assert body["stats"] == {"running": 1}
+    assert event_of("client-id", body) == TokenEvent("client-id", (1, 2), "xy", 3, 2, True,
+                                                     "stop", "a", None)  # fmt: skip
 
 
 def test_shm_names_are_confined(tmp_path: Path) -> None:

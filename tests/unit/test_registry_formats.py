@@ -202,8 +202,8 @@ def test_torch_save_pickle_executes_code_and_detection_never_runs_it(
 
 
 def test_the_canary_payload_is_live(tmp_path: Path, canary: Path) -> None:
-    # Guards the tests below: unpickling really does create the file.
-    pickle.loads(pickle.dumps(Canary(canary)))
+    # Guards the tests below: unpickling really does create the file (and returns it, open).
+    pickle.loads(pickle.dumps(Canary(canary))).close()
     assert canary.exists()
 
 

@@ -149,6 +149,8 @@ def deployment_spec(
         "required": False,
         # uploaded code never reaches the network, trusted owner or not (workers.* docs)
         "network": False,
+        # nor does the server read an untrusted owner's files (a tokenizer's chat template)
+        "untrusted_files": not trusted,
         "inputs": io(version.inputs, "input"),
         "outputs": io(version.outputs, "output"),
     }

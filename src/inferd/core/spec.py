@@ -109,6 +109,9 @@ class ModelSpec:
     #: Whether its worker processes may use the network. Off unless said: uploaded models never
     #: may; the model repository turns it on for its models (`workers.repository_network`).
     network: bool = False
+    #: The model's files came from a member who is not trusted: the server process parses none
+    #: of them (a chat template, a tokenizer), only its sandboxed workers do.
+    untrusted_files: bool = False
 
     def batched(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         """Declared shapes as full shapes: the batch dimension (-1) in front when batching."""
@@ -145,6 +148,7 @@ _KNOWN_KEYS = {
     "autoscaling",
     "resources",
     "network",
+    "untrusted_files",
 }
 INSTANCE_KINDS = ("process", "thread")
 
@@ -288,7 +292,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     runtime = raw.get("runtime", raw.get("backend"))
     if runtime is not None and not isinstance(runtime, str):
         raise InvalidInput("'runtime' must be a string")
-    for key in ("trusted", "required", "network"):
+    for key in ("trusted", "required", "network", "untrusted_files"):
         if key in raw and not isinstance(raw[key], bool):
             raise InvalidInput(f"'{key}' must be true or false")
     labels = raw.get("labels") or []
@@ -329,6 +333,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         autoscaling=autoscaling,
         resources=resources,
         network=bool(raw.get("network", False)),
+        untrusted_files=bool(raw.get("untrusted_files", False)),
     )
 
 
@@ -358,6 +363,7 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
         "execution_timeout_s": spec.execution_timeout_s,
         "liveness_timeout_s": spec.liveness_timeout_s,
         "network": spec.network,
+        "untrusted_files": spec.untrusted_files,
     }
     out["autoscaling"] = autoscaling_to_config(spec.autoscaling)
     out["resources"] = resources_to_config(spec.resources)

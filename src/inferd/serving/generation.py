@@ -11,7 +11,7 @@ from inferd.core.errors import ModelExecutionError, ModelNotReady, Unsupported
 from inferd.core.generate import GenerateRequest, TokenEvent
 from inferd.observability.metrics import LLMMetrics
 from inferd.serving.engine import InferenceEngine, ServedVersion
-from inferd.workers.generation import GeneratorBase
+from inferd.workers.llm_backend import LLMBackend
 
 
 class Generation:
@@ -27,22 +27,20 @@ class Generation:
         self.metrics = metrics
         self.clock = clock
 
-    def generator(
-        self, name: str, version: str | None = None
-    ) -> tuple[ServedVersion, GeneratorBase]:
+    def generator(self, name: str, version: str | None = None) -> tuple[ServedVersion, LLMBackend]:
         """The version and the generator replica that takes a new request (admission, the
         draining check included, is the data plane's: `api.dataplane.DataPlane.admit`)."""
         sv = self.engine.version(name, version)
         if sv.runtime_name != "llm":
             raise Unsupported(f"model '{name}' does not generate text (runtime {sv.runtime_name})")
-        live: list[GeneratorBase] = []
+        live: list[LLMBackend] = []
         for slot in sv.scheduler.live():
-            if isinstance(slot.replica, GeneratorBase) and slot.replica.alive:
+            if isinstance(slot.replica, LLMBackend) and slot.replica.alive:
                 live.append(slot.replica)
         if not live:
             raise ModelNotReady(f"model '{name}' has no running generator")
-        # the replica with the fewest streams takes the request
-        return sv, min(live, key=lambda g: len(g._streams))
+        # the backend with the fewest streams takes the request
+        return sv, min(live, key=lambda g: g.inflight)
 
     async def chat_prompt(self, name: str, messages: list[dict[str, Any]]) -> str:
         _, gen = self.generator(name)
@@ -86,7 +84,7 @@ class Generation:
             self.engine.inflight -= 1
             self._gauges(sv, gen)
 
-    def _gauges(self, sv: ServedVersion, gen: GeneratorBase) -> None:
+    def _gauges(self, sv: ServedVersion, gen: LLMBackend) -> None:
         stats = gen.stats
         if stats is None:
             return

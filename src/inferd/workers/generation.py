@@ -26,6 +26,7 @@ from inferd.core.errors import InferdError, InvalidInput, ModelLoadError, Replic
 from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 from inferd.core.spec import ModelSpec, TensorSpec
 from inferd.workers.inprocess import Loaded, ReplicaResult
+from inferd.workers.llm_backend import ChatTemplate
 
 log = logging.getLogger("inferd.generation")
 
@@ -59,9 +60,10 @@ def engine_factory(spec: ModelSpec, path: Path) -> Callable[[], Any]:
 
 
 class GeneratorBase(ABC):
-    """What every generative replica shares: per-request event queues, the async stream API,
-    and V2 `infer` (text in, text out) on top of it. Subclasses say how a request reaches the
-    engine (`_submit`, `_abort`) and answer `chat_prompt`."""
+    """What every generative replica shares — per-request event queues, the async stream API,
+    `abort`, the chat template, and V2 `infer` (text in, text out) on top of them: inferd's
+    engine as an `LLMBackend`. Subclasses say how a request reaches the engine (`_submit`,
+    `_abort`) and set `_template` once loaded (else `_engine_chat_prompt` renders)."""
 
     max_model_len: int | None = None
 
@@ -69,10 +71,15 @@ class GeneratorBase(ABC):
         self.label = label
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._alive = False
+        self._template: ChatTemplate | None = None
 
     @property
     def alive(self) -> bool:
         return self._alive
+
+    @property
+    def inflight(self) -> int:
+        return len(self._streams)
 
     @property
     @abstractmethod
@@ -87,9 +94,23 @@ class GeneratorBase(ABC):
     def _abort(self, request_id: str) -> None:
         """Ask the engine to drop a request (its slot frees at the next step)."""
 
-    @abstractmethod
     async def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt the tokenizer's chat template makes of `messages`."""
+        """The prompt the tokenizer's chat template makes of `messages`, rendered in this
+        process (off the event loop: a template is the model's, it may be slow)."""
+        if not isinstance(messages, list):
+            raise InvalidInput("messages: must be a list")
+        if self._template is not None:
+            return await asyncio.to_thread(self._template.render, messages)
+        return await self._engine_chat_prompt(messages)
+
+    async def _engine_chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The engine's rendering, where this process holds no template."""
+        raise InvalidInput("messages: this model has no chat template")
+
+    async def abort(self, request_id: str) -> None:
+        """Drop a running request: its stream ends with an "abort" event."""
+        if request_id in self._streams:
+            self._abort(request_id)
 
     def _deliver(self, request_id: str, item: Any) -> None:
         target = self._streams.get(request_id)
@@ -177,6 +198,7 @@ class ThreadGenerator(GeneratorBase):
         self._thread.start()
         await ready
         self.max_model_len = getattr(self.engine, "max_model_len", None)
+        self._template = ChatTemplate(getattr(self.engine, "tokenizer", None))
         self._alive = True
         return Loaded(*SIGNATURE, "transformers_llm")
 
@@ -205,9 +227,6 @@ class ThreadGenerator(GeneratorBase):
     def _abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
         self._wake.set()
-
-    async def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        return str(self.engine.chat_prompt(messages))
 
     @property
     def stats(self) -> Any:

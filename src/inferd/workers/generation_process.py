@@ -1,35 +1,30 @@
 """A generative replica in a worker process: the LLM engine runs (and may crash) there; the
-server multiplexes requests over the socket pair and routes event frames back by request id.
-The default for `runtime: llm`; `instance_kind: thread` keeps the engine in the server."""
+server multiplexes requests over the worker's `WorkerConnection`, one id per generation, and
+routes its event frames back. The chat template renders here, in the server. The default for
+`runtime: llm`; `instance_kind: thread` keeps the engine in the server."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from inferd.core import errors
-from inferd.core.errors import InferdError, InvalidInput, ModelLoadError, ReplicaFailed
+from inferd.core.errors import InferdError, ModelLoadError, ReplicaFailed
 from inferd.core.generate import GenerateRequest
 from inferd.core.spec import ModelSpec, spec_to_config
+from inferd.workers.connection import WorkerConnection
 from inferd.workers.generation import SIGNATURE, GeneratorBase
-from inferd.workers.generation_worker import event_from_wire, request_to_wire
 from inferd.workers.inprocess import Loaded
 from inferd.workers.isolation import WorkerIsolation
-from inferd.workers.process import exit_reason, kill_worker, spawn_worker, watch_liveness
-from inferd.workers.protocol import encode_frame, read_frame
+from inferd.workers.llm_backend import ChatTemplate
+from inferd.workers.protocol import Frame, Kind, error_of, event_of, request_body
 
 log = logging.getLogger("inferd.generation")
 
-
-def _error(h: dict[str, Any]) -> InferdError:
-    cls = getattr(errors, str(h.get("kind")), errors.ModelExecutionError)
-    if not (isinstance(cls, type) and issubclass(cls, InferdError)) or cls is errors.ModelNotFound:
-        cls = errors.ModelExecutionError
-    return cls(str(h.get("message", "worker error")))
+_IDLE = {"running": 0, "waiting": 0, "steps": 0, "generated_tokens": 0, "prompt_tokens": 0,
+         "kv_cache_usage": 0.0}  # fmt: skip
 
 
 class ProcessGenerator(GeneratorBase):
@@ -42,166 +37,124 @@ class ProcessGenerator(GeneratorBase):
         self.spec, self.version, self.path, self.index = spec, version, path, index
         self.isolation = isolation or WorkerIsolation()
         self._load_timeout = load_timeout_s
-        self._proc: asyncio.subprocess.Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._rids = itertools.count()
+        self._conn = WorkerConnection(spec, index, Path(path), self.isolation, label, "generator")
+        #: Running requests: the caller's request id → its id on the connection.
+        self._wire: dict[str, str] = {}
         self._stats: Any = None
-        self._dead: asyncio.Event = asyncio.Event()
-        self._reason = ""
-        #: Set when the worker was killed for staying stopped: reported instead of SIGKILL.
-        self._death: str | None = None
-        self._liveness: asyncio.Task[None] | None = None
         self.max_model_len: int | None = None
 
     @property
+    def _proc(self) -> asyncio.subprocess.Process | None:
+        return self._conn.proc
+
+    @property
+    def pid(self) -> int | None:
+        return self._conn.pid
+
+    @property
     def alive(self) -> bool:
-        return self._alive and self._proc is not None and self._proc.returncode is None
+        return self._alive and self._conn.alive
 
     @property
     def stats(self) -> Any:
         return self._stats
 
     async def load(self) -> Loaded:
-        worker = await spawn_worker(self.spec, self.index, self.path, self.isolation)
-        self._proc, reader, self._writer = worker.proc, worker.reader, worker.writer
-        self._liveness = watch_liveness(
-            self._proc, self.spec.liveness_timeout_s, self.label, self._hung
+        await self._conn.start()
+        # the tokenizer files are read here while the worker loads the engine, unless they are
+        # an untrusted member's: then only the sandboxed worker parses them (and renders)
+        template = asyncio.ensure_future(
+            asyncio.to_thread(ChatTemplate.load, Path(self.path))
+            if not self.spec.untrusted_files
+            else asyncio.sleep(0, None)
         )
-        header = {"op": "load_llm", "name": self.spec.name, "config": spec_to_config(self.spec),
-                  "version": self.version, "path": str(self.path)}  # fmt: skip
-        self._writer.writelines(encode_frame(header))
+        body = {"name": self.spec.name, "config": spec_to_config(self.spec),
+                "version": self.version, "path": str(self.path), "runtime": "llm"}  # fmt: skip
         try:
-            async with asyncio.timeout(self._load_timeout):
-                reply, _ = await read_frame(reader)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
-            await self._kill()
-            code = self._proc.returncode if self._proc else None
-            why = self._death or exit_reason(code)
-            raise ModelLoadError(f"the generator worker did not load: {why}") from None
-        if not reply.get("ok"):
-            await self._kill()
-            raise ModelLoadError(str(reply.get("message", "load failed")))
-        self.isolation.note(reply.get("notes") or ())
-        self.max_model_len = reply.get("max_model_len")
-        self._stats = SimpleNamespace(running=0, waiting=0, steps=0, generated_tokens=0,
-                                      prompt_tokens=0, kv_cache_usage=0.0)  # fmt: skip
+            reply = await self._conn.call(Kind.LOAD, body, timeout=self._load_timeout,
+                                          what="loading")  # fmt: skip
+        except InferdError as e:
+            await self._conn.kill()
+            await asyncio.gather(template, return_exceptions=True)
+            raise ModelLoadError(e.message) from None
+        except asyncio.CancelledError:  # the server stops while loading: leave no worker behind
+            await self._conn.kill()
+            await asyncio.gather(template, return_exceptions=True)
+            raise
+        self._template = await template
+        self.isolation.note(reply.body.get("notes") or ())
+        self.max_model_len = reply.body.get("max_model_len")
+        self._stats = SimpleNamespace(**_IDLE)
         self._alive = True
-        self._reader_task = asyncio.create_task(self._read(reader), name=f"{self.label}-reader")
         return Loaded(*SIGNATURE, "transformers_llm")
 
-    def _hung(self, reason: str) -> None:
-        self._death = reason
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                h, _ = await read_frame(reader)
-                op = h.get("op")
-                if op == "event":
-                    if "stats" in h:
-                        self._stats = SimpleNamespace(**h["stats"])
-                    item: Any = _error(h) if h.get("ok") is False else event_from_wire(h)
-                    self._deliver(str(h.get("request_id")), item)
-                elif op == "reply":
-                    fut = self._replies.pop(str(h.get("rid")), None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(h)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
-            pass
-        await self._died()
-
-    async def _died(self) -> None:
-        code = None
-        if self._proc is not None:
-            with contextlib.suppress(TimeoutError):
-                code = await asyncio.wait_for(self._proc.wait(), 2)
-        self._reason = self._death or (exit_reason(code) if self._alive else "unloaded")
-        was_alive, self._alive = self._alive, False
-        failure = ReplicaFailed(f"generator {self.label} failed: {self._reason}")
-        for rid in list(self._streams):
-            self._deliver(rid, failure)
-        for fut in self._replies.values():
-            if not fut.done():
-                fut.set_exception(failure)
-        self._replies.clear()
-        if was_alive:
-            log.warning("generator %s: %s", self.label, self._reason)
-        self._dead.set()
-
-    def _send(self, header: dict[str, Any]) -> None:
-        if self._writer is None or not self.alive:
-            raise ReplicaFailed(f"generator {self.label} is not running")
-        self._writer.writelines(encode_frame(header))
-
-    async def _rpc(self, header: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        rid = str(next(self._rids))
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._replies[rid] = fut
-        self._send({**header, "rid": rid})
-        try:
-            async with asyncio.timeout(timeout_s):
-                reply = await fut
-        except TimeoutError:
-            self._replies.pop(rid, None)
-            raise ReplicaFailed(
-                f"generator {self.label} did not answer within {timeout_s:g} s"
-            ) from None
-        if not reply.get("ok"):
-            raise _error(reply)
-        return reply
+    def _update_stats(self, body: dict[str, Any]) -> None:
+        stats = body.get("stats")
+        if isinstance(stats, dict):
+            self._stats = SimpleNamespace(**stats)
 
     # ---- GeneratorBase hooks -------------------------------------------------------------
 
     def _submit(self, request: GenerateRequest) -> None:
-        self._send(request_to_wire(request))
+        rid, wire = request.request_id, self._conn.next_id()
+
+        def sink(item: Frame | InferdError) -> None:
+            mine = self._wire.get(rid) == wire  # else the id was taken again: dropped
+            out: Any
+            if isinstance(item, Frame):
+                self._update_stats(item.body)
+                if item.kind is Kind.EVENT:
+                    out = event_of(rid, item.body)
+                    last = out.finished
+                elif item.kind is Kind.ERROR:
+                    out, last = error_of(item.body), True
+                else:
+                    return
+            else:
+                out, last = item, True
+            if last:
+                self._conn.close_stream(wire)
+                if mine:
+                    del self._wire[rid]
+            if mine:
+                self._deliver(rid, out)
+
+        self._wire[rid] = wire
+        self._conn.open_stream(wire, sink)
+        try:
+            self._conn.send(Kind.GENERATE, wire, request_body(request))
+        except ReplicaFailed:
+            self._conn.close_stream(wire)
+            self._wire.pop(rid, None)
+            raise
 
     def _abort(self, request_id: str) -> None:
-        with contextlib.suppress(ReplicaFailed):
-            self._send({"op": "abort", "id": request_id})
+        wire = self._wire.get(request_id)
+        if wire is not None:
+            try:
+                self._conn.send(Kind.ABORT, wire)  # its stream ends with its last event
+            except ReplicaFailed:
+                self._conn.close_stream(wire)
+                del self._wire[request_id]
 
-    async def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        if not isinstance(messages, list):
-            raise InvalidInput("messages: must be a list")
-        reply = await self._rpc({"op": "chat", "messages": messages}, 30.0)
-        return str(reply["text"])
+    async def _engine_chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        reply = await self._conn.call(Kind.CHAT_PROMPT, {"messages": messages}, timeout=30.0,
+                                      what="rendering a chat prompt",
+                                      kill_on_timeout=False)  # fmt: skip
+        return str(reply.body["text"])
 
     async def ping(self, timeout_s: float) -> None:
-        reply = await self._rpc({"op": "ping"}, timeout_s)
-        self._stats = SimpleNamespace(**reply.get("stats", {}))
+        reply = await self._conn.call(Kind.PING, timeout=timeout_s,
+                                      what="answering a health check",
+                                      kill_on_timeout=False)  # fmt: skip
+        self._update_stats(reply.body)
 
     async def wait_exit(self) -> str:
-        await self._dead.wait()
-        return self._reason
+        return await self._conn.wait_exit()
 
-    def _release(self) -> None:
-        if self._proc is not None and self._proc.returncode is not None:
-            self.isolation.release(self._proc.pid)  # its scratch and shm folders
-
-    async def _kill(self) -> None:
-        await kill_worker(self._proc)
-        self._release()
-        if self._liveness is not None:
-            self._liveness.cancel()
-        if self._writer is not None:
-            self._writer.close()
+    async def kill(self) -> None:
+        await self._conn.kill()
 
     async def unload(self) -> None:
-        if self._proc is None:
-            return
-        if self.alive:
-            with contextlib.suppress(ReplicaFailed):
-                self._send({"op": "unload"})
         self._alive = False
-        try:
-            await asyncio.wait_for(self._proc.wait(), 10)
-        except TimeoutError:
-            await self._kill()
-        self._release()
-        if self._reader_task is not None:
-            await asyncio.gather(self._reader_task, return_exceptions=True)
-        if self._liveness is not None:
-            self._liveness.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        await self._conn.close(10.0)

@@ -1,4 +1,10 @@
-"""Frames between the server and a worker process: a JSON header, then raw tensor buffers.
+"""Frames between the server and a worker process: one typed, multiplexed protocol for every
+kind of replica (V2 infer and LLM generation alike).
+
+A frame is a JSON header — its kind (`Kind`), the id of the request it belongs to, a body — then
+raw buffers. Ids are chosen by the server, one per call or generation, so many requests may be
+in flight on one connection; a worker answers each on the same id (`REPLIES` end a call;
+`PROGRESS` and `EVENT` frames come before its end).
 
 Never pickle: the header is JSON (orjson) and tensors travel as their little-endian bytes
 (BYTES as 4-byte length-prefixed elements, as on the V2 wire). Tensors of at least
@@ -13,20 +19,26 @@ Frame: u32 header length, u32 buffer count, u64 length per buffer, header, buffe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import mmap
 import os
 import socket
 import stat
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
 
+from inferd.core import errors
 from inferd.core.datatypes import NUMPY_DTYPES, WIRE_DTYPES, datatype_of
+from inferd.core.errors import InferdError
+from inferd.core.generate import GenerateRequest, SamplingParams, TokenEvent
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")
@@ -34,28 +46,94 @@ _U32 = struct.Struct("<I")
 SHM_DIR = Path("/dev/shm")
 SHM_THRESHOLD = 1 << 20
 MAX_HEADER = 64 << 20
+MAX_BUFFERS = 4096
 
 Buffer = bytes | memoryview
 
 
-def encode_frame(header: dict[str, Any], buffers: Sequence[Buffer] = ()) -> list[Buffer]:
+class Kind(StrEnum):
+    """What a frame is. Server to worker: LOAD, INFER, GENERATE, ABORT, CHAT_PROMPT, PING,
+    UNLOAD. Worker to server: LOADED, RESULT, PROGRESS, EVENT, PROMPT, PONG, UNLOADED, ERROR."""
+
+    LOAD = "load"  # body: name, config, version, path, runtime ("llm": a generation engine)
+    LOADED = "loaded"  # body: platform, notes; inputs/outputs, or max_model_len
+    INFER = "infer"  # body: inputs (tensor entries), outputs, parameters
+    RESULT = "result"  # body: outputs (tensor entries), compute_ns
+    PROGRESS = "progress"  # body: done, total (a long infer reports as it goes)
+    GENERATE = "generate"  # body: prompt, prompt_token_ids, params; the id names the request
+    EVENT = "event"  # body: one TokenEvent and the engine's stats
+    ABORT = "abort"  # the id of a generation to drop (no reply: its last event says "abort")
+    CHAT_PROMPT = "chat_prompt"  # body: messages
+    PROMPT = "prompt"  # body: text
+    PING = "ping"
+    PONG = "pong"  # body: pid, stats (a generation engine's counters)
+    UNLOAD = "unload"
+    UNLOADED = "unloaded"
+    ERROR = "error"  # body: error (an InferdError class name), message
+
+
+#: The kinds that end a call: the last frame a worker sends on a call's id.
+REPLIES = frozenset({Kind.LOADED, Kind.RESULT, Kind.PROMPT, Kind.PONG, Kind.UNLOADED, Kind.ERROR})
+
+
+@dataclass(slots=True)
+class Frame:
+    kind: Kind
+    id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    buffers: list[bytes] = field(default_factory=list)
+
+
+class BadFrame(ValueError):
+    """A frame whose header cannot be understood; `id` is its request id, when it has one."""
+
+    def __init__(self, message: str, rid: str = "") -> None:
+        super().__init__(message)
+        self.id = rid
+
+
+def encode_frame(
+    kind: Kind, rid: str, body: Mapping[str, Any] | None = None, buffers: Sequence[Buffer] = ()
+) -> list[Buffer]:
     """The pieces of one frame, ready for `writelines` / `sendmsg`."""
-    head = orjson.dumps(header)
+    head = orjson.dumps({"kind": kind, "id": rid, "body": body or {}})
     prefix = _PREFIX.pack(len(head), len(buffers)) + b"".join(
         _LEN.pack(len(b) if isinstance(b, bytes) else b.nbytes) for b in buffers
     )
     return [prefix, head, *buffers]
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], list[bytes]]:
-    """Read one frame (asyncio side). Raises IncompleteReadError on EOF."""
+def _frame(raw: bytes, buffers: list[bytes]) -> Frame:
+    try:
+        header = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadFrame(f"unreadable frame header: {e}") from None
+    if not isinstance(header, dict):
+        raise BadFrame("frame header is not an object")
+    rid, body = header.get("id"), header.get("body")
+    if not isinstance(rid, str) or not isinstance(body, dict):
+        raise BadFrame("frame header without an id or a body")
+    try:
+        kind = Kind(str(header.get("kind")))
+    except ValueError:
+        raise BadFrame(f"unknown frame kind {header.get('kind')!r}", rid) from None
+    return Frame(kind, rid, body, buffers)
+
+
+def _check_prefix(head_len: int, count: int) -> None:
+    if head_len > MAX_HEADER or count > MAX_BUFFERS:
+        raise ValueError("corrupt frame")
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """Read one frame (asyncio side). Raises IncompleteReadError on EOF, ValueError (BadFrame
+    among them) on a frame that is not one."""
     head_len, count = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
-    if head_len > MAX_HEADER or count > 4096:
-        raise ValueError("corrupt frame from worker")
-    lengths = [_LEN.unpack(await reader.readexactly(8))[0] for _ in range(count)]
-    header = orjson.loads(await reader.readexactly(head_len))
-    buffers = [await reader.readexactly(n) for n in lengths]
-    return header, buffers
+    _check_prefix(head_len, count)
+    lengths = await reader.readexactly(8 * count)
+    sizes = [_LEN.unpack_from(lengths, 8 * i)[0] for i in range(count)]
+    raw = await reader.readexactly(head_len)
+    return _frame(raw, [await reader.readexactly(n) for n in sizes])
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
@@ -65,21 +143,24 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
-def read_frame_sync(stream: BinaryIO) -> tuple[dict[str, Any], list[bytes]]:
+def read_frame_sync(stream: BinaryIO) -> Frame:
     """Read one frame (worker side, blocking) from a buffered socket file: few syscalls."""
     head_len, count = _PREFIX.unpack(_read_exactly(stream, _PREFIX.size))
-    if head_len > MAX_HEADER or count > 4096:
-        raise ValueError("corrupt frame from server")
+    _check_prefix(head_len, count)
     lengths = _read_exactly(stream, 8 * count)
     sizes = [_LEN.unpack_from(lengths, 8 * i)[0] for i in range(count)]
-    header = orjson.loads(_read_exactly(stream, head_len))
-    return header, [_read_exactly(stream, n) for n in sizes]
+    raw = _read_exactly(stream, head_len)
+    return _frame(raw, [_read_exactly(stream, n) for n in sizes])
 
 
 def write_frame_sync(
-    sock: socket.socket, header: dict[str, Any], buffers: Sequence[Buffer] = ()
+    sock: socket.socket,
+    kind: Kind,
+    rid: str,
+    body: Mapping[str, Any] | None = None,
+    buffers: Sequence[Buffer] = (),
 ) -> None:
-    pieces = encode_frame(header, buffers)
+    pieces = encode_frame(kind, rid, body, buffers)
     if sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces) <= 1 << 16:
         sock.sendall(b"".join(pieces))  # one syscall for the common small reply
         return
@@ -191,3 +272,63 @@ def discard_shm(metas: list[dict[str, Any]], shm: Path | None) -> None:
         name = meta.get("shm") if isinstance(meta, dict) else None
         if shm is not None and isinstance(name, str) and "/" not in name:
             (shm / name).unlink(missing_ok=True)
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+def error_body(
+    e: BaseException, fallback: str = "ModelExecutionError", prefix: str = ""
+) -> dict[str, Any]:
+    """The ERROR body for `e`: an InferdError keeps its class; anything else (the model's own
+    exception) becomes `fallback` with its type and message."""
+    if isinstance(e, InferdError):
+        return {"error": type(e).__name__, "message": e.message}
+    return {"error": fallback, "message": f"{prefix}{type(e).__name__}: {e}"}
+
+
+#: Errors a worker may report by name; anything else becomes ModelExecutionError.
+_ERRORS: dict[str, type[InferdError]] = {
+    name: cls
+    for name, cls in vars(errors).items()
+    if isinstance(cls, type) and issubclass(cls, InferdError) and cls is not errors.ModelNotFound
+}
+
+
+def error_of(body: Mapping[str, Any]) -> InferdError:
+    """The server's error for an ERROR body (the worker cannot claim a model is not found)."""
+    cls = _ERRORS.get(str(body.get("error")), errors.ModelExecutionError)
+    return cls(str(body.get("message", "worker error")))
+
+
+# ---- generation ----------------------------------------------------------------------------
+
+
+def request_body(r: GenerateRequest) -> dict[str, Any]:
+    """A GENERATE body (the frame's id names the request on the connection)."""
+    return {"prompt": r.prompt, "prompt_token_ids": r.prompt_token_ids,
+            "params": dataclasses.asdict(r.params)}  # fmt: skip
+
+
+def request_of(rid: str, body: Mapping[str, Any]) -> GenerateRequest:
+    p = dict(body.get("params") or {})
+    for key in ("stop", "stop_token_ids"):
+        p[key] = tuple(p.get(key) or ())
+    return GenerateRequest(rid, body.get("prompt"), body.get("prompt_token_ids"),
+                           SamplingParams(**p))  # fmt: skip
+
+
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(TokenEvent) if f.name != "request_id")
+
+
+def event_body(ev: TokenEvent, stats: Mapping[str, Any]) -> dict[str, Any]:
+    body = {name: getattr(ev, name) for name in _EVENT_FIELDS}
+    body["stats"] = stats
+    return body
+
+
+def event_of(request_id: str, body: Mapping[str, Any]) -> TokenEvent:
+    """The event of an EVENT body, named by the caller's own request id."""
+    fields = {name: body[name] for name in _EVENT_FIELDS}
+    fields["token_ids"] = tuple(fields["token_ids"])
+    return TokenEvent(request_id=request_id, **fields)

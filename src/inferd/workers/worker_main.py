@@ -1,11 +1,13 @@
-"""The worker process: loads one model version and runs it for the server, frame by frame.
+"""The worker process: loads one model version (a runtime or an LLM engine) and runs it for the
+server, frame by frame.
 
-Started by `ProcessReplica` as `python -m inferd.workers.worker_main FD PLAN` with one end of a
-Unix socket pair and its isolation plan (JSON, from `isolation.WorkerIsolation`), which it applies
-to itself (`sandbox.enter`) before it reads the first frame: no model code runs before it, and a
-worker whose required isolation failed loads nothing. It exits when the server goes away: on
-EOF, on the parent-death signal (Linux), or when its parent process changes (checked by a
-watchdog thread).
+Started by `WorkerConnection` (for `ProcessReplica` and `ProcessGenerator`) as
+`python -m inferd.workers.worker_main FD PLAN` with one end of a Unix socket pair and its
+isolation plan (JSON, from `isolation.WorkerIsolation`), which it applies to itself
+(`sandbox.enter`) before it reads the first frame: no model code runs before it, and a worker
+whose required isolation failed loads nothing. It exits when the server goes away: on EOF, on
+the parent-death signal (Linux), or when its parent process changes (checked by a watchdog
+thread).
 """
 
 from __future__ import annotations
@@ -20,15 +22,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any
 
 # Only the standard library and the sandbox before the worker isolated itself: namespaces are
 # per thread, and numpy (the protocol, the runtimes) starts its BLAS threads when imported.
 from inferd.workers import sandbox
-
-if TYPE_CHECKING:
-    from inferd.runtimes.base import Runtime
-    from inferd.workers.protocol import Buffer
 
 _PR_SET_PDEATHSIG = 1
 
@@ -49,99 +47,18 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _error(e: BaseException, loading: bool) -> dict[str, Any]:
-    from inferd.core.errors import InferdError
-
-    if isinstance(e, InferdError):
-        return {"ok": False, "kind": type(e).__name__, "message": e.message}
-    kind = "ModelLoadError" if loading else "ModelExecutionError"
-    prefix = "" if loading else "model raised "
-    return {"ok": False, "kind": kind, "message": f"{prefix}{type(e).__name__}: {e}"}
-
-
 def serve(
     sock: socket.socket,
     shm: Path | None = None,
     refused: str | None = None,
     notes: list[str] | None = None,
 ) -> None:
-    """Answer frames until `unload` or EOF. `refused`: why no model may load here (the load is
-    answered with it); `notes`: what isolation the kernel refused, sent with the load's answer."""
-    from inferd.core.spec import parse_model_config
-    from inferd.runtimes import runtime_class
-    from inferd.workers.protocol import (
-        pack_tensors,
-        read_frame_sync,
-        shm_available,
-        unpack_tensors,
-        write_frame_sync,
-    )
+    """Answer frames until UNLOAD or EOF (`worker_loop.WorkerLoop`: infer and generation
+    alike). `refused`: why no model may load here (a LOAD is answered with it); `notes`: what
+    isolation the kernel refused, sent with the LOADED answer."""
+    from inferd.workers.worker_loop import WorkerLoop
 
-    runtime: Runtime | None = None
-    if not shm_available(shm):
-        shm = None
-    stream: BinaryIO = sock.makefile("rb", buffering=1 << 16)  # type: ignore[assignment]
-    while True:
-        try:
-            header, buffers = read_frame_sync(stream)
-        except (EOFError, ConnectionError, OSError):
-            return
-        op = header.get("op")
-        reply: dict[str, Any]
-        out_buffers: list[Buffer] = []
-        try:
-            if op == "infer" and runtime is not None:
-                inputs = unpack_tensors(header["inputs"], buffers, shm)
-                start = time.perf_counter_ns()
-                outputs = runtime.infer(inputs, header.get("outputs"), header.get("parameters"))
-                compute = time.perf_counter_ns() - start
-                metas = pack_tensors(outputs, shm, out_buffers)
-                reply = {"ok": True, "outputs": metas, "compute_ns": compute}
-            elif op == "ping":
-                reply = {"ok": True, "pid": os.getpid()}
-            elif op in ("load", "load_llm") and refused is not None:
-                reply = {"ok": False, "kind": "ModelLoadError", "message": refused}
-            elif op == "load":
-                spec = parse_model_config(header["name"], header["config"])
-                cls = runtime_class(header["runtime"])
-                runtime = cls(spec, header["version"], Path(header["path"]))
-                # progress frames go out before the request's reply (the server reads them)
-                runtime.progress_hook = lambda done, total: write_frame_sync(
-                    sock, {"op": "progress", "done": done, "total": total}
-                )
-                runtime.load()
-                inputs_sig, outputs_sig = runtime.signature()
-                reply = {
-                    "ok": True,
-                    "notes": notes or [],
-                    "platform": runtime.platform,
-                    "inputs": [t.to_dict() | {"optional": t.optional} for t in inputs_sig],
-                    "outputs": [t.to_dict() | {"optional": t.optional} for t in outputs_sig],
-                }
-            elif op == "load_llm":  # a generative replica: the socket becomes multiplexed
-                from inferd.workers.generation import engine_factory
-                from inferd.workers.generation_worker import serve_generation
-
-                spec = parse_model_config(header["name"], header["config"])
-                engine = engine_factory(spec, Path(header["path"]))()
-                write_frame_sync(sock, {"ok": True, "platform": "transformers_llm",
-                                        "max_model_len": engine.max_model_len,
-                                        "notes": notes or []})  # fmt: skip
-                serve_generation(sock, stream, engine)
-                return
-            elif op == "unload":
-                if runtime is not None:
-                    runtime.unload()
-                write_frame_sync(sock, {"ok": True})
-                return
-            else:
-                reply = {"ok": False, "kind": "InvalidInput", "message": f"bad op {op!r}"}
-        except BaseException as e:  # reported to the server; the worker keeps serving
-            if isinstance(e, KeyboardInterrupt | SystemExit):
-                raise
-            reply = _error(e, loading=op == "load")
-            out_buffers = []
-        write_frame_sync(sock, reply, out_buffers)
+    WorkerLoop(sock, shm, refused, notes or []).serve()
 
 
 def main(argv: list[str]) -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from inferd.api.admin.docs import add_docs
 from inferd.api.admin.routes import router
 from inferd.api.dataplane import DataPlane
 from inferd.api.http.errors import status_of
+from inferd.api.http.routes import add_openapi, method_not_allowed
 from inferd.api.http.websocket import TokenSocket, socket_router
 from inferd.control.plane import ControlPlane
 from inferd.core.errors import InferdError, RateLimited, Unavailable
@@ -20,18 +21,25 @@ from inferd.core.errors import InferdError, RateLimited, Unavailable
 log = logging.getLogger("inferd.api")
 
 
-def management_app(control: ControlPlane, version: str, plane: DataPlane | None = None) -> FastAPI:
+def management_app(
+    control: ControlPlane,
+    version: str,
+    plane: DataPlane | None = None,
+    data_plane: APIRouter | None = None,
+) -> FastAPI:
     """The management API and its docs pages (assets served locally: `docs.add_docs`); with
     `plane`, also the token-stream WebSocket routes (every non-HTTP scope reaches this app,
-    so `/v2/...` WebSocket paths are served here)."""
+    so `/v2/...` WebSocket paths are served here); with `data_plane`
+    (`api/http/routes.data_plane_router`), the data-plane routes the raw router hands on, and
+    the OpenAPI document describes the whole API, the raw router's own routes included."""
     app = FastAPI(
         title="inferd",
         version=version,
-        description="Model serving platform. Management API under /api/v1 (users, API keys, "
-        "models, versions, deployments, audit). The inference routes (Open Inference Protocol "
-        "V2, KServe V1, OpenAI, WebSocket token streams) are described in docs/http-api.md. "
-        "Authenticate with "
-        "`Authorization: Bearer <access token or API key>`.",
+        description="Model serving platform: the Open Inference Protocol V2 (with Triton's "
+        "extensions), KServe V1, the OpenAI-compatible API, health and metrics, and the "
+        "management API under /api/v1 (users, API keys, models, versions, deployments, "
+        "audit). WebSocket token streams are described in docs/http-api.md. Authenticate "
+        "with `Authorization: Bearer <access token or API key>` or `X-API-Key`.",
         docs_url=None,  # FastAPI's pages load Swagger UI from a CDN: add_docs serves our own
         openapi_url="/openapi.json",
         redoc_url=None,
@@ -41,6 +49,9 @@ def management_app(control: ControlPlane, version: str, plane: DataPlane | None 
     app.include_router(router)
     if plane is not None:
         app.include_router(socket_router(TokenSocket(plane)))
+    if data_plane is not None:
+        app.include_router(data_plane)
+        add_openapi(app)
 
     async def inferd_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InferdError)
@@ -52,8 +63,10 @@ def management_app(control: ControlPlane, version: str, plane: DataPlane | None 
             headers["www-authenticate"] = "Bearer"
         return JSONResponse({"error": exc.message}, status_code=status, headers=headers)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            return method_not_allowed(request)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 from starlette.types import Receive
 
 from inferd.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Caps applied to every request before decoding."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    compress_min_bytes: int = 4096
 
 
 class ClientDisconnected(Exception):

@@ -26,21 +26,6 @@ from inferd.core.generate import GenerateRequest, parse_sampling
 _RESERVED = {"text_input", "parameters", "id", "stream"}
 
 
-def parse_path(path: str) -> tuple[str, str | None, bool] | None:
-    """(model, version, streaming) for a generate route, else None."""
-    parts = path.strip("/").split("/")
-    if len(parts) not in (4, 6) or parts[:2] != ["v2", "models"]:
-        return None
-    if parts[-1] not in ("generate", "generate_stream"):
-        return None
-    version = None
-    if len(parts) == 6:
-        if parts[3] != "versions":
-            return None
-        version = parts[4]
-    return parts[2], version, parts[-1] == "generate_stream"
-
-
 def _request(doc: Any) -> GenerateRequest:
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")

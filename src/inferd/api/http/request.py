@@ -11,6 +11,9 @@ from starlette.types import Receive, Scope
 from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.core.errors import InvalidInput
 
+#: The ASGI scope key where a route that writes its own answer leaves the status for the access
+#: log (499 when the client left first); the raw router reads it.
+ACCESS_STATUS = "inferd.status"
 #: Per-request time limit in milliseconds (V2's `timeout` parameter, in µs, works too).
 TIMEOUT_HEADER = b"x-request-timeout-ms"
 

@@ -1,0 +1,170 @@
+"""`inferd deploy`, `inferd deployments` (list, show, test, delete) and `inferd predict`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+
+from inferd.cli.common import (
+    CliError,
+    Command,
+    Group,
+    client_for,
+    json_arg,
+    json_option,
+    print_details,
+    print_json,
+    print_table,
+    server_option,
+    v2_body,
+)
+
+
+def _deploy_config(
+    existing: dict[str, Any] | None, options: dict[str, Any], batching: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The config to send: the options given, over the current config when redeploying (the
+    server replaces a config whole, so unchanged fields must be sent again)."""
+    if not options and not batching:
+        return None
+    base = dict(existing["config"]) if existing else {}
+    cfg = {**base, **options}
+    if batching:
+        cfg["batching"] = {**base.get("batching", {}), **batching}
+    return cfg
+
+
+def _deployed(dep: dict[str, Any], url: str, as_json: bool) -> None:
+    if as_json:
+        print_json(dep)
+    elif dep["status"] == "ready":
+        click.echo(f"{dep['model']} version {dep['version']} is ready (deployment {dep['id']}); "
+                   f"POST {url}{dep['endpoint']}")  # fmt: skip
+    elif dep["status"] != "failed":
+        click.echo(f"deployment {dep['id']}: {dep['status']} "
+                   f"(follow it with `inferd deployments show {dep['id']}`)")  # fmt: skip
+    if dep["status"] == "failed":
+        raise CliError(f"deployment {dep['id']} failed: {dep.get('reason') or 'no reason given'}")
+
+
+@click.command(cls=Command)
+@click.argument("name")
+@click.option("--version", type=click.IntRange(min=1), help="Default: the newest ready one.")
+@click.option("--min-replicas", type=click.IntRange(0, 64))
+@click.option("--max-replicas", type=click.IntRange(1, 64))
+@click.option("--instance-kind", type=click.Choice(["process", "thread"]))
+@click.option("--max-batch-size", type=click.IntRange(min=0))
+@click.option("--max-queue-delay-ms", type=click.FloatRange(min=0))
+@click.option("--runtime")
+@click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for ready.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait.")
+@server_option
+@json_option
+def deploy(
+    name: str, version: int | None, min_replicas: int | None, max_replicas: int | None,
+    instance_kind: str | None, max_batch_size: int | None, max_queue_delay_ms: float | None,
+    runtime: str | None, no_wait: bool, timeout: float, server: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Deploy a model version (or redeploy: a model has one deployment, updated in place)."""
+    given = {"min_replicas": min_replicas, "max_replicas": max_replicas,
+             "instance_kind": instance_kind, "runtime": runtime}  # fmt: skip
+    options = {k: v for k, v in given.items() if v is not None}
+    pairs = (("max_batch_size", max_batch_size), ("max_queue_delay_ms", max_queue_delay_ms))
+    batching = {k: v for k, v in pairs if v is not None}
+    with client_for(server) as c:
+        existing = next((d for d in c.deployments() if d["model"] == name), None)
+        config = _deploy_config(existing, options, batching)
+        if existing is None:
+            dep = c.deploy(name, version, config, wait=False)
+        else:
+            if version is None:  # "deploy NAME" means its newest ready version
+                ready = [v["version"] for v in c.versions(name) if v["status"] == "ready"]
+                version = max(ready, default=None)
+            dep = c.update_deployment(existing["id"], version, config, wait=False)
+        if not no_wait:
+            with Console(stderr=True).status(f"deploying {name} version {dep['version']}"):
+                dep = c.wait_deployment(dep["id"], timeout)
+    _deployed(dep, c.base_url, as_json)
+
+
+@click.group(cls=Group)
+def deployments() -> None:
+    """Deployments: list, show, test, delete."""
+
+
+DEPLOYMENT_COLUMNS = ("id", "model", "version", "status", "reason", "generation",
+                      "observed_generation", "updated_at")  # fmt: skip
+
+
+@deployments.command("list")
+@server_option
+@json_option
+def deployments_list(server: str | None, as_json: bool) -> None:
+    """Deployments you may see."""
+    with client_for(server) as c:
+        rows = c.deployments()
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, DEPLOYMENT_COLUMNS)
+
+
+@deployments.command("show")
+@click.argument("deployment_id")
+@server_option
+@json_option
+def deployments_show(deployment_id: str, server: str | None, as_json: bool) -> None:
+    """One deployment with its config."""
+    with client_for(server) as c:
+        dep = c.deployment(deployment_id)
+    if as_json:
+        print_json(dep)
+    else:
+        print_details(dep, (*DEPLOYMENT_COLUMNS, "endpoint", "config", "created_by"),
+                      dep["model"])  # fmt: skip
+
+
+@deployments.command("delete")
+@click.argument("deployment_id")
+@server_option
+def deployments_delete(deployment_id: str, server: str | None) -> None:
+    """Stop serving: the model is unloaded (its versions stay)."""
+    with client_for(server) as c:
+        c.delete_deployment(deployment_id)
+    click.echo(f"deleted deployment {deployment_id}")
+
+
+@deployments.command("test")
+@click.argument("deployment_id")
+@server_option
+@json_option
+def deployments_test(deployment_id: str, server: str | None, as_json: bool) -> None:
+    """Run the version's sample input and compare with its sample output (exit 1 if not)."""
+    with client_for(server) as c:
+        result = c.test_deployment(deployment_id)
+    if as_json:
+        print_json(result)
+    elif result["passed"]:
+        checked = "matches the expected output" if result.get("expected") else "ran"
+        click.echo(f"passed: the sample input {checked}")
+    if not result["passed"]:
+        raise CliError("test failed: " + "; ".join(result.get("problems") or ["no reason given"]))
+
+
+# ---- inference -------------------------------------------------------------------------------
+
+
+@click.command(cls=Command)
+@click.argument("name")
+@click.option("--input", "input_", required=True, metavar="FILE_OR_JSON",
+              help='A V2 body {"inputs": [...]}, or {"INPUT": [[...]]} (floats FP32, ints INT64); '
+                   "inline, a file, or - for stdin.")  # fmt: skip
+@click.option("--version", help="A model version (default: the deployed one).")
+@server_option
+def predict(name: str, input_: str, version: str | None, server: str | None) -> None:
+    """Run a model once (V2 inference) and print the response JSON."""
+    body = v2_body(json_arg(input_, "--input"), "--input")
+    with client_for(server) as c:
+        print_json(c.predict_raw(name, body, version))
