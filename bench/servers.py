@@ -105,7 +105,10 @@ def inferd_spec(
     grpc_port = port + 1 if grpc_port is None else grpc_port
     argv = [str(MAIN_PY), "-m", "inferd.cli.main", "serve", "--model-repository", str(models)]
     argv += ["--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(grpc_port)]
-    env = {"PYTHONPATH": str((src or ROOT / "src").resolve())}
+    # a registry of its own per server: two trees side by side may differ in schema version
+    data = ROOT / "bench" / "out" / "data" / f"inferd-{port}"
+    shutil.rmtree(data, ignore_errors=True)
+    env = {"PYTHONPATH": str((src or ROOT / "src").resolve()), "INFERD_DATA_DIR": str(data)}
     spec = ServerSpec("inferd", argv, port, "", ("v2", "v1"), env, python=MAIN_PY)
     spec.grpc_port = grpc_port
     try:

@@ -151,6 +151,18 @@ def test_platform_workflow_through_the_cli(server: Process, tmp_path: Path) -> N
     assert again["config"]["instance_kind"] == "thread"
     assert again["config"]["batching"] == {"max_batch_size": 4}
 
+    # a second version takes a share of the traffic; the first keeps serving
+    assert "iris-cli version 2: ready" in cli("models", "upload", "iris-cli", str(artifact)).stdout
+    split = cli.json("traffic", "set", "iris-cli", "1=80", "v2=20")
+    assert split["traffic"] == [{"version": 1, "weight": 80}, {"version": 2, "weight": 20}]
+    assert (split["status"], split["version"]) == ("ready", 1), split
+    shown = cli("traffic", "show", "iris-cli").stdout
+    assert "80%" in shown and "20%" in shown
+    failed(cli("traffic", "set", "iris-cli", "1=50", ok=False),
+           "traffic: weights must sum to 100")  # fmt: skip
+    assert cli.json("traffic", "set", "iris-cli", "1=100")["traffic"] == [
+        {"version": 1, "weight": 100}]  # fmt: skip
+
     # an infer-only key: it predicts, it cannot manage, and revoked it stops at once
     made = cli("keys", "create", "ci", "--scope", "infer")
     key = made.stdout.strip()

@@ -19,6 +19,7 @@ from sqlalchemy import Column, Connection, Integer, MetaData, Table, inspect, te
 
 from inferd.core.errors import Unavailable
 from inferd.core.records import Role, Visibility
+from inferd.core.traffic import Revision
 from inferd.registry import db as db_module
 from inferd.registry.db import Database, alembic_config, sqlite_url
 from inferd.registry.store import RegistryStore
@@ -62,7 +63,7 @@ def _schema_diff(conn: Connection, target: MetaData) -> list[object]:
 
 async def test_head_is_the_newest_revision() -> None:
     # Update when a revision is added; the upgrade-path tests below then cover it.
-    assert HEAD == "0002"
+    assert HEAD == "0003"
 
 
 async def test_upgrade_0001_to_0002_keeps_versions_and_adds_their_runtime(db: Database) -> None:
@@ -78,12 +79,47 @@ async def test_upgrade_0001_to_0002_keeps_versions_and_adds_their_runtime(db: Da
             "artifact_format, sha256, size_bytes, source, inputs, outputs, created_at) VALUES "
             "('v1', :m, 1, 'ready', '', 'k', 'onnx', 'ab', 10, 'upload:x', '[]', '[]', "
             ":at)"), {"m": model.id, "at": datetime(2026, 1, 1, tzinfo=UTC)})  # fmt: skip
-    await db.migrate()
+    await db.migrate(revision="0002")
     assert await db.current_revision() == "0002"
     (old,) = await store.list_versions(model.id)
     assert old.version == 1 and old.artifact_format == "onnx" and old.runtime == ""
     updated = await store.update_version(old.id, runtime="onnx")
     assert updated.runtime == "onnx"
+
+
+async def test_upgrade_0002_to_0003_keeps_deployments_with_no_traffic_split(
+    db: Database,
+) -> None:
+    """A deployment written before revisions existed reads back as its one version taking all
+    the traffic; a split written afterwards is stored and read back."""
+    await db.migrate(revision="0002")
+    store = RegistryStore(db)
+    owner = await store.create_user("alice", "h", Role.MEMBER)
+    model = await store.create_model(name="m", owner_id=owner.id, visibility=Visibility.PUBLIC)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    async with db.engine.begin() as conn:  # rows as the 0002 code wrote them
+        for v in (1, 2):
+            await conn.execute(text(
+                "INSERT INTO model_versions (id, model_id, version, status, reason, "
+                "artifact_key, artifact_format, sha256, size_bytes, source, inputs, outputs, "
+                "created_at, runtime) VALUES (:id, :m, :v, 'ready', '', 'k', 'onnx', 'ab', 10, "
+                "'upload:x', '[]', '[]', :at, 'onnx')"),
+                {"id": f"v{v}", "m": model.id, "v": v, "at": at})  # fmt: skip
+        await conn.execute(
+            text(
+                "INSERT INTO deployments (id, model_id, version, config, status, reason, "
+                "generation, observed_generation, created_at, updated_at) VALUES "
+                "('d1', :m, 1, '{}', 'ready', '', 1, 1, :at, :at)"
+            ),
+            {"m": model.id, "at": at},
+        )
+    await db.migrate()
+    assert await db.current_revision() == "0003"
+    dep = await store.get_deployment("d1")
+    assert dep.traffic == () and dep.revisions() == (Revision(1, 100),)
+    split = (Revision(1, 90), Revision(2, 10))
+    dep = await store.update_deployment("d1", traffic=split)
+    assert (await store.get_deployment("d1")).traffic == split and dep.generation == 2
 
 
 async def test_migrate_creates_the_schema_from_empty(db: Database) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -104,10 +105,18 @@ class Decoding:
 class DataPlane:
     """Policy, admission, lookup and the engine calls every protocol makes."""
 
-    def __init__(self, engine: InferenceEngine, generation: Generation, gate: Gate) -> None:
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        generation: Generation,
+        gate: Gate,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
         self.engine = engine
         self.generation = generation
         self.gate = gate
+        #: A uniform draw in [0, 1) per routed request (injected: tests fix the sequence).
+        self._draw = draw
 
     # ---- who is calling, and may they ------------------------------------------------------
 
@@ -202,7 +211,15 @@ class DataPlane:
         return self.engine.model(name)
 
     def version(self, name: str, version: str | None = None) -> ServedVersion:
-        """The served version a request for `name` (and `version`, if given) goes to."""
+        """The served version a request for `name` goes to: the routing step of every protocol.
+
+        A request that names a version gets it (any deployed revision is reachable that way);
+        one that does not is routed by the model's traffic split (a weighted draw among its
+        revisions), else goes to the model's default version."""
+        if not version:
+            split = self.engine.model(name).traffic
+            if split is not None:
+                version = split.pick(self._draw())
         return self.engine.version(name, version)
 
     # ---- infer -------------------------------------------------------------------------------
@@ -221,20 +238,20 @@ class DataPlane:
     # ---- generate ----------------------------------------------------------------------------
 
     def generator(self, name: str, version: str | None = None) -> ServedVersion:
-        """The version that generates for `name`: 501 for a model that does not generate text,
-        503 when it has no running generator, before anything is sent."""
-        sv, _ = self.generation.generator(name, version)
+        """The version that generates for `name` (routed as `version` routes): 501 for a model
+        that does not generate text, 503 when it has no running generator, before anything is
+        sent. Later calls for the same request name the version this returns."""
+        sv, _ = self.generation.generator(name, self.version(name, version).version)
         return sv
 
-    def generate(
-        self, name: str, version: str | None, request: GenerateRequest
-    ) -> AsyncIterator[TokenEvent]:
-        """Token events of one generation; a failure raises (`ModelExecutionError`), and
-        closing the iterator early aborts the generation (its slot frees at the next step)."""
-        return self.generation.stream(name, version, request)
+    def generate(self, sv: ServedVersion, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        """Token events of one generation on the version `generator` chose; a failure raises
+        (`ModelExecutionError`), and closing the iterator early aborts the generation (its slot
+        frees at the next step)."""
+        return self.generation.stream(sv.name, sv.version, request)
 
-    async def chat_prompt(self, name: str, messages: list[dict[str, Any]]) -> str:
-        return await self.generation.chat_prompt(name, messages)
+    async def chat_prompt(self, sv: ServedVersion, messages: list[dict[str, Any]]) -> str:
+        return await self.generation.chat_prompt(sv.name, messages, sv.version)
 
     # ---- repository and statistics -----------------------------------------------------------
 

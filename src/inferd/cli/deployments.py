@@ -1,4 +1,5 @@
-"""`inferd deploy`, `inferd deployments` (list, show, test, delete) and `inferd predict`."""
+"""`inferd deploy`, `inferd deployments` (list, show, test, delete), `inferd traffic` (set,
+show) and `inferd predict`."""
 
 from __future__ import annotations
 
@@ -168,3 +169,66 @@ def predict(name: str, input_: str, version: str | None, server: str | None) -> 
     body = v2_body(json_arg(input_, "--input"), "--input")
     with client_for(server) as c:
         print_json(c.predict_raw(name, body, version))
+
+
+@click.group(cls=Group)
+def traffic() -> None:
+    """Traffic splits among a deployment's revisions: set, show."""
+
+
+def _weights(pairs: tuple[str, ...]) -> dict[int, int]:
+    """`1=90 2=10` (or `v1=90`) as {version: weight}."""
+    out: dict[int, int] = {}
+    for pair in pairs:
+        version, sep, weight = pair.partition("=")
+        version = version.removeprefix("v")
+        if not sep or not version.isdigit() or not weight.isdigit():
+            raise click.BadParameter(
+                f"'{pair}': write VERSION=WEIGHT, e.g. 1=90", param_hint="SPLIT"
+            )
+        out[int(version)] = int(weight)
+    return out
+
+
+def _show_traffic(dep: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(dep)
+        return
+    rows = [{"version": r["version"], "weight": f"{r['weight']}%",
+             "primary": "yes" if r["version"] == dep["version"] else ""}
+            for r in dep["traffic"]]  # fmt: skip
+    print_table(rows, ("version", "weight", "primary"))
+
+
+@traffic.command("set")
+@click.argument("name")
+@click.argument("split", nargs=-1, required=True)
+@click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for ready.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait.")
+@server_option
+@json_option
+def traffic_set(
+    name: str, split: tuple[str, ...], no_wait: bool, timeout: float, server: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Split NAME's traffic: `inferd traffic set fraud 1=90 2=10` (whole percentages, sum 100).
+    Revisions already served keep their replicas; a weight change reloads nothing."""
+    weights = _weights(split)
+    with client_for(server) as c:
+        dep = c.set_traffic(name, weights, wait=not no_wait, timeout=timeout)
+    if dep["status"] == "failed":
+        raise CliError(f"deployment {dep['id']} failed: {dep.get('reason') or 'no reason given'}")
+    _show_traffic(dep, as_json)
+
+
+@traffic.command("show")
+@click.argument("name")
+@server_option
+@json_option
+def traffic_show(name: str, server: str | None, as_json: bool) -> None:
+    """Show NAME's revisions and their weights."""
+    with client_for(server) as c:
+        dep = next((d for d in c.deployments() if d["model"] == name), None)
+    if dep is None:
+        raise CliError(f"model '{name}' has no deployment")
+    _show_traffic(dep, as_json)

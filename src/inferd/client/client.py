@@ -315,6 +315,26 @@ class Client:
         dep = self.request("PATCH", f"/api/v1/deployments/{_seg(id)}", json=body)
         return self.wait_deployment(dep["id"], timeout) if wait else dep
 
+    def set_traffic(
+        self,
+        model: str,
+        weights: Mapping[int, int],
+        wait: bool = True,
+        timeout: float = 120,
+    ) -> dict[str, Any]:
+        """Split the traffic of `model`'s deployment among revisions: `{1: 90, 2: 10}` (whole
+        percentages summing to 100). Revisions already served keep their replicas; new ones
+        load before they take traffic. A model without a deployment is deployed this way."""
+        traffic = [{"version": int(v), "weight": int(w)} for v, w in weights.items()]
+        dep = next((d for d in self.deployments() if d["model"] == model), None)
+        if dep is None:
+            dep = self.request("POST", "/api/v1/deployments",
+                               json={"model": model, "traffic": traffic})  # fmt: skip
+        else:
+            dep = self.request("PATCH", f"/api/v1/deployments/{_seg(dep['id'])}",
+                               json={"traffic": traffic})  # fmt: skip
+        return self.wait_deployment(dep["id"], timeout) if wait else dep
+
     def wait_deployment(self, id: str, timeout: float = 120) -> dict[str, Any]:
         """Poll until the deployment is no longer `deploying`."""
         return _poll(lambda: self.deployment(id), "deploying", f"deployment {id}", timeout)

@@ -511,7 +511,7 @@ class Catalog:
         model = await self.manage(actor, name)
         mv = await self.store.get_version(model.id, version)
         dep = await self.store.find_deployment(model.id)
-        if dep is not None and dep.version == version:
+        if dep is not None and version in {r.version for r in dep.revisions()}:
             raise Conflict(f"version {version} is deployed; change or delete the deployment first")
         await self.store.delete_version(mv.id)
         await self.artifacts.delete_prefix(version_prefix(model.id, version))

@@ -17,7 +17,14 @@ from typing import Any
 from inferd.auth.policy import require
 from inferd.control.audit import Actor, Audit
 from inferd.control.catalog import Catalog, compare_outputs
-from inferd.core.errors import Conflict, InferdError, InvalidInput, NotFound, Unprocessable
+from inferd.core.errors import (
+    Conflict,
+    InferdError,
+    InvalidField,
+    InvalidInput,
+    NotFound,
+    Unprocessable,
+)
 from inferd.core.records import (
     Deployment,
     DeploymentConfig,
@@ -28,7 +35,8 @@ from inferd.core.records import (
     User,
     VersionStatus,
 )
-from inferd.core.spec import ModelSpec, parse_model_config
+from inferd.core.spec import ModelSpec, VersionPolicy, parse_model_config
+from inferd.core.traffic import Revision, Split, primary
 from inferd.core.trust import CODE_RUNTIMES, check_loosening, strip_loosening, with_operator_types
 from inferd.registry.formats import CODE_FORMATS
 from inferd.registry.store import RegistryStore
@@ -213,8 +221,16 @@ class Deployments:
         return dep, model
 
     async def create(
-        self, actor: Actor, name: str, version: int | None, cfg: DeploymentConfig
+        self,
+        actor: Actor,
+        name: str,
+        version: int | None,
+        cfg: DeploymentConfig,
+        traffic: tuple[Revision, ...] | None = None,
     ) -> Deployment:
+        """Deploy a version (default: the newest ready one), or several revisions with their
+        traffic weights (`traffic`; the one with the largest share is the deployment's
+        `version`)."""
         model = await self.catalog.manage(actor, name)
         if model.system:
             raise Conflict("system models are served from the model repository folder")
@@ -223,16 +239,41 @@ class Deployments:
             raise Conflict(
                 f"model '{model.name}' already has a deployment ({existing.id}); update it instead"
             )
-        mv = await self._ready_version(model, version)
+        if traffic is not None and version is not None:
+            raise InvalidField("traffic", "give either a version or a traffic split, not both")
         owner = await self.store.get_user(model.owner_id)
         check_config_trust(actor, owner, cfg, None)
-        deployment_spec(model, mv, cfg, owner.trusted)  # validate before storing
+        mv, split = await self._revisions(model, version, traffic, cfg, owner)
         dep = await self.store.create_deployment(model.id, mv.version, cfg,
-                                                 actor.principal.user_id)  # fmt: skip
+                                                 actor.principal.user_id, split)  # fmt: skip
         await self.audit.record(actor, "deployment.create", "deployment", dep.id,
-                                model=model.name, version=mv.version)  # fmt: skip
+                                model=model.name, version=mv.version,
+                                traffic=_traffic_doc(dep.revisions()))  # fmt: skip
         self.wake()
         return dep
+
+    async def _revisions(
+        self,
+        model: Model,
+        version: int | None,
+        traffic: tuple[Revision, ...] | None,
+        cfg: DeploymentConfig,
+        owner: User,
+    ) -> tuple[ModelVersion, tuple[Revision, ...]]:
+        """The primary version and the split to store (empty: one revision takes all), each
+        revision checked ready and loadable before anything is stored."""
+        if not traffic:
+            mv = await self._ready_version(model, version)
+            deployment_spec(model, mv, cfg, owner.trusted)  # validate before storing
+            return mv, ()
+        for i, r in enumerate(traffic):
+            try:
+                rv = await self._ready_version(model, r.version)
+            except (NotFound, Conflict) as e:
+                raise InvalidField(f"traffic[{i}].version", e.message) from None
+            deployment_spec(model, rv, cfg, owner.trusted)
+        mv = await self._ready_version(model, primary(traffic))
+        return mv, traffic if len(traffic) > 1 else ()
 
     async def _ready_version(self, model: Model, version: int | None) -> ModelVersion:
         if version is None:
@@ -269,17 +310,30 @@ class Deployments:
         return dep, model
 
     async def update(
-        self, actor: Actor, deployment_id: str, version: int | None, cfg: DeploymentConfig | None
+        self,
+        actor: Actor,
+        deployment_id: str,
+        version: int | None,
+        cfg: DeploymentConfig | None,
+        traffic: tuple[Revision, ...] | None = None,
     ) -> Deployment:
+        """Change the config, move all traffic to one `version`, or set a traffic split.
+        Revisions already served keep their replicas (a weight change reloads nothing)."""
         dep, model = await self._managed(actor, deployment_id)
-        mv = await self._ready_version(model, version if version is not None else dep.version)
+        if traffic is not None and version is not None:
+            raise InvalidField("traffic", "give either a version or a traffic split, not both")
         owner = await self.store.get_user(model.owner_id)
         if cfg is not None:
             check_config_trust(actor, owner, cfg, dep.config)
-        deployment_spec(model, mv, cfg or dep.config, owner.trusted)
-        dep = await self.store.update_deployment(dep.id, version=mv.version, config=cfg)
+        if traffic is None and version is None:  # the config alone: the revisions stay
+            traffic = dep.traffic or None
+            version = None if traffic else dep.version
+        mv, split = await self._revisions(model, version, traffic, cfg or dep.config, owner)
+        dep = await self.store.update_deployment(dep.id, version=mv.version, config=cfg,
+                                                 traffic=split)  # fmt: skip
         await self.audit.record(actor, "deployment.update", "deployment", dep.id,
-                                version=mv.version)  # fmt: skip
+                                version=mv.version,
+                                traffic=_traffic_doc(dep.revisions()))  # fmt: skip
         self.wake()
         return dep
 
@@ -349,13 +403,26 @@ class Deployments:
     async def _apply(self, dep: Deployment) -> None:
         try:
             model = await self.store.get_model(dep.model_id)
-            mv = await self.store.get_version(model.id, dep.version)
             owner = await self.store.get_user(model.owner_id)
-            spec = deployment_spec(
-                model, mv, dep.config, owner.trusted, self.catalog.settings.skops_trusted_types
+            specs: dict[str, ModelSpec] = {}
+            root: Path | None = None
+            for r in dep.revisions():  # each revision with its own version's signature
+                mv = await self.store.get_version(model.id, r.version)
+                specs[str(mv.version)] = deployment_spec(
+                    model, mv, dep.config, owner.trusted,
+                    self.catalog.settings.skops_trusted_types,
+                )  # fmt: skip
+                root = (await self.catalog.materialize(model, mv.version)).parent
+            assert root is not None
+            versions = tuple(specs)
+            spec = dataclasses.replace(
+                specs[str(dep.version)], version_policy=VersionPolicy("specific", 1, versions)
             )
-            local: Path = await self.catalog.materialize(model, mv.version)
-            await self.engine.load_source(ModelSource(spec, local.parent, (str(mv.version),)))
+            split = (
+                Split.of({str(r.version): r.weight for r in dep.traffic}) if dep.traffic else None
+            )
+            source = ModelSource(spec, root, versions, specs, keep_unchanged=True, traffic=split)
+            await self.engine.load_source(source)
         except InferdError as e:
             self.applied[dep.id] = (self._name_of(dep), dep.generation)
             log.warning("deployment %s failed: %s", dep.id, e.message)
@@ -372,3 +439,7 @@ class Deployments:
             await self.store.set_deployment_status(dep.id, status, reason[:2000], dep.generation)
         except NotFound:
             pass  # deleted meanwhile; the next pass unloads it
+
+
+def _traffic_doc(revisions: tuple[Revision, ...]) -> dict[str, int]:
+    return {str(r.version): r.weight for r in revisions}

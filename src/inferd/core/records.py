@@ -10,6 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from inferd.core.traffic import TOTAL, Revision
+
 
 class Role(StrEnum):
     ADMIN = "admin"
@@ -156,6 +158,12 @@ class Deployment:
     #: Bumped on every change; the reconciler records the generation it last applied.
     generation: int = 1
     observed_generation: int = 0
+    #: The revisions and their traffic shares; empty: `version` takes all of it.
+    traffic: tuple[Revision, ...] = ()
+
+    def revisions(self) -> tuple[Revision, ...]:
+        """Every deployed revision with its weight (`version` alone at 100 without a split)."""
+        return self.traffic or (Revision(self.version, TOTAL),)
 
 
 @dataclass(frozen=True, slots=True)

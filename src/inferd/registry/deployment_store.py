@@ -12,6 +12,7 @@ from inferd.core.records import (
     DeploymentConfig,
     DeploymentStatus,
 )
+from inferd.core.traffic import Revision
 from inferd.registry.db import guarded
 from inferd.registry.repository import Repository, get_row, new_id
 from inferd.registry.tables import (
@@ -29,7 +30,12 @@ class DeploymentStore(Repository):
 
     @guarded
     async def create_deployment(
-        self, model_id: str, version: int, config: DeploymentConfig, created_by: str | None
+        self,
+        model_id: str,
+        version: int,
+        config: DeploymentConfig,
+        created_by: str | None,
+        traffic: tuple[Revision, ...] = (),
     ) -> Deployment:
         now = self._now()
         row = DeploymentRow(
@@ -42,6 +48,7 @@ class DeploymentStore(Repository):
             created_by=created_by,
             generation=1,
             observed_generation=0,
+            traffic=_traffic_json(traffic),
             created_at=now,
             updated_at=now,
         )
@@ -49,6 +56,8 @@ class DeploymentStore(Repository):
             async with self._db.write_session() as s:
                 await get_row(s, ModelRow, model_id, "model")
                 await self._require_version(s, model_id, version)
+                for r in traffic:
+                    await self._require_version(s, model_id, r.version)
                 if await s.scalar(
                     select(DeploymentRow.id).where(DeploymentRow.model_id == model_id)
                 ):
@@ -84,7 +93,9 @@ class DeploymentStore(Repository):
         *,
         version: int | None = None,
         config: DeploymentConfig | None = None,
+        traffic: tuple[Revision, ...] | None = None,
     ) -> Deployment:
+        """Change what is deployed; `traffic=()` drops the split (`version` takes all)."""
         async with self._db.write_session() as s:
             row = await get_row(s, DeploymentRow, deployment_id, "deployment")
             if version is not None:
@@ -92,6 +103,10 @@ class DeploymentStore(Repository):
                 row.version = version
             if config is not None:
                 row.config = config_to_json(config)
+            if traffic is not None:
+                for r in traffic:
+                    await self._require_version(s, row.model_id, r.version)
+                row.traffic = _traffic_json(traffic)
             row.generation += 1
             row.status = DeploymentStatus.DEPLOYING.value
             row.reason = ""
@@ -141,3 +156,7 @@ class DeploymentStore(Repository):
         )
         if found is None:
             raise NotFound("version not found")
+
+
+def _traffic_json(traffic: tuple[Revision, ...]) -> list[dict[str, int]]:
+    return [{"version": r.version, "weight": r.weight} for r in traffic]

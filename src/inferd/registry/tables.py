@@ -44,6 +44,7 @@ from inferd.core.records import (
     VersionStatus,
     Visibility,
 )
+from inferd.core.traffic import Revision
 
 #: Deterministic constraint names: SQLite's batch migrations (copy-and-move) can only drop or
 #: alter a constraint that has a name, and hand-written revisions must spell the same names.
@@ -277,6 +278,8 @@ class DeploymentRow(Base):
     created_by: Mapped[str | None] = mapped_column(ID, nullable=True)
     generation: Mapped[int] = mapped_column(Integer(), nullable=False, default=1)
     observed_generation: Mapped[int] = mapped_column(Integer(), nullable=False, default=0)
+    #: The traffic split: [{"version", "weight"}]; empty: `version` takes all of it.
+    traffic: Mapped[list[dict[str, int]]] = mapped_column(JSON(), nullable=False, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
@@ -293,6 +296,7 @@ class DeploymentRow(Base):
             created_by=self.created_by,
             generation=self.generation,
             observed_generation=self.observed_generation,
+            traffic=tuple(Revision(int(r["version"]), int(r["weight"])) for r in self.traffic),
         )
 
 

@@ -27,7 +27,7 @@ from inferd.core.validation import check_inputs, check_outputs
 from inferd.observability.metrics import ServingMetrics
 from inferd.runtimes.base import Runtime
 from inferd.serving.classification import classify
-from inferd.serving.models import ModelManager, ModelState, ServedModel, ServedVersion, wait_set
+from inferd.serving.models import InFlight, ModelManager, ModelState, ServedModel, ServedVersion
 from inferd.serving.repository import ModelRepository, ModelSource
 from inferd.serving.scheduler import Supervisor
 from inferd.workers.isolation import WorkerIsolation
@@ -37,7 +37,7 @@ __all__ = ["InferenceEngine", "ModelState", "ServedModel", "ServedVersion", "req
 log = logging.getLogger("inferd.engine")
 
 
-class InferenceEngine:
+class InferenceEngine(InFlight):
     """Owns served models; loads, unloads and runs them. Adapters make one call per request.
 
     `supervisor` heals and scales every version's replicas (`control/supervisor.py`
@@ -56,9 +56,7 @@ class InferenceEngine:
         self.metrics = metrics
         self._manager = ModelManager(metrics, repository, isolation or WorkerIsolation(),
                                      health_interval_s, drain_timeout_s, supervisor)  # fmt: skip
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._init_inflight()  # requests (and generations) running now, on every model
         self.started = False
         self.stopping = False
 
@@ -74,19 +72,6 @@ class InferenceEngine:
     def isolation(self) -> WorkerIsolation:
         """Who worker processes run as, what they see and whether they reach the network."""
         return self._manager.isolation
-
-    @property
-    def inflight(self) -> int:
-        """Requests (and generations) running now, on every model."""
-        return self._inflight
-
-    @inflight.setter
-    def inflight(self, n: int) -> None:
-        self._inflight = n
-        if n:
-            self._idle.clear()
-        else:
-            self._idle.set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -106,7 +91,7 @@ class InferenceEngine:
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until no request is in flight (True) or `timeout_s` passed (False)."""
-        return await wait_set(self._idle, timeout_s)
+        return await self.idle(timeout_s)
 
     def live(self) -> bool:
         return not self.stopping

@@ -42,8 +42,10 @@ class Generation:
         # the backend with the fewest streams takes the request
         return sv, min(live, key=lambda g: g.inflight)
 
-    async def chat_prompt(self, name: str, messages: list[dict[str, Any]]) -> str:
-        _, gen = self.generator(name)
+    async def chat_prompt(
+        self, name: str, messages: list[dict[str, Any]], version: str | None = None
+    ) -> str:
+        _, gen = self.generator(name, version)
         return await gen.chat_prompt(messages)
 
     async def stream(

@@ -17,6 +17,7 @@ from typing import Any
 from inferd.core.errors import InferdError, ModelLoadError, ModelNotFound, ModelNotReady
 from inferd.core.spec import ModelSpec, TensorSpec, check_name, version_key
 from inferd.core.tensors import InferenceRequest, InferenceResponse
+from inferd.core.traffic import Split
 from inferd.observability.metrics import ServingMetrics, VersionMetrics
 from inferd.runtimes import detect_runtime
 from inferd.runtimes.base import Runtime
@@ -37,8 +38,37 @@ class ModelState(StrEnum):
     UNLOADING = "UNLOADING"
 
 
+class InFlight:
+    """A count of requests in flight (`inflight`, an int to add to and take from) and an event
+    set whenever it is zero, so that unloading and draining await idleness, never poll it."""
+
+    _inflight: int
+    _idle: asyncio.Event
+
+    def _init_inflight(self) -> None:
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, n: int) -> None:
+        self._inflight = n
+        if n:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight (True) or `timeout_s` passed (False)."""
+        return await wait_set(self._idle, timeout_s)
+
+
 @dataclass(eq=False)
-class ServedVersion:
+class ServedVersion(InFlight):
     """A loaded version: its scheduler (queue + replicas), signature, stats and metrics."""
 
     name: str
@@ -56,26 +86,7 @@ class ServedVersion:
         self.input_map = {t.name: t for t in self.inputs}
         self.output_map = {t.name: t for t in self.outputs}
         self.output_names = [t.name for t in self.outputs]
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @property
-    def inflight(self) -> int:
-        """Requests running on this version now."""
-        return self._inflight
-
-    @inflight.setter
-    def inflight(self, n: int) -> None:
-        self._inflight = n
-        if n:
-            self._idle.clear()
-        else:
-            self._idle.set()
-
-    async def idle(self, timeout_s: float) -> bool:
-        """Wait until no request runs here (True) or `timeout_s` passed (False)."""
-        return await wait_set(self._idle, timeout_s)
+        self._init_inflight()  # requests running on this version now
 
 
 @dataclass(eq=False)
@@ -89,8 +100,15 @@ class ServedModel:
     required: bool = True
     versions: dict[str, ServedVersion] = field(default_factory=dict)
     default: ServedVersion | None = None
+    #: How requests that name no version are shared among `versions` (the data plane routes
+    #: by it); None: they all go to `default`.
+    traffic: Split | None = None
 
     def refresh_default(self) -> None:
+        """The version of callers that do not route: the split's primary, else the newest."""
+        if self.traffic is not None and self.traffic.primary in self.versions:
+            self.default = self.versions[self.traffic.primary]
+            return
         ordered = sorted(self.versions, key=version_key)
         self.default = self.versions[ordered[-1]] if ordered else None
 
@@ -209,32 +227,40 @@ class ModelManager:
         if not wanted:
             self._failed(model.name, model, "the version policy selects no version on disk")
             raise ModelLoadError(f"failed to load '{model.name}': no version selected")
+        keep = source.keep_unchanged
+        kept = {v: sv for v, sv in model.versions.items()
+                if keep and v in wanted and sv.spec == source.spec_of(v)}  # fmt: skip
+        fresh = [v for v in wanted if v not in kept]
         results = await asyncio.gather(
-            *(self._load_version(spec, v, source) for v in wanted), return_exceptions=True
+            *(self._load_version(source.spec_of(v), v, source) for v in fresh),
+            return_exceptions=True,
         )
-        loaded: dict[str, ServedVersion] = {}
+        loaded: dict[str, ServedVersion] = dict(kept)
         errors = []
-        for v, r in zip(wanted, results, strict=True):
+        for v, r in zip(fresh, results, strict=True):
             if isinstance(r, ServedVersion):
                 loaded[v] = r
             else:
                 msg = r.message if isinstance(r, InferdError) else f"{type(r).__name__}: {r}"
                 errors.append(f"version {v}: {msg}")
         if errors:
-            for sv in loaded.values():
-                await self.retire(sv)
+            for v, sv in loaded.items():
+                if v not in kept:
+                    await self.retire(sv)
             reason = "; ".join(errors)
             self.metrics.model_loads.labels(model.name, "failure").inc()
             self._failed(model.name, model, reason)
             raise ModelLoadError(f"failed to load '{model.name}': {reason}")
         old = model.versions
-        model.spec, model.versions = spec, loaded
+        model.spec, model.versions, model.traffic = spec, loaded, source.traffic
         model.refresh_default()
         model.state, model.reason = ModelState.READY, ""
         self.metrics.model_loads.labels(model.name, "success").inc()
         for sv in loaded.values():
             self.metrics.model_ready.labels(model.name, sv.version).set(1)
         for v, sv in old.items():
+            if loaded.get(v) is sv:
+                continue  # kept: still serving
             if v not in loaded:
                 self.metrics.forget(model.name, v)
             await self.retire(sv)

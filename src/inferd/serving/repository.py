@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 
 from inferd.core.errors import InvalidInput, ModelLoadError, ModelNotFound
 from inferd.core.spec import ModelSpec, check_name, parse_model_config
+from inferd.core.traffic import Split
 
 CONFIG_FILE = "model.yaml"
 
@@ -21,9 +23,20 @@ class ModelSource:
     spec: ModelSpec
     path: Path
     versions: tuple[str, ...]
+    #: Specs of single versions where they differ from `spec` (a deployment's revisions each
+    #: carry their own version's signature).
+    version_specs: Mapping[str, ModelSpec] = field(default_factory=dict)
+    #: Keep a served version whose spec is unchanged instead of reloading it (the files of a
+    #: registry version never change): a new split or a new revision reloads nothing else.
+    keep_unchanged: bool = False
+    #: How requests that name no version are shared among the versions (None: the newest).
+    traffic: Split | None = None
 
     def version_path(self, version: str) -> Path:
         return self.path / version
+
+    def spec_of(self, version: str) -> ModelSpec:
+        return self.version_specs.get(version, self.spec)
 
 
 class ModelRepository:

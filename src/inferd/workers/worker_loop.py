@@ -1,11 +1,12 @@
-"""The worker's one loop, for every kind of replica: frames are read on a reader thread and the
-work runs on the main thread, in order.
+"""The worker's one loop, for every kind of replica.
 
-The reader answers what needs no model at once (PING, CHAT_PROMPT) and hands the rest on: LOAD
-and INFER to the main thread's queue, GENERATE and ABORT to the generation engine's inbox once
-one is loaded (`run_engine` then steps on the main thread: continuous batching). Every answer
-goes out on the id of the frame it answers; PROGRESS frames of a long infer go out on its id
-before its RESULT. Imported only after the worker isolated itself (`worker_main`).
+Until a generation engine is loaded the main thread reads each frame and answers it in order
+(LOAD, INFER, PING, UNLOAD): a request costs no hand-off between threads.
+Once a generation engine is loaded, frames are read on a reader thread that answers what needs
+no engine step at once (PING, CHAT_PROMPT) and puts GENERATE and ABORT in the engine's inbox,
+while `run_engine` steps on the main thread (continuous batching). Every answer goes out on the
+id of the frame it answers; PROGRESS frames of a long infer go out on its id before its RESULT.
+Imported only after the worker isolated itself (`worker_main`).
 """
 
 from __future__ import annotations
@@ -66,8 +67,6 @@ class WorkerLoop:
         self.shm = shm if shm_available(shm) else None
         self.refused, self.notes = refused, notes
         self._send_lock = threading.Lock()
-        self._state = threading.Lock()
-        self._work: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake = threading.Event()
         self.runtime: Runtime | None = None
@@ -88,9 +87,11 @@ class WorkerLoop:
     def serve(self) -> None:
         """Answer frames until UNLOAD or the server goes away."""
         stream: BinaryIO = self.sock.makefile("rb", buffering=1 << 16)  # type: ignore[assignment]
-        threading.Thread(target=self._read, args=(stream,), name="frames", daemon=True).start()
         try:
-            self._run()
+            if self._direct(stream):  # a generation engine: frames on a thread of their own
+                threading.Thread(target=self._read, args=(stream,), name="frames",
+                                 daemon=True).start()  # fmt: skip
+                run_engine(self.engine, self._inbox, self._wake, self._deliver, "worker")
         finally:
             if self.runtime is not None:
                 with contextlib.suppress(Exception):  # the process is about to exit anyway
@@ -99,7 +100,45 @@ class WorkerLoop:
             with contextlib.suppress(OSError):  # the server may be gone already
                 self.send(Kind.UNLOADED, self._unload_id)
 
-    # ---- reader thread ---------------------------------------------------------------------
+    # ---- main thread, until a generation engine is loaded ----------------------------------
+
+    def _direct(self, stream: BinaryIO) -> bool:
+        """Read and answer frames in order; True once a generation engine was loaded (the
+        caller then runs it), False when the server unloads or goes away."""
+        while True:
+            try:
+                frame = read_frame_sync(stream)
+            except BadFrame as e:
+                self._error(e.id, InvalidInput(str(e)))
+                continue
+            except (EOFError, ValueError, OSError):
+                return False
+            kind, rid = frame.kind, frame.id
+            if kind is Kind.INFER:
+                self._current = rid
+                self._infer(frame)
+            elif kind is Kind.PING:
+                self.send(Kind.PONG, rid, {"pid": os.getpid(), "stats": {}})
+            elif kind is Kind.UNLOAD:
+                self._unload_id = rid
+                return False
+            elif kind is Kind.LOAD:
+                self._current = rid
+                if self.refused is not None:
+                    self._error(rid, ModelLoadError(self.refused))
+                elif self.runtime is not None:
+                    self._error(rid, InvalidInput("a model is loaded already"))
+                elif frame.body.get("runtime") == "llm":
+                    if self._load_engine(frame):
+                        return True
+                else:
+                    self._load(frame)
+            elif kind in (Kind.GENERATE, Kind.ABORT, Kind.CHAT_PROMPT):
+                self._error(rid, InvalidInput("no generation engine is loaded"))
+            else:
+                self._error(rid, InvalidInput(f"a worker takes no {kind} frame"))
+
+    # ---- reader thread, once a generation engine runs --------------------------------------
 
     def _read(self, stream: BinaryIO) -> None:
         while True:
@@ -129,16 +168,9 @@ class WorkerLoop:
             self._stop(rid)
             return True
         elif kind in (Kind.LOAD, Kind.INFER):
-            with self._state:
-                if self.engine is None:
-                    self._work.put(frame)
-                    return False
             self._error(rid, InvalidInput(f"a generation worker takes no {kind} frame"))
         elif kind in (Kind.GENERATE, Kind.ABORT, Kind.CHAT_PROMPT):
-            if self.engine is None:
-                self._error(rid, InvalidInput("no generation engine is loaded"))
-            else:
-                self._generation(frame)
+            self._generation(frame)
         else:
             self._error(rid, InvalidInput(f"a worker takes no {kind} frame"))
         return False
@@ -161,32 +193,12 @@ class WorkerLoop:
             self._error(frame.id, e if isinstance(e, InferdError) else InvalidInput(str(e)))
 
     def _stop(self, unload_id: str | None) -> None:
-        """The server asked to unload (`unload_id`) or went away (None): end the main loop."""
-        with self._state:
-            self._unload_id = unload_id
-            if self.engine is not None:
-                self._inbox.put(_STOP)
-                self._wake.set()
-            else:
-                self._work.put(None)
+        """The server asked to unload (`unload_id`) or went away (None): stop the engine."""
+        self._unload_id = unload_id
+        self._inbox.put(_STOP)
+        self._wake.set()
 
-    # ---- main thread -----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while (frame := self._work.get()) is not None:
-            self._current = frame.id
-            if frame.kind is Kind.INFER:
-                self._infer(frame)
-            elif self.refused is not None:
-                self._error(frame.id, ModelLoadError(self.refused))
-            elif self.runtime is not None:
-                self._error(frame.id, InvalidInput("a model is loaded already"))
-            elif frame.body.get("runtime") == "llm":
-                if self._load_engine(frame):
-                    run_engine(self.engine, self._inbox, self._wake, self._deliver, "worker")
-                    return
-            else:
-                self._load(frame)
+    # ---- loading ---------------------------------------------------------------------------
 
     def _load(self, frame: Frame) -> None:
         try:
@@ -215,22 +227,10 @@ class WorkerLoop:
         except Exception as e:
             self._error(frame.id, e, "ModelLoadError")
             return False
-        with self._state:  # from here GENERATE goes to the engine
-            self.engine = engine
-            self._template = ChatTemplate(getattr(engine, "tokenizer", None))
-            waiting = []
-            while True:
-                try:
-                    waiting.append(self._work.get_nowait())
-                except queue.Empty:
-                    break
+        self.engine = engine  # frames that came while it loaded are read after this
+        self._template = ChatTemplate(getattr(engine, "tokenizer", None))
         self.send(Kind.LOADED, frame.id, {"platform": "transformers_llm", "notes": self.notes,
                                           "max_model_len": engine.max_model_len})  # fmt: skip
-        for early in waiting:  # what came while it loaded
-            if early is None:
-                self._inbox.put(_STOP)
-            else:
-                self._error(early.id, InvalidInput("a model is loaded already"))
         return True
 
     def _infer(self, frame: Frame) -> None:

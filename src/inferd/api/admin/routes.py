@@ -21,6 +21,7 @@ from inferd.control.catalog import VersionMeta
 from inferd.control.deployments import parse_config
 from inferd.core.errors import InvalidInput
 from inferd.core.records import Role, Scope
+from inferd.core.traffic import Revision, parse_traffic
 
 #: Every error answer has this shape (and a 4xx status); bad input is 400 naming the field.
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -135,15 +136,28 @@ class VersionPatch(_Body):
     sample_output: dict[str, Any] | None = None
 
 
+#: A traffic split: `[{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]` or the short
+#: form `{"1": 90, "2": 10}`; whole percentages that sum to 100.
+Traffic = list[dict[str, Any]] | dict[str, Any] | None
+
+
 class DeployBody(_Body):
     model: Text = Field(max_length=256)
     version: StrictInt | None = Field(None, ge=1, le=INT32)
     config: dict[str, Any] | None = None
+    traffic: Traffic = Field(None, description="Revisions and their weights (instead of version)")
 
 
 class DeploymentPatch(_Body):
-    version: StrictInt | None = Field(None, ge=1, le=INT32)
+    version: StrictInt | None = Field(
+        None, ge=1, le=INT32, description="Send all traffic to this version"
+    )
     config: dict[str, Any] | None = None
+    traffic: Traffic = Field(None, description="Revisions and their weights (instead of version)")
+
+
+def _traffic(raw: Traffic) -> tuple[Revision, ...] | None:
+    return None if raw is None else parse_traffic(raw)
 
 
 def _meta(body: MetaBody) -> VersionMeta:
@@ -345,7 +359,8 @@ async def create_deployment(
     """Deploy a version (default: the newest ready one). Status goes `deploying` → `ready`
     (or `failed` with the reason) as the data plane loads it."""
     d = await control(request).deployments.create(actor, body.model, body.version,
-                                                   parse_config(body.config))  # fmt: skip
+                                                   parse_config(body.config),
+                                                   _traffic(body.traffic))  # fmt: skip
     return views.deployment(d, body.model)
 
 
@@ -363,7 +378,8 @@ async def update_deployment(
 ) -> Any:
     cfg = parse_config(body.config) if body.config is not None else None
     cp = control(request)
-    d = await cp.deployments.update(actor, deployment_id, body.version, cfg)
+    d = await cp.deployments.update(actor, deployment_id, body.version, cfg,
+                                    _traffic(body.traffic))  # fmt: skip
     _, m = await cp.deployments.get(actor, d.id)
     return views.deployment(d, m.name)
 

@@ -171,8 +171,8 @@ class TokenStreams:
         call = to_generate(request)
         name, version = request.model_name, request.model_version or None
         async with plane.admit(principal):
-            sv = plane.version(name, version)
-            events = plane.generate(name, version, call.request)
+            sv = plane.generator(name, version)
+            events = plane.generate(sv, call.request)
             assert isinstance(events, AsyncGenerator)
             parts: list[str] = []
             async with contextlib.aclosing(events):  # an early exit aborts the generation

@@ -19,7 +19,7 @@ from starlette.types import Receive, Send
 
 from inferd.api.dataplane import DataPlane
 from inferd.api.http.errors import status_of
-from inferd.api.http.openai import send_json, send_sse
+from inferd.api.http.openai import revision_header, send_json, send_sse
 from inferd.core.errors import InferdError, InvalidInput
 from inferd.core.generate import GenerateRequest, parse_sampling
 
@@ -72,9 +72,9 @@ async def _run(
     receive: Receive,
     send: Send,
 ) -> int:
-    sv = plane.generator(name, version)  # not an LLM: 501 before anything runs
+    sv = plane.generator(name, version)  # routed; not an LLM: 501 before anything runs
     head = {"model_name": sv.name, "model_version": sv.version}
-    events = plane.generate(name, version, request)
+    events = plane.generate(sv, request)
     if not stream:
         text, last = [], None
         async for ev in events:
@@ -83,7 +83,7 @@ async def _run(
         assert last is not None
         await send_json(send, 200, {**head, "text_output": "".join(text),
                                     "finish_reason": last.finish_reason,
-                                    "usage": _usage(last)}, [])  # fmt: skip
+                                    "usage": _usage(last)}, revision_header(sv))  # fmt: skip
         return 200
 
     async def chunks() -> AsyncGenerator[bytes, None]:
@@ -101,7 +101,7 @@ async def _run(
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    return await send_sse(receive, send, chunks())
+    return await send_sse(receive, send, chunks(), revision_header(sv))
 
 
 def _usage(ev: Any) -> dict[str, int]:

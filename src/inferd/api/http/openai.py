@@ -11,7 +11,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,11 @@ from inferd.auth.principal import Principal
 from inferd.core.errors import InferdError, InvalidField, InvalidInput, ModelNotFound, RateLimited
 from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 from inferd.core.tensors import InferenceRequest, Tensor
+from inferd.serving.engine import ServedVersion
 
 log = logging.getLogger("inferd.openai")
+#: Which revision (model version) served a request, on every routed HTTP answer.
+REVISION_HEADER = b"x-inferd-model-version"
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable"}  # fmt: skip
@@ -113,7 +116,7 @@ class OpenAIRoutes:
     # ---- completions and chat ------------------------------------------------------------
 
     async def _prepare(
-        self, kind: str, doc: dict[str, Any], model: str
+        self, kind: str, doc: dict[str, Any], sv: ServedVersion
     ) -> tuple[list[GenerateRequest], bool, bool]:
         _unsupported(doc)
         stream = _get(doc, "stream", (bool,), False)
@@ -138,7 +141,7 @@ class OpenAIRoutes:
             if limit is None:
                 limit = doc.get("max_tokens")
             params = parse_sampling({**doc, "max_tokens": limit}, max_tokens=None)
-            prompts: list[Any] = [await self.plane.chat_prompt(model, messages)]
+            prompts: list[Any] = [await self.plane.chat_prompt(sv, messages)]
         else:
             params = parse_sampling(doc, max_tokens=16)
             prompt = doc.get("prompt")
@@ -163,14 +166,17 @@ class OpenAIRoutes:
                 requests.append(GenerateRequest(rid, prompt_token_ids=list(p), params=params))
         return requests, stream, usage_chunk
 
-    async def complete(self, kind: str, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
-        """A non-streamed completion or chat completion."""
+    async def complete(
+        self, kind: str, doc: dict[str, Any], p: Principal
+    ) -> tuple[dict[str, Any], ServedVersion]:
+        """A non-streamed completion or chat completion, and the revision that made it."""
         model = self.allow(p, doc.get("model"))
-        requests, _, _ = await self._prepare(kind, doc, model)
+        sv = self.plane.generator(model)  # routed once: every prompt goes to this revision
+        requests, _, _ = await self._prepare(kind, doc, sv)
 
         async def run(r: GenerateRequest) -> TokenEvent:
             text, last = [], None
-            async for ev in self.plane.generate(model, None, r):
+            async for ev in self.plane.generate(sv, r):
                 text.append(ev.text)
                 last = ev
             assert last is not None
@@ -189,29 +195,30 @@ class OpenAIRoutes:
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
                                  "logprobs": None, "finish_reason": r.finish_reason,
                                  "stop_reason": r.stop_reason}],
-                    "usage": usage}  # fmt: skip
+                    "usage": usage}, sv  # fmt: skip
         return {"id": f"cmpl-{requests[0].request_id}", "object": "text_completion",
                 "created": created, "model": model,
                 "choices": [{"index": i, "text": r.text, "logprobs": None,
                              "finish_reason": r.finish_reason, "stop_reason": r.stop_reason}
                             for i, r in enumerate(results)],
-                "usage": usage}  # fmt: skip
+                "usage": usage}, sv  # fmt: skip
 
     async def stream(
         self, kind: str, doc: dict[str, Any], p: Principal
-    ) -> tuple[AsyncGenerator[bytes, None], str]:
-        """Validate and start a streamed completion: SSE chunks as an iterator."""
+    ) -> tuple[AsyncGenerator[bytes, None], ServedVersion]:
+        """Validate and start a streamed completion: SSE chunks as an iterator, and the
+        revision that makes them."""
         model = self.allow(p, doc.get("model"))
-        requests, _, usage_chunk = await self._prepare(kind, doc, model)
+        sv = self.plane.generator(model)  # not an LLM, no generator: refused before the 200
+        requests, _, usage_chunk = await self._prepare(kind, doc, sv)
         if len(requests) != 1:
             raise ParamError("prompt", "streaming takes one prompt")
-        self.plane.generator(model)  # not an LLM, no generator: refused before the 200
         req = requests[0]
         chat = kind == "chat"
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{req.request_id}"
         obj = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
-        events = self.plane.generate(model, None, req)
+        events = self.plane.generate(sv, req)
         assert isinstance(events, AsyncGenerator)
 
         def chunk(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
@@ -248,11 +255,13 @@ class OpenAIRoutes:
                 await events.aclose()  # aborts the request if it is still running
             yield b"data: [DONE]\n\n"
 
-        return sse(), cid
+        return sse(), sv
 
     # ---- images --------------------------------------------------------------------------
 
-    async def images(self, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
+    async def images(
+        self, doc: dict[str, Any], p: Principal
+    ) -> tuple[dict[str, Any], ServedVersion]:
         """POST /v1/images/generations on a `runtime: diffusers` model (b64_json answers)."""
         model = self.allow(p, doc.get("model"), "infer")
         prompt = doc.get("prompt")
@@ -290,11 +299,13 @@ class OpenAIRoutes:
         images = next(t.data for t in response.outputs if t.name == "image")
         return {"created": int(time.time()),
                 "data": [{"b64_json": base64.b64encode(bytes(img)).decode(),
-                          "revised_prompt": None} for img in images.reshape(-1)]}  # fmt: skip
+                          "revised_prompt": None} for img in images.reshape(-1)]}, sv  # fmt: skip
 
     # ---- embeddings ----------------------------------------------------------------------
 
-    async def embeddings(self, doc: dict[str, Any], p: Principal) -> dict[str, Any]:
+    async def embeddings(
+        self, doc: dict[str, Any], p: Principal
+    ) -> tuple[dict[str, Any], ServedVersion]:
         model = self.allow(p, doc.get("model"), "infer")
         raw = doc.get("input")
         if isinstance(raw, str):
@@ -337,7 +348,7 @@ class OpenAIRoutes:
         return {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
                 "model": model, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
-                          "completion_tokens": 0}}  # fmt: skip
+                          "completion_tokens": 0}}, sv  # fmt: skip
 
 
 def _token_ids(value: Any) -> bool:
@@ -366,11 +377,22 @@ def error_headers(e: InferdError, status: int) -> list[tuple[bytes, bytes]]:
     return []
 
 
-async def send_sse(receive: Receive, send: Send, chunks: AsyncGenerator[bytes, None]) -> int:
+def revision_header(sv: ServedVersion) -> list[tuple[bytes, bytes]]:
+    """The header that says which revision (model version) served a routed request."""
+    return [(REVISION_HEADER, sv.version.encode())]
+
+
+async def send_sse(
+    receive: Receive,
+    send: Send,
+    chunks: AsyncGenerator[bytes, None],
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> int:
     """Send a 200 `text/event-stream` of `chunks`; 499 when the client left first (the stream
     is closed, which aborts its generation: the slot frees at the next engine step)."""
     await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})  # fmt: skip
+        (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+        *extra]})  # fmt: skip
     task = asyncio.current_task()
     assert task is not None
     watcher = asyncio.create_task(until_disconnect(receive, task))
@@ -406,18 +428,18 @@ async def serve_openai(
             raise ParamError("body", "must be a JSON object")
         async with api.plane.admit(p):
             if route == "openai_embeddings":
-                await send_json(send, 200, await api.embeddings(doc, p), [])
-                return status
-            if route == "openai_images":
-                await send_json(send, 200, await api.images(doc, p), [])
-                return status
-            kind = "chat" if route == "openai_chat" else "completion"
-            if not doc.get("stream"):
-                await send_json(send, 200, await api.complete(kind, doc, p), [])
-                return status
-            chunks, _ = await api.stream(kind, doc, p)  # bad fields fail before the 200
-            started = True
-            return await send_sse(receive, send, chunks)
+                answer, sv = await api.embeddings(doc, p)
+            elif route == "openai_images":
+                answer, sv = await api.images(doc, p)
+            else:
+                kind = "chat" if route == "openai_chat" else "completion"
+                if doc.get("stream"):
+                    chunks, sv = await api.stream(kind, doc, p)  # bad fields fail before the 200
+                    started = True
+                    return await send_sse(receive, send, chunks, revision_header(sv))
+                answer, sv = await api.complete(kind, doc, p)
+            await send_json(send, 200, answer, revision_header(sv))
+            return status
     except InferdError as e:
         status = status_of(e)
         if not started:

@@ -29,6 +29,7 @@ from inferd.api.http.body import (
     read_body,
 )
 from inferd.api.http.errors import MethodNotAllowed, status_of
+from inferd.api.http.openai import REVISION_HEADER
 from inferd.api.http.request import ACCESS_STATUS, Request
 from inferd.api.http.routes import OPERATION
 from inferd.api.http.v2codec import decode_raw, decode_request, encode_response, parse_header_length
@@ -245,7 +246,8 @@ class DataPlaneApp:
         request.on_queued = req.watch_disconnect
         response = await self._cancellable(req, plane.infer(sv, request, decoding))
         out, json_len = encode_response(response, request)
-        headers = [(b"content-type", JSON if json_len is None else b"application/octet-stream")]
+        headers = [(b"content-type", JSON if json_len is None else b"application/octet-stream"),
+                   (REVISION_HEADER, sv.version.encode())]  # fmt: skip
         if json_len is not None:
             headers.append((b"inference-header-content-length", str(json_len).encode()))
         if req.accept_encoding and len(out) >= self.limits.compress_min_bytes:
@@ -279,4 +281,6 @@ class DataPlaneApp:
         request.timeout_s = req.timeout_s
         request.on_queued = req.watch_disconnect
         response = await self._cancellable(req, plane.infer(sv, request, decoding))
-        return _json(200, v1.encode_predictions(response))
+        status, out, headers = _json(200, v1.encode_predictions(response))
+        headers.append((REVISION_HEADER, response.model_version.encode()))
+        return status, out, headers

@@ -172,9 +172,9 @@ class TokenSocket:
         params = parse_sampling(parameters)
         request = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=params)
         async with plane.admit(p):
-            sv = plane.version(run.model_name, run.model_version)
+            sv = plane.generator(run.model_name, run.model_version)
             run.model_version = sv.version
-            events = plane.generate(sv.name, sv.version, request)
+            events = plane.generate(sv, request)
             assert isinstance(events, AsyncGenerator)
             async with contextlib.aclosing(events):  # an early exit aborts the generation
                 async for ev in events:
