@@ -105,14 +105,7 @@ class WorkerLoop:
     def _direct(self, stream: BinaryIO) -> bool:
         """Read and answer frames in order; True once a generation engine was loaded (the
         caller then runs it), False when the server unloads or goes away."""
-        while True:
-            try:
-                frame = read_frame_sync(stream)
-            except BadFrame as e:
-                self._error(e.id, InvalidInput(str(e)))
-                continue
-            except (EOFError, ValueError, OSError):
-                return False
+        while (frame := self._next_frame(stream)) is not None:
             kind, rid = frame.kind, frame.id
             if kind is Kind.INFER:
                 self._current = rid
@@ -137,17 +130,25 @@ class WorkerLoop:
                 self._error(rid, InvalidInput("no generation engine is loaded"))
             else:
                 self._error(rid, InvalidInput(f"a worker takes no {kind} frame"))
+        return False
+
+    def _next_frame(self, stream: BinaryIO) -> Frame | None:
+        """The next well-formed frame (a malformed one is answered with an error on its id);
+        None once the server is gone."""
+        while True:
+            try:
+                return read_frame_sync(stream)
+            except BadFrame as e:
+                self._error(e.id, InvalidInput(str(e)))
+            except (EOFError, ValueError, OSError):
+                return None
 
     # ---- reader thread, once a generation engine runs --------------------------------------
 
     def _read(self, stream: BinaryIO) -> None:
         while True:
-            try:
-                frame = read_frame_sync(stream)
-            except BadFrame as e:
-                self._error(e.id, InvalidInput(str(e)))
-                continue
-            except (EOFError, ValueError, OSError):
+            frame = self._next_frame(stream)
+            if frame is None:
                 self._stop(None)
                 return
             try:
