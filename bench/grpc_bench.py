@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--interleave", action="store_true", help="all servers up, alternate rounds")
+    ap.add_argument(
+        "--interleave", action="store_true", help="all servers up, alternate them point by point"
+    )
     ap.add_argument("--engine", choices=["auto", "h2load", "python"], default="auto")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
@@ -224,51 +226,51 @@ def bring_up(spec: servers.ServerSpec, args: argparse.Namespace, names: list[str
     return live
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (its threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def one_round(live: run.Live, args: argparse.Namespace, concs: list[int], index: int) -> None:
     """One load run of every (model, concurrency) of this server."""
-    warm = args.warmup if index == 0 else min(1.0, args.warmup)
-    assert live.spec.grpc_port is not None
     for _, m, request in live.targets:
         for c in concs:
-            size = live.info["response_bytes"][m]
-            assert live.proc is not None
-            before = cpu_seconds(live.proc.pid)
-            try:
-                r = grpc_load.run_grpc_load(
-                    live.spec.grpc_port, request, c, args.duration, warm, args.engine,
-                    run._cpu(args.load_cpu), size,
-                )  # fmt: skip
-            except RuntimeError as exc:
-                run._fail(live, exc, model_builder.DEFAULT_OUT)
+            if not one_point(live, args, m, request, c, index):
                 return
-            # the server process's own CPU (its model workers are other processes), per call;
-            # the warm-up's calls are counted at the measured rate
-            served = r.infer_per_s * (args.duration + warm)
-            server_us = (cpu_seconds(live.proc.pid) - before) / served * 1e6 if served else 0.0
-            live.rounds.setdefault(("grpc", m, c), []).append(
-                r.to_dict() | {"server_cpu_us_per_req": server_us}
-            )
-            run._repin(live, run._cpu(args.server_cpu))
-            print(
-                f"[{live.spec.name}] grpc {m} c={c} round {index + 1}/{args.rounds}: "
-                f"{r.infer_per_s:,.0f} infer/s p50 {r.p50_ms:.3f} ms p99 {r.p99_ms:.3f} ms "
-                f"errors {r.errors} {r.error_detail or ''} (server {server_us:.0f}, generator "
-                f"{r.gen_cpu_us_per_req:.0f} CPU µs/req)",
-                flush=True,
-            )
+
+
+def one_point(
+    live: run.Live, args: argparse.Namespace, m: str, request: Any, c: int, index: int
+) -> bool:
+    """One load run of one (model, concurrency); False once the server failed."""
+    warm = args.warmup if index == 0 else min(1.0, args.warmup)
+    assert live.spec.grpc_port is not None and live.proc is not None
+    size = live.info["response_bytes"][m]
+    before = run.tree_cpu(live.proc.pid)
+    try:
+        r = grpc_load.run_grpc_load(
+            live.spec.grpc_port, request, c, args.duration, warm, args.engine,
+            run._cpu(args.load_cpu), size,
+        )  # fmt: skip
+    except RuntimeError as exc:
+        run._fail(live, exc, model_builder.DEFAULT_OUT)
+        return False
+    # the server process's own CPU and its model workers', per call; the warm-up's calls are
+    # counted at the measured rate
+    cpu = run.cpu_per_call(before, live.proc.pid, r.infer_per_s * (args.duration + warm))
+    live.rounds.setdefault(("grpc", m, c), []).append(r.to_dict() | cpu)
+    run._repin(live, run._cpu(args.server_cpu))
+    print(
+        f"[{live.spec.name}] grpc {m} c={c} round {index + 1}/{args.rounds}: "
+        f"{r.infer_per_s:,.0f} infer/s p50 {r.p50_ms:.3f} ms p99 {r.p99_ms:.3f} ms "
+        f"errors {r.errors} {r.error_detail or ''} (CPU µs/req: server "
+        f"{cpu['server_cpu_us_per_req']:.0f}, workers {cpu['worker_cpu_us_per_req']:.0f}, "
+        f"generator {r.gen_cpu_us_per_req:.0f})",
+        flush=True,
+    )
+    return True
 
 
 def rows_of(live: run.Live) -> list[dict[str, Any]]:
     """run.rows_of plus the generator's median CPU per request."""
     rows = run.rows_of(live)
     for row in rows:
-        for key in ("gen_cpu_us_per_req", "server_cpu_us_per_req"):
+        for key in ("gen_cpu_us_per_req", "server_cpu_us_per_req", "worker_cpu_us_per_req"):
             row[key] = statistics.median(r[key] for r in row["rounds"])
     return rows
 
@@ -329,9 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.interleave:
             lives = [bring_up(sp, args, names) for sp in specs]
-            for i in range(args.rounds):
-                for live in lives:
-                    one_round(live, args, concs, i)
+            for i in range(args.rounds):  # each point visits every server in turn
+                for m in names:
+                    for c in concs:
+                        for live in lives:
+                            request = next((q for _, n, q in live.targets if n == m), None)
+                            if request is not None:
+                                one_point(live, args, m, request, c, i)
         else:
             for sp in specs:
                 lives.append(bring_up(sp, args, names))

@@ -93,15 +93,22 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     if results.get("note"):
         lines.append(f"\n**Note:** {results['note']}")
+    cpu = all("worker_cpu_us_per_req" in r for r in results["rows"]) and results["rows"]
     lines += [
         "",
-        "| server | protocol | model | concurrency | infer/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| server | protocol | model | concurrency | infer/s | p50 ms | p99 ms | errors |"
+        + (" server CPU µs/req | workers CPU µs/req |" if cpu else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if cpu else ""),
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['server']} | {proto_label(r['protocol'])} | {r['model']} | {r['concurrency']} | "
             f"{r['infer_per_s']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} |"
+            + (
+                f" {r['server_cpu_us_per_req']:.0f} | {r['worker_cpu_us_per_req']:.0f} |"
+                if cpu
+                else ""
+            )
         )
     if summ["inprocess_us"]:
         cost = ", ".join(f"{m} {v:.1f} µs" for m, v in summ["inprocess_us"].items())

@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--interleave",
         action="store_true",
-        help="start every server at once and alternate them round by round (fairer when the "
-        "machine is busy: background noise is spread over all servers)",
+        help="start every server at once and alternate them point by point within each round "
+        "(fairer when the machine is busy: a slow spell of the host falls on every server alike)",
     )
     ap.add_argument("--engine", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (-1: no pin)")
@@ -219,34 +219,93 @@ def _fail(live: Live, exc: Exception, out_dir: Path) -> None:
     shut_down(live)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (its threads, not its children); 0 once
+    it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (its model workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def tree_cpu(pid: int) -> tuple[float, dict[int, float]]:
+    """CPU seconds so far of the server process and of each of its workers."""
+    return cpu_seconds(pid), {w: cpu_seconds(w) for w in descendants(pid)}
+
+
+def cpu_per_call(
+    before: tuple[float, dict[int, float]], pid: int, calls: float
+) -> dict[str, float]:
+    """Server and worker CPU µs per call since `before` (workers that started meanwhile count
+    from 0)."""
+    server, workers = tree_cpu(pid)
+    w = sum(t - before[1].get(p, 0.0) for p, t in workers.items())
+    if not calls:
+        return {"server_cpu_us_per_req": 0.0, "worker_cpu_us_per_req": 0.0}
+    return {"server_cpu_us_per_req": (server - before[0]) / calls * 1e6,
+            "worker_cpu_us_per_req": w / calls * 1e6}  # fmt: skip
+
+
 def one_round(
     live: Live, args: argparse.Namespace, concs: list[int], index: int, out_dir: Path
 ) -> None:
     """One loadgen run of every (protocol, model, concurrency) of this server."""
-    warm = args.warmup if index == 0 else min(1.0, args.warmup)
     for proto, m, body in live.targets:
         for c in concs:
-            try:
-                r = loadgen.run_load(
-                    live.spec.url(proto, m),
-                    body,
-                    c,
-                    args.duration,
-                    warm,
-                    args.engine,
-                    _cpu(args.load_cpu),
-                )
-            except RuntimeError as exc:
-                _fail(live, exc, out_dir)
+            if not one_point(live, args, (proto, m, body, c), index, out_dir):
                 return
-            live.rounds.setdefault((proto, m, c), []).append(r.to_dict())
-            _repin(live, _cpu(args.server_cpu))
-            print(
-                f"[{live.spec.name}] {proto} {m} c={c} round {index + 1}/{args.rounds}: "
-                f"{r.infer_per_s:,.0f} infer/s p50 {r.p50_ms:.3f} ms p99 {r.p99_ms:.3f} ms "
-                f"errors {r.errors}",
-                flush=True,
-            )
+
+
+def one_point(
+    live: Live, args: argparse.Namespace, point: tuple[str, str, Path, int], index: int,
+    out_dir: Path,
+) -> bool:  # fmt: skip
+    """One loadgen run of one (protocol, model, body, concurrency); False once the server
+    failed."""
+    proto, m, body, c = point
+    warm = args.warmup if index == 0 else min(1.0, args.warmup)
+    assert live.proc is not None
+    before = tree_cpu(live.proc.pid)
+    try:
+        r = loadgen.run_load(
+            live.spec.url(proto, m), body, c, args.duration, warm, args.engine,
+            _cpu(args.load_cpu),
+        )  # fmt: skip
+    except RuntimeError as exc:
+        _fail(live, exc, out_dir)
+        return False
+    # CPU of the server process and of its model workers per call (the warm-up's calls are
+    # counted at the measured rate): steadier than throughput on a host with noisy neighbours
+    cpu = cpu_per_call(before, live.proc.pid, r.infer_per_s * (args.duration + warm))
+    live.rounds.setdefault((proto, m, c), []).append(r.to_dict() | cpu)
+    _repin(live, _cpu(args.server_cpu))
+    print(
+        f"[{live.spec.name}] {proto} {m} c={c} round {index + 1}/{args.rounds}: "
+        f"{r.infer_per_s:,.0f} infer/s p50 {r.p50_ms:.3f} ms p99 {r.p99_ms:.3f} ms "
+        f"errors {r.errors} (CPU µs/req: server {cpu['server_cpu_us_per_req']:.0f}, "
+        f"workers {cpu['worker_cpu_us_per_req']:.0f})",
+        flush=True,
+    )
+    return True
 
 
 def shut_down(live: Live) -> None:
@@ -263,6 +322,9 @@ def rows_of(live: Live) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"server": live.spec.name, "protocol": proto, "model": m}
         row["concurrency"] = c
         row |= {k: statistics.median(r[k] for r in rounds) for k in METRICS}
+        for k in ("server_cpu_us_per_req", "worker_cpu_us_per_req"):
+            if all(k in r for r in rounds):
+                row[k] = statistics.median(r[k] for r in rounds)
         row["errors"] = sum(int(r["errors"]) for r in rounds)
         row["engine"] = rounds[0]["engine"]
         row["rounds"] = rounds
@@ -319,11 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     specs = [make_spec(name, out_dir / "models", args) for name in _csv(args.servers)]
     lives: list[Live] = []
     try:
-        if args.interleave:  # all up at once; each round visits every server in turn
+        if args.interleave:  # all up at once; each point visits every server in turn
             lives = [bring_up(sp, args, model_names, protocols, out_dir) for sp in specs]
+            points = list(dict.fromkeys((p, m, c) for lv in lives for p, m, _ in lv.targets
+                                        for c in concs))  # fmt: skip
             for i in range(args.rounds):
-                for live in lives:
-                    one_round(live, args, concs, i, out_dir)
+                for proto, m, c in points:
+                    for live in lives:
+                        body = next((b for p, n, b in live.targets if (p, n) == (proto, m)), None)
+                        if body is not None:
+                            one_point(live, args, (proto, m, body, c), i, out_dir)
         else:  # one server at a time: start, all its rounds, stop
             for sp in specs:
                 lives.append(bring_up(sp, args, model_names, protocols, out_dir))

@@ -1,6 +1,8 @@
 """One process replica's round trip: `ProcessReplica.infer` on a trivial python model (32 FP32
-values in, the same out), 5 rounds of 1,000 calls one after another; prints the median of the
-round medians in µs. Pin it to one core so that the server side and the worker share it, as in
+values in, the same out), 10 rounds of 1,000 calls one after another; prints the median of the
+round medians, the best round median, and the CPU time both processes spent per call (server and
+worker, from /proc: on a machine with noisy neighbours whole rounds run slow, and CPU time is the
+steadier figure). Pin it to one core so that the server side and the worker share it, as in
 bench/run.py; run two trees one after the other with PYTHONPATH:
 
     PYTHONPATH=/tmp/a/src taskset -c 0 .venv/bin/python bench/worker_roundtrip.py a
@@ -10,6 +12,7 @@ bench/run.py; run two trees one after the other with PYTHONPATH:
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +33,12 @@ CONFIG = {"runtime": "python",
           "outputs": [{"name": "Y", "datatype": "FP32", "shape": [-1]}]}  # fmt: skip
 
 
+def worker_cpu_ns(pid: int | None) -> int:
+    """User + system CPU time of process `pid`, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 async def main(label: str) -> None:
     root = Path(tempfile.mkdtemp(prefix="inferd-rt-")) / "m"
     (root / "1").mkdir(parents=True)
@@ -40,16 +49,19 @@ async def main(label: str) -> None:
     try:
         for _ in range(200):
             await replica.infer(x, None, None)
-        medians = []
-        for _ in range(5):
+        medians, cpu = [], []
+        for _ in range(10):
             times = []
+            c0 = time.process_time_ns() + worker_cpu_ns(replica.pid)
             for _ in range(1000):
                 t0 = time.perf_counter_ns()
                 await replica.infer(x, None, None)
                 times.append(time.perf_counter_ns() - t0)
             medians.append(statistics.median(times) / 1000)
+            cpu.append((time.process_time_ns() + worker_cpu_ns(replica.pid) - c0) / 1000 / 1000)
         rounds = ", ".join(f"{m:.1f}" for m in medians)
-        print(f"{label}: {statistics.median(medians):.1f} µs (rounds {rounds})")
+        print(f"{label}: {statistics.median(medians):.1f} µs, best round {min(medians):.1f} µs, "
+              f"CPU {statistics.median(cpu):.1f} µs per call (rounds {rounds})")  # fmt: skip
     finally:
         await replica.unload()
 

@@ -5,6 +5,7 @@ generation requests and events keep their meaning across the wire."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
 import struct
@@ -21,6 +22,7 @@ from inferd.workers import protocol
 from inferd.workers.protocol import (
     BadFrame,
     Frame,
+    FrameParser,
     Kind,
     encode_frame,
     error_body,
@@ -28,7 +30,6 @@ from inferd.workers.protocol import (
     event_body,
     event_of,
     pack_tensors,
-    read_frame,
     read_frame_sync,
     request_body,
     request_of,
@@ -67,7 +68,7 @@ def test_every_datatype_round_trips(
 
 async def test_frames_over_a_socket_pair() -> None:
     a, b = socket.socketpair()
-    reader, writer = await asyncio.open_unix_connection(sock=a)
+    _, writer = await asyncio.open_unix_connection(sock=a)
     big = np.arange(300_000, dtype=np.float32)
     buffers: list[protocol.Buffer] = []
     metas = pack_tensors({"x": big}, None, buffers)
@@ -78,30 +79,69 @@ async def test_frames_over_a_socket_pair() -> None:
     frame = await asyncio.wait_for(reading, 10)
     assert (frame.kind, frame.id) == (Kind.INFER, "7")
     np.testing.assert_array_equal(unpack_tensors(frame.body["inputs"], frame.buffers)["x"], big)
-    await asyncio.to_thread(write_frame_sync, b, Kind.RESULT, "7", {"ok": 1}, [b"xyz"])
-    assert await read_frame(reader) == Frame(Kind.RESULT, "7", {"ok": 1}, [b"xyz"])
     writer.close()
     b.close()
+    c, d = socket.socketpair()  # the worker's replies: small ones in one piece, large in several
+    with c, d, d.makefile("rb") as replies:
+        for payload in (b"xyz", bytes(200_000)):
+            sent = asyncio.create_task(
+                asyncio.to_thread(write_frame_sync, c, Kind.RESULT, "7", {"ok": 1}, [payload])
+            )
+            got = await asyncio.to_thread(read_frame_sync, replies)
+            await sent
+            assert got == Frame(Kind.RESULT, "7", {"ok": 1}, [payload])
 
 
-async def test_bad_headers_are_refused_with_their_id() -> None:
-    """A frame of an unknown kind is refused naming its id (the worker answers that id with an
-    error); a header that is not a frame at all is refused too, the stream staying in step."""
-    a, b = socket.socketpair()
-    reader, writer = await asyncio.open_unix_connection(sock=a)
+def wire(kind: Kind, rid: str, body: dict[str, object], buffers: list[bytes]) -> bytes:
+    return b"".join(bytes(p) for p in encode_frame(kind, rid, body, buffers))
+
+
+def test_the_parser_takes_frames_in_any_pieces() -> None:
+    """Frames split at every byte, several in one piece, and a large one arriving in chunks:
+    each comes out whole, in order, once its last byte is in."""
+    frames = [Frame(Kind.RESULT, "7", {"ok": 1}, [b"xyz", b""]), Frame(Kind.PONG, "8", {}, []),
+              Frame(Kind.EVENT, "9", {"t": "é"}, [bytes(range(256)) * 4000])]  # fmt: skip
+    data = b"".join(wire(f.kind, f.id, f.body, f.buffers) for f in frames)
+    for step in (1, 7, 4096, len(data)):
+        parser, out = FrameParser(), []
+        for i in range(0, len(data), step):
+            out += parser.feed(data[i : i + step])
+        assert out == frames and parser.error is None
+        assert parser.feed(b"") == []
+
+
+def test_the_worker_refuses_bad_headers_with_their_id_and_stays_in_step() -> None:
+    """Worker side: a frame of an unknown kind is refused naming its id (the worker answers that
+    id with an error); a header that is not a frame at all is refused too; the next frame is
+    read whole."""
+    data = b""
     for header in (b'{"kind": "exec", "id": "3", "body": {}}', b"[1]", b'{"kind": "ping"}'):
-        b.sendall(struct.pack("<IIQ", len(header), 1, 2) + header + b"zz")
-    b.sendall(b"".join(bytes(p) for p in encode_frame(Kind.PONG, "4", {"pid": 1})))
+        data += struct.pack("<IIQ", len(header), 1, 2) + header + b"zz"
+    stream = io.BytesIO(data + wire(Kind.PONG, "4", {"pid": 1}, []))
     with pytest.raises(BadFrame) as err:
-        await read_frame(reader)
+        read_frame_sync(stream)
     assert err.value.id == "3" and "exec" in str(err.value)
     for _ in range(2):
         with pytest.raises(BadFrame) as err:
-            await read_frame(reader)
+            read_frame_sync(stream)
         assert err.value.id == ""
-    assert await read_frame(reader) == Frame(Kind.PONG, "4", {"pid": 1})
-    writer.close()
-    b.close()
+    assert read_frame_sync(stream) == Frame(Kind.PONG, "4", {"pid": 1})
+
+
+def test_a_frame_that_is_not_one_ends_the_parsing() -> None:
+    """A frame of an unknown kind names its id; what came before it is still delivered; nothing
+    is read after it (the server cuts such a worker's connection)."""
+    good = wire(Kind.PONG, "4", {"pid": 1}, [])
+    for header, rid in ((b'{"kind": "exec", "id": "3", "body": {}}', "3"), (b"[1]", ""),
+                        (b'{"kind": "ping"}', ""), (b"{not json", "")):  # fmt: skip
+        parser = FrameParser()
+        bad = struct.pack("<IIQ", len(header), 1, 2) + header + b"zz"
+        assert parser.feed(good + bad + good) == [Frame(Kind.PONG, "4", {"pid": 1})]
+        assert isinstance(parser.error, BadFrame) and parser.error.id == rid
+        assert parser.feed(good) == []
+    parser = FrameParser()
+    assert parser.feed(struct.pack("<II", 1 << 30, 0)) == []  # a header too large to be one
+    assert parser.error is not None
 
 
 def test_errors_keep_their_kind_and_the_worker_cannot_claim_not_found() -> None:

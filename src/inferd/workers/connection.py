@@ -4,7 +4,9 @@ liveness, its death and the reason for it. `ProcessReplica` (V2 infer) and `Proc
 
 Every frame carries an id the connection chose (`protocol.py`): a call (`call`) waits for the
 reply on its id, a generation (`open_stream`) receives every frame on its id, so any number of
-requests are in flight on one socket; a reader task routes what the worker sends. When the
+requests are in flight on one socket. What the worker sends is parsed where it arrives (the
+socket's `asyncio.Protocol`) and routed there: a reply completes its call's future with no task
+in between (bench/RESULTS.md, "Worker round trip"). When the
 worker dies, every call and stream still open fails with the reason: the signal that killed it,
 its memory limit, `liveness_timeout_s`, or a call that got no answer in time.
 """
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -34,11 +36,11 @@ from inferd.workers.protocol import (
     REPLIES,
     Buffer,
     Frame,
+    FrameParser,
     Kind,
     discard_shm,
     encode_frame,
     error_of,
-    read_frame,
 )
 
 log = logging.getLogger("inferd.workers")
@@ -55,24 +57,82 @@ async def kill_worker(proc: asyncio.subprocess.Process | None) -> None:
         await proc.wait()
 
 
+class FrameStream(asyncio.Protocol):
+    """The server's end of a worker's socket: each frame is parsed as its last byte arrives and
+    handed to `on_frame` right there; `on_lost` is called once when the socket closes (also
+    after a frame that is not one: the connection is then cut). Writes wait in `drain` while
+    the socket's buffer is full."""
+
+    def __init__(self, on_frame: Callable[[Frame], None], on_lost: Callable[[], None]) -> None:
+        self._parser = FrameParser()
+        self._on_frame, self._on_lost = on_frame, on_lost
+        self.transport: asyncio.Transport | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self._parser.feed(data):
+            self._on_frame(frame)
+        if self._parser.error is not None and self.transport is not None:
+            log.warning("a worker sent a frame that is not one (%s): its connection is cut",
+                        self._parser.error)  # fmt: skip
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._wake()
+        self._on_lost()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def drain(self) -> None:
+        """Return once the socket takes more (at once unless its buffer is full)."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the worker's connection is closed")
+        if self._paused:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+
 @dataclass
 class Worker:
     """A started worker process, the server's end of its socket, its shared-memory folder."""
 
     proc: asyncio.subprocess.Process
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    stream: FrameStream
     shm: Path | None
 
 
 async def spawn_worker(
-    spec: ModelSpec, index: int, version_path: Path, isolation: WorkerIsolation
+    spec: ModelSpec,
+    index: int,
+    version_path: Path,
+    isolation: WorkerIsolation,
+    on_frame: Callable[[Frame], None],
+    on_lost: Callable[[], None],
 ) -> Worker:
     """Start `python -m inferd.workers.worker_main` on one end of a socket pair, with the
     version's resource limits (CPU pinning, thread pools, GPU visibility) and its isolation
     (user, environment, scratch dir, network): the worker applies the plan to itself before it
     reads the first frame. The model folder (the version folder's parent: `model.py` may live
-    there) is what it may read."""
+    there) is what it may read. What the worker sends goes to `on_frame`; `on_lost` is called
+    once its socket closed."""
     cpus = limits.cpu_set(spec.resources, index)
     sandbox = isolation.prepare(Path(version_path).parent, spec.network, spec.resources, cpus)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,8 +152,11 @@ async def spawn_worker(
     isolation.started(proc, sandbox)
     if cpus is not None:
         limits.pin(proc.pid, cpus)
-    reader, writer = await asyncio.open_unix_connection(sock=parent)
-    return Worker(proc, reader, writer, sandbox.shm)
+    loop = asyncio.get_running_loop()
+    _, stream = await loop.create_unix_connection(
+        lambda: FrameStream(on_frame, on_lost), sock=parent
+    )
+    return Worker(proc, stream, sandbox.shm)
 
 
 #: Process states in which a worker cannot run at all: "T" stopped by a signal (SIGSTOP,
@@ -182,7 +245,7 @@ class WorkerConnection:
         self.closing = False
         #: Why the worker died, once it did.
         self.reason = ""
-        self._writer: asyncio.StreamWriter | None = None
+        self._stream: FrameStream | None = None
         self._calls: dict[str, _Call] = {}
         self._streams: dict[str, Sink] = {}
         self._ids = itertools.count(1)
@@ -190,7 +253,9 @@ class WorkerConnection:
         self._death: str | None = None
         self._dead = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reader: asyncio.Task[None] | None = None
+        #: Set once the socket closed; `_report` then tells every waiter why (`_died`).
+        self._socket_closed = asyncio.Event()
+        self._report: asyncio.Task[None] | None = None
         self._liveness: asyncio.Task[None] | None = None
 
     @property
@@ -204,12 +269,13 @@ class WorkerConnection:
 
     async def start(self) -> None:
         """Spawn the worker and start reading what it sends, and watching its liveness."""
-        worker = await spawn_worker(self.spec, self.index, self.path, self.isolation)
-        self.proc, self.shm, self._writer = worker.proc, worker.shm, worker.writer
+        worker = await spawn_worker(
+            self.spec, self.index, self.path, self.isolation, self._route, self._lost
+        )
+        self.proc, self.shm, self._stream = worker.proc, worker.shm, worker.stream
         self._liveness = watch_liveness(
             worker.proc, self.spec.liveness_timeout_s, self.label, self.died_because
         )
-        self._reader = asyncio.create_task(self._read(worker.reader), name=f"{self.label}-reader")
         self._spawn(self._watch_exit(worker.proc))
 
     def died_because(self, reason: str) -> None:
@@ -240,9 +306,9 @@ class WorkerConnection:
 
     def send(self, kind: Kind, rid: str, body: dict[str, Any] | None = None,
              buffers: Sequence[Buffer] = ()) -> None:  # fmt: skip
-        if self._writer is None or not self.alive:
+        if self._stream is None or self._stream.transport is None or not self.alive:
             raise ReplicaFailed(f"{self.noun} {self.label} is not running")
-        self._writer.writelines(encode_frame(kind, rid, body, buffers))
+        self._stream.transport.writelines(encode_frame(kind, rid, body, buffers))
 
     async def call(
         self,
@@ -280,11 +346,11 @@ class WorkerConnection:
             # 90 µs round trip (bench/RESULTS.md, "Worker round trip")
             timer = loop.call_later(timeout, _expire, reply)
             try:
-                writer = self._writer
-                assert writer is not None
-                if writer.transport.get_write_buffer_size():  # a large frame not yet written
+                stream = self._stream
+                assert stream is not None and stream.transport is not None
+                if stream.transport.get_write_buffer_size():  # a large frame not yet written
                     async with asyncio.timeout(timeout):
-                        await writer.drain()
+                        await stream.drain()
                 frame = await reply
             finally:
                 timer.cancel()
@@ -341,13 +407,10 @@ class WorkerConnection:
 
     # ---- receiving -----------------------------------------------------------------------
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                self._route(await read_frame(reader))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
-            pass
-        await self._died()
+    def _lost(self) -> None:
+        if self._report is None:
+            self._socket_closed.set()
+            self._report = asyncio.create_task(self._died(), name=f"{self.label}-died")
 
     def _route(self, frame: Frame) -> None:
         call = self._calls.get(frame.id)
@@ -402,11 +465,10 @@ class WorkerConnection:
         """Once the worker exited, its socket closes: unless something it started holds on to
         it (a child it forked). The connection is closed here then, so nothing waits on it."""
         await proc.wait()
-        if self._reader is not None and not self._reader.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._reader), 2)
-        if self._writer is not None:
-            self._writer.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._socket_closed.wait(), 2)
+        if self._stream is not None and self._stream.transport is not None:
+            self._stream.transport.abort()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -427,8 +489,8 @@ class WorkerConnection:
     def _close(self) -> None:
         if self._liveness is not None:
             self._liveness.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        if self._stream is not None and self._stream.transport is not None:
+            self._stream.transport.close()
         if self.proc is not None and self.proc.returncode is not None:
             self.isolation.release(self.proc.pid)  # its scratch and shm folders
 
@@ -446,8 +508,10 @@ class WorkerConnection:
         except TimeoutError:
             await self.kill()
         self._close()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._stream is not None:
+            await self._socket_closed.wait()  # the transport closes on the loop's next turn
+        if self._report is not None:
+            await asyncio.gather(self._report, return_exceptions=True)
 
 
 def _expire(reply: asyncio.Future[Frame]) -> None:

@@ -18,7 +18,6 @@ Frame: u32 header length, u32 buffer count, u64 length per buffer, header, buffe
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import mmap
 import os
@@ -103,7 +102,7 @@ def encode_frame(
     return [prefix, head, *buffers]
 
 
-def _frame(raw: bytes, buffers: list[bytes]) -> Frame:
+def _frame(raw: bytes | bytearray, buffers: list[bytes]) -> Frame:
     try:
         header = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -125,15 +124,54 @@ def _check_prefix(head_len: int, count: int) -> None:
         raise ValueError("corrupt frame")
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame:
-    """Read one frame (asyncio side). Raises IncompleteReadError on EOF, ValueError (BadFrame
-    among them) on a frame that is not one."""
-    head_len, count = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
-    _check_prefix(head_len, count)
-    lengths = await reader.readexactly(8 * count)
-    sizes = [_LEN.unpack_from(lengths, 8 * i)[0] for i in range(count)]
-    raw = await reader.readexactly(head_len)
-    return _frame(raw, [await reader.readexactly(n) for n in sizes])
+class FrameParser:
+    """Frames out of a byte stream as it arrives (asyncio side: fed from `data_received`, so a
+    reply is routed where its last byte lands, with no reader task in between)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        #: Why the stream stopped being read: a frame that is not one. Nothing is parsed after.
+        self.error: ValueError | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The frames `data` completes, in order. A frame that is not one sets `error` (the
+        frames before it are still returned) and ends the parsing."""
+        if self.error is not None:
+            return []
+        src: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            src = self._buf
+        frames: list[Frame] = []
+        pos, n = 0, len(src)
+        try:
+            while n - pos >= _PREFIX.size:
+                head_len, count = _PREFIX.unpack_from(src, pos)
+                _check_prefix(head_len, count)
+                at = pos + _PREFIX.size + 8 * count
+                if n < at:
+                    break
+                sizes = struct.unpack_from(f"<{count}Q", src, pos + _PREFIX.size)
+                end = at + head_len + sum(sizes)
+                if n < end:
+                    break
+                raw = src[at : at + head_len]
+                at += head_len
+                buffers = []
+                for size in sizes:
+                    buffers.append(bytes(src[at : at + size]))
+                    at += size
+                pos = end
+                frames.append(_frame(raw, buffers))
+        except ValueError as e:
+            self.error = e
+            self._buf = bytearray()
+            return frames
+        if src is self._buf:
+            del self._buf[:pos]
+        elif pos < n:
+            self._buf = bytearray(src[pos:])
+        return frames
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
