@@ -26,8 +26,10 @@ from inferd.control.gate import Gate
 from inferd.control.identity import Identity
 from inferd.control.plane import ControlPlane
 from inferd.control.supervisor import ReplicaSupervisor
+from inferd.core.routing import Routes
 from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.metrics import ServingMetrics
+from inferd.observability.routing import RoutingMetrics
 from inferd.registry.artifacts import open_store
 from inferd.registry.db import Database, sqlite_url
 from inferd.registry.store import RegistryStore
@@ -78,10 +80,13 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s,
                              isolation=_worker_isolation(settings),
                              supervisor=ReplicaSupervisor())  # fmt: skip
-    control = _control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample))
+    routes_in_force = Routes()  # deployments' routing policies: set by the control plane
+    control = _control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample),
+                             routes_in_force)  # fmt: skip
     http = settings.http
     g = settings.grpc
-    plane = DataPlane(engine, Generation(engine, metrics.llm), control.gate)
+    plane = DataPlane(engine, Generation(engine, metrics.llm), control.gate,
+                      routes=routes_in_force, metrics=RoutingMetrics(metrics.registry))  # fmt: skip
     grpc = None
     if g.enabled:
         grpc = GrpcServer(plane, g.host, g.port, g.max_message_bytes, http.server_name,
@@ -139,7 +144,9 @@ async def _stop(
     await engine.stop()
 
 
-def _control_plane(settings: Settings, engine: InferenceEngine, codec: SampleCodec) -> ControlPlane:
+def _control_plane(
+    settings: Settings, engine: InferenceEngine, codec: SampleCodec, routes: Routes
+) -> ControlPlane:
     data_dir = Path(settings.data_dir).expanduser()
     # the database (JWT key, password hashes), every user's artifacts: the server's alone
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,7 +170,7 @@ def _control_plane(settings: Settings, engine: InferenceEngine, codec: SampleCod
     identity = Identity(store, audit, settings.auth, lim, rate)
     catalog = Catalog(store, artifacts, audit, engine, codec, reg, lim, data_dir,
                       settings.auth.anonymous_inference)  # fmt: skip
-    deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s)
+    deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s, routes)
     gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
     return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
                         concurrency)  # fmt: skip

@@ -160,6 +160,18 @@ def test_platform_workflow_through_the_cli(server: Process, tmp_path: Path) -> N
     assert "80%" in shown and "20%" in shown
     failed(cli("traffic", "set", "iris-cli", "1=50", ok=False),
            "traffic: weights must sum to 100")  # fmt: skip
+    # a routing policy: a header rule to revision 2 and a circuit breaker; bad ones name the field
+    policy = {"rules": [{"header": "x-tenant", "value": "acme", "version": 2}],
+              "circuit_breaker": {"failures": 3}}  # fmt: skip
+    set_policy = json.loads(cli("routing", "set", "iris-cli", json.dumps(policy)).stdout)
+    assert set_policy["rules"] == policy["rules"] and set_policy["circuit_breaker"]["failures"] == 3
+    assert json.loads(cli("routing", "show", "iris-cli").stdout) == set_policy
+    assert cli.json("routing", "set", "iris-cli", json.dumps(policy))["routing"] == set_policy
+    failed(cli("traffic", "set", "iris-cli", "1=100", ok=False),  # a rule still names v2
+           "routing.rules[0].version")  # fmt: skip
+    failed(cli("routing", "set", "iris-cli", '{"rules": [{"header": "x", "value": "a", '
+               '"version": 7}]}', ok=False), "routing.rules[0].version")  # fmt: skip
+    assert json.loads(cli("routing", "set", "iris-cli", "{}").stdout) == {}
     assert cli.json("traffic", "set", "iris-cli", "1=100")["traffic"] == [
         {"version": 1, "weight": 100}]  # fmt: skip
 

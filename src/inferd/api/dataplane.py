@@ -28,9 +28,11 @@ from inferd.auth.policy import can_see
 from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.control.gate import Gate
 from inferd.control.identity import looks_like_credential
-from inferd.core.errors import Unauthenticated
+from inferd.core.errors import InferdError, Unauthenticated
 from inferd.core.generate import GenerateRequest, TokenEvent
+from inferd.core.routing import FAILURES, STATE_VALUE, CircuitOpen, Routes
 from inferd.core.tensors import InferenceRequest, InferenceResponse
+from inferd.observability.routing import RoutingMetrics
 from inferd.serving.engine import InferenceEngine, ServedModel, ServedVersion
 from inferd.serving.generation import Generation
 
@@ -111,12 +113,19 @@ class DataPlane:
         generation: Generation,
         gate: Gate,
         draw: Callable[[], float] = random.random,
+        routes: Routes | None = None,
+        metrics: RoutingMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.generation = generation
         self.gate = gate
         #: A uniform draw in [0, 1) per routed request (injected: tests fix the sequence).
         self._draw = draw
+        #: Deployments' header rules, fallbacks and circuit breakers (set by the reconciler).
+        self.routes = routes if routes is not None else Routes()
+        self.routing_metrics = metrics
+        self._clock = clock
 
     # ---- who is calling, and may they ------------------------------------------------------
 
@@ -210,16 +219,23 @@ class DataPlane:
     def model(self, name: str) -> ServedModel:
         return self.engine.model(name)
 
-    def version(self, name: str, version: str | None = None) -> ServedVersion:
+    def version(self, name: str, version: str | None = None,
+                header: Callable[[str], str | None] | None = None) -> ServedVersion:  # fmt: skip
         """The served version a request for `name` goes to: the routing step of every protocol.
 
         A request that names a version gets it (any deployed revision is reachable that way);
-        one that does not is routed by the model's traffic split (a weighted draw among its
-        revisions), else goes to the model's default version."""
+        one that does not goes where the deployment's first matching header rule says
+        (`header(name)` reads a request header by its lower-case name), else is routed by the
+        model's traffic split (a weighted draw among its revisions), else goes to the model's
+        default version."""
         if not version:
-            split = self.engine.model(name).traffic
-            if split is not None:
-                version = split.pick(self._draw())
+            policy = self.routes.policies.get(name)
+            if policy is not None and policy.rules and header is not None:
+                version = policy.route(header)
+            if not version:
+                split = self.engine.model(name).traffic
+                if split is not None:
+                    version = split.pick(self._draw())
         return self.engine.version(name, version)
 
     # ---- infer -------------------------------------------------------------------------------
@@ -230,10 +246,70 @@ class DataPlane:
     async def infer(
         self, sv: ServedVersion, request: InferenceRequest, decoding: Decoding | None = None
     ) -> InferenceResponse:
-        """Run a decoded request on the version `version` chose (admitted by `admit`)."""
-        return await self.engine.infer_version(
-            sv, request, decoding.elapsed_ns if decoding is not None else 0
-        )
+        """Run a decoded request on the version `version` chose (admitted by `admit`). Where
+        the deployment has a routing policy, the revision's circuit breaker is consulted and,
+        when it fails, the fallbacks answer (the response names who did)."""
+        decode_ns = decoding.elapsed_ns if decoding is not None else 0
+        if sv.name not in self.routes.policies:
+            return await self.engine.infer_version(sv, request, decode_ns)
+        try:
+            return await self._guarded(sv, request, decode_ns)
+        except FAILURES as e:
+            return await self._fall_back(sv, request, e)
+
+    async def _guarded(
+        self, sv: ServedVersion, request: InferenceRequest, decode_ns: int
+    ) -> InferenceResponse:
+        """Run on `sv` through its circuit breaker (where it has one)."""
+        breaker = self.routes.breaker(sv.name, sv.version)
+        if breaker is None:
+            return await self.engine.infer_version(sv, request, decode_ns)
+        now = self._clock()
+        if not breaker.allow(now):
+            self._breaker_state(sv, breaker.state)
+            raise CircuitOpen(
+                f"model '{sv.name}' version {sv.version}: circuit open after repeated failures",
+                retry_after_s=max(breaker.retry_after(now), 1.0),
+            )
+        try:
+            response = await self.engine.infer_version(sv, request, decode_ns)
+        except FAILURES:
+            breaker.record(True, self._clock())
+            self._breaker_state(sv, breaker.state)
+            raise
+        except BaseException:
+            breaker.record(False, self._clock())  # the caller's mistake, not the revision's
+            self._breaker_state(sv, breaker.state)
+            raise
+        breaker.record(False, self._clock())
+        self._breaker_state(sv, breaker.state)
+        return response
+
+    async def _fall_back(
+        self, sv: ServedVersion, request: InferenceRequest, error: InferdError
+    ) -> InferenceResponse:
+        """Try the deployment's fallbacks in order after `sv` failed with `error`; the first
+        that answers does. All failing: the first failure is raised."""
+        policy = self.routes.policies.get(sv.name)
+        for fb in policy.fallbacks if policy is not None else ():
+            try:
+                target = self.version(fb.model or sv.name, str(fb.version) if fb.version else None)
+            except InferdError:
+                continue  # not served here now: the next one
+            if target is sv:
+                continue
+            try:
+                response = await self._guarded(target, request, 0)
+            except InferdError:
+                continue
+            if self.routing_metrics is not None:
+                self.routing_metrics.fallback(sv.name, sv.version, target.name, target.version)
+            return response
+        raise error
+
+    def _breaker_state(self, sv: ServedVersion, state: str) -> None:
+        if self.routing_metrics is not None:
+            self.routing_metrics.breaker_state(sv.name, sv.version, STATE_VALUE[state])
 
     # ---- generate ----------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """`inferd deploy`, `inferd deployments` (list, show, test, delete), `inferd traffic` (set,
-show) and `inferd predict`."""
+show), `inferd routing` (set, show) and `inferd predict`."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -232,3 +234,40 @@ def traffic_show(name: str, server: str | None, as_json: bool) -> None:
     if dep is None:
         raise CliError(f"model '{name}' has no deployment")
     _show_traffic(dep, as_json)
+
+
+@click.group(cls=Group)
+def routing() -> None:
+    """A deployment's routing policy (header rules, fallbacks, circuit breaker): set, show."""
+
+
+@routing.command("set")
+@click.argument("name")
+@click.argument("policy")
+@server_option
+@json_option
+def routing_set(name: str, policy: str, server: str | None, as_json: bool) -> None:
+    """Set NAME's routing policy from POLICY: a JSON object, `@FILE` to read one, or `{}` to
+    remove it, e.g. `inferd routing set fraud '{"fallbacks": [{"model": "fraud-small"}]}'`."""
+    text = Path(policy[1:]).read_text() if policy.startswith("@") else policy
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="POLICY") from None
+    if not isinstance(doc, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="POLICY")
+    with client_for(server) as c:
+        dep = c.set_routing(name, doc)
+    print_json(dep if as_json else dep["routing"])
+
+
+@routing.command("show")
+@click.argument("name")
+@server_option
+def routing_show(name: str, server: str | None) -> None:
+    """Show NAME's routing policy (`{}`: none)."""
+    with client_for(server) as c:
+        dep = next((d for d in c.deployments() if d["model"] == name), None)
+    if dep is None:
+        raise CliError(f"model '{name}' has no deployment")
+    print_json(dep["routing"])

@@ -1,4 +1,5 @@
-"""Platform commands of `inferd`: login, keys, models, deploy, deployments, traffic, predict.
+"""Platform commands of `inferd`: login, keys, models, deploy, deployments, traffic, routing,
+predict.
 
 One module per command group: `account` (login, logout, whoami, keys), `models`, `deployments`
 (deploy, deployments, predict); what they share (errors, options, the client, output) is in
@@ -11,10 +12,10 @@ from __future__ import annotations
 import click
 
 from inferd.cli.account import keys, login, logout, whoami
-from inferd.cli.deployments import deploy, deployments, predict, traffic
+from inferd.cli.deployments import deploy, deployments, predict, routing, traffic
 from inferd.cli.models import models
 
-COMMANDS = (login, logout, whoami, keys, models, deploy, deployments, traffic, predict)
+COMMANDS = (login, logout, whoami, keys, models, deploy, deployments, traffic, routing, predict)
 
 
 def register(group: click.Group) -> None:

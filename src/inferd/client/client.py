@@ -335,6 +335,15 @@ class Client:
                                json={"traffic": traffic})  # fmt: skip
         return self.wait_deployment(dep["id"], timeout) if wait else dep
 
+    def set_routing(self, model: str, routing: Mapping[str, Any]) -> dict[str, Any]:
+        """Set the routing policy of `model`'s deployment: header `rules`, `fallbacks` and a
+        `circuit_breaker` (docs/control-plane.md); `{}` removes it. Nothing is reloaded."""
+        dep = next((d for d in self.deployments() if d["model"] == model), None)
+        if dep is None:
+            raise InferdClientError(404, f"model '{model}' has no deployment")
+        return self.request("PATCH", f"/api/v1/deployments/{_seg(dep['id'])}",
+                            json={"routing": dict(routing)})  # fmt: skip
+
     def wait_deployment(self, id: str, timeout: float = 120) -> dict[str, Any]:
         """Poll until the deployment is no longer `deploying`."""
         return _poll(lambda: self.deployment(id), "deploying", f"deployment {id}", timeout)

@@ -35,6 +35,7 @@ from inferd.core.records import (
     User,
     VersionStatus,
 )
+from inferd.core.routing import NO_ROUTING, Routes, RoutingPolicy
 from inferd.core.spec import ModelSpec, VersionPolicy, parse_model_config
 from inferd.core.traffic import Revision, Split, primary
 from inferd.core.trust import CODE_RUNTIMES, check_loosening, strip_loosening, with_operator_types
@@ -197,8 +198,11 @@ class Deployments:
         audit: Audit,
         engine: InferenceEngine,
         interval_s: float = 5.0,
+        routes: Routes | None = None,
     ) -> None:
         self.store = store
+        #: The routing policies the data plane applies (set here when a deployment applies).
+        self.routes = routes if routes is not None else Routes()
         self.catalog = catalog
         self.audit = audit
         self.engine = engine
@@ -227,10 +231,11 @@ class Deployments:
         version: int | None,
         cfg: DeploymentConfig,
         traffic: tuple[Revision, ...] | None = None,
+        routing: RoutingPolicy = NO_ROUTING,
     ) -> Deployment:
         """Deploy a version (default: the newest ready one), or several revisions with their
         traffic weights (`traffic`; the one with the largest share is the deployment's
-        `version`)."""
+        `version`), with a routing policy (header rules, fallbacks, a circuit breaker)."""
         model = await self.catalog.manage(actor, name)
         if model.system:
             raise Conflict("system models are served from the model repository folder")
@@ -244,11 +249,14 @@ class Deployments:
         owner = await self.store.get_user(model.owner_id)
         check_config_trust(actor, owner, cfg, None)
         mv, split = await self._revisions(model, version, traffic, cfg, owner)
-        dep = await self.store.create_deployment(model.id, mv.version, cfg,
-                                                 actor.principal.user_id, split)  # fmt: skip
+        await self._check_routing(actor, model, routing, split or (Revision(mv.version, 100),))
+        dep = await self.store.create_deployment(
+            model.id, mv.version, cfg, actor.principal.user_id, split, routing
+        )
         await self.audit.record(actor, "deployment.create", "deployment", dep.id,
                                 model=model.name, version=mv.version,
-                                traffic=_traffic_doc(dep.revisions()))  # fmt: skip
+                                traffic=_traffic_doc(dep.revisions()),
+                                routing=dep.routing.doc())  # fmt: skip
         self.wake()
         return dep
 
@@ -274,6 +282,53 @@ class Deployments:
             deployment_spec(model, rv, cfg, owner.trusted)
         mv = await self._ready_version(model, primary(traffic))
         return mv, traffic if len(traffic) > 1 else ()
+
+    async def _check_routing(
+        self, actor: Actor, model: Model, policy: RoutingPolicy, revisions: tuple[Revision, ...]
+    ) -> None:
+        """A rule or fallback may only name a revision this deployment serves, or a model the
+        caller may see (fallbacks to other models); no chain of fallbacks may lead back to
+        this model. Each refusal names the field."""
+        served = {r.version for r in revisions}
+        for i, rule in enumerate(policy.rules):
+            if rule.version not in served:
+                raise InvalidField(f"routing.rules[{i}].version",
+                                   f"version {rule.version} is not a revision of this "
+                                   f"deployment (it serves {sorted(served)})")  # fmt: skip
+        others: dict[str, RoutingPolicy] = {}
+        for i, fb in enumerate(policy.fallbacks):
+            where = f"routing.fallbacks[{i}]"
+            if fb.model is None or fb.model == model.name:
+                if fb.version is None or fb.version not in served:
+                    raise InvalidField(f"{where}.version", "a fallback to this model must name "
+                                       f"another of its revisions ({sorted(served)})")  # fmt: skip
+                continue
+            try:
+                other = await self.catalog.find(actor, fb.model)
+            except NotFound:
+                raise InvalidField(f"{where}.model", f"no model '{fb.model}'") from None
+            if fb.version is not None:
+                try:
+                    await self.store.get_version(other.id, fb.version)
+                except NotFound:
+                    why = f"model '{fb.model}' has no version {fb.version}"
+                    raise InvalidField(f"{where}.version", why) from None
+            others[fb.model] = NO_ROUTING
+        if others:  # a fallback chain that comes back here would be a cycle
+            for dep in await self.store.list_deployments():
+                m = await self.store.get_model(dep.model_id)
+                others[m.name] = dep.routing
+            seen, todo = set(), [fb.model for fb in policy.fallbacks if fb.model]
+            while todo:
+                name = todo.pop()
+                if name == model.name:
+                    raise InvalidField("routing.fallbacks", "the fallbacks lead back to "
+                                       f"'{model.name}' (a cycle)")  # fmt: skip
+                if name in seen:
+                    continue
+                seen.add(name)
+                todo += [fb.model for fb in others.get(name, NO_ROUTING).fallbacks
+                         if fb.model and fb.model != name]  # fmt: skip
 
     async def _ready_version(self, model: Model, version: int | None) -> ModelVersion:
         if version is None:
@@ -316,9 +371,11 @@ class Deployments:
         version: int | None,
         cfg: DeploymentConfig | None,
         traffic: tuple[Revision, ...] | None = None,
+        routing: RoutingPolicy | None = None,
     ) -> Deployment:
-        """Change the config, move all traffic to one `version`, or set a traffic split.
-        Revisions already served keep their replicas (a weight change reloads nothing)."""
+        """Change the config, move all traffic to one `version`, set a traffic split, or set
+        the routing policy (`NO_ROUTING` removes it). Revisions already served keep their
+        replicas (a weight or routing change reloads nothing)."""
         dep, model = await self._managed(actor, deployment_id)
         if traffic is not None and version is not None:
             raise InvalidField("traffic", "give either a version or a traffic split, not both")
@@ -329,11 +386,13 @@ class Deployments:
             traffic = dep.traffic or None
             version = None if traffic else dep.version
         mv, split = await self._revisions(model, version, traffic, cfg or dep.config, owner)
+        await self._check_routing(actor, model, dep.routing if routing is None else routing,
+                                  split or (Revision(mv.version, 100),))  # fmt: skip
         dep = await self.store.update_deployment(dep.id, version=mv.version, config=cfg,
-                                                 traffic=split)  # fmt: skip
+                                                 traffic=split, routing=routing)  # fmt: skip
         await self.audit.record(actor, "deployment.update", "deployment", dep.id,
-                                version=mv.version,
-                                traffic=_traffic_doc(dep.revisions()))  # fmt: skip
+                                version=mv.version, traffic=_traffic_doc(dep.revisions()),
+                                routing=dep.routing.doc())  # fmt: skip
         self.wake()
         return dep
 
@@ -395,6 +454,7 @@ class Deployments:
                 if dep_id not in wanted:
                     del self.applied[dep_id]
                     log.info("deployment %s deleted: unloading %s", dep_id, name)
+                    self.routes.forget(name)
                     await self.engine.forget(name)
             todo = [d for d in deployments
                     if self.applied.get(d.id, ("", 0))[1] != d.generation]  # fmt: skip
@@ -423,6 +483,8 @@ class Deployments:
             )
             source = ModelSource(spec, root, versions, specs, keep_unchanged=True, traffic=split)
             await self.engine.load_source(source)
+            # once the revisions it names are served (unchanged: the breakers keep their state)
+            self.routes.set(model.name, dep.routing)
         except InferdError as e:
             self.applied[dep.id] = (self._name_of(dep), dep.generation)
             log.warning("deployment %s failed: %s", dep.id, e.message)

@@ -10,6 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from inferd.core.routing import NO_ROUTING, RoutingPolicy
 from inferd.core.traffic import TOTAL, Revision
 
 
@@ -160,6 +161,8 @@ class Deployment:
     observed_generation: int = 0
     #: The revisions and their traffic shares; empty: `version` takes all of it.
     traffic: tuple[Revision, ...] = ()
+    #: Header rules, fallbacks and a circuit breaker (`core.routing`); empty: none.
+    routing: RoutingPolicy = NO_ROUTING
 
     def revisions(self) -> tuple[Revision, ...]:
         """Every deployed revision with its weight (`version` alone at 100 without a split)."""

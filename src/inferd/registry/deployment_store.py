@@ -12,6 +12,7 @@ from inferd.core.records import (
     DeploymentConfig,
     DeploymentStatus,
 )
+from inferd.core.routing import NO_ROUTING, RoutingPolicy
 from inferd.core.traffic import Revision
 from inferd.registry.db import guarded
 from inferd.registry.repository import Repository, get_row, new_id
@@ -36,6 +37,7 @@ class DeploymentStore(Repository):
         config: DeploymentConfig,
         created_by: str | None,
         traffic: tuple[Revision, ...] = (),
+        routing: RoutingPolicy = NO_ROUTING,
     ) -> Deployment:
         now = self._now()
         row = DeploymentRow(
@@ -49,6 +51,7 @@ class DeploymentStore(Repository):
             generation=1,
             observed_generation=0,
             traffic=_traffic_json(traffic),
+            routing=routing.doc(),
             created_at=now,
             updated_at=now,
         )
@@ -94,8 +97,10 @@ class DeploymentStore(Repository):
         version: int | None = None,
         config: DeploymentConfig | None = None,
         traffic: tuple[Revision, ...] | None = None,
+        routing: RoutingPolicy | None = None,
     ) -> Deployment:
-        """Change what is deployed; `traffic=()` drops the split (`version` takes all)."""
+        """Change what is deployed; `traffic=()` drops the split (`version` takes all);
+        `routing=NO_ROUTING` drops the routing policy."""
         async with self._db.write_session() as s:
             row = await get_row(s, DeploymentRow, deployment_id, "deployment")
             if version is not None:
@@ -107,6 +112,8 @@ class DeploymentStore(Repository):
                 for r in traffic:
                     await self._require_version(s, row.model_id, r.version)
                 row.traffic = _traffic_json(traffic)
+            if routing is not None:
+                row.routing = routing.doc()
             row.generation += 1
             row.status = DeploymentStatus.DEPLOYING.value
             row.reason = ""

@@ -44,6 +44,7 @@ from inferd.core.records import (
     VersionStatus,
     Visibility,
 )
+from inferd.core.routing import parse_routing
 from inferd.core.traffic import Revision
 
 #: Deterministic constraint names: SQLite's batch migrations (copy-and-move) can only drop or
@@ -280,6 +281,8 @@ class DeploymentRow(Base):
     observed_generation: Mapped[int] = mapped_column(Integer(), nullable=False, default=0)
     #: The traffic split: [{"version", "weight"}]; empty: `version` takes all of it.
     traffic: Mapped[list[dict[str, int]]] = mapped_column(JSON(), nullable=False, default=list)
+    #: The routing policy (`core.routing`): rules, fallbacks, circuit_breaker; {}: none.
+    routing: Mapped[dict[str, Any]] = mapped_column(JSON(), nullable=False, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
@@ -297,6 +300,7 @@ class DeploymentRow(Base):
             generation=self.generation,
             observed_generation=self.observed_generation,
             traffic=tuple(Revision(int(r["version"]), int(r["weight"])) for r in self.traffic),
+            routing=parse_routing(self.routing or None),
         )
 
 

@@ -21,6 +21,7 @@ from inferd.control.catalog import VersionMeta
 from inferd.control.deployments import parse_config
 from inferd.core.errors import InvalidInput
 from inferd.core.records import Role, Scope
+from inferd.core.routing import NO_ROUTING, RoutingPolicy, parse_routing
 from inferd.core.traffic import Revision, parse_traffic
 
 #: Every error answer has this shape (and a 4xx status); bad input is 400 naming the field.
@@ -141,11 +142,22 @@ class VersionPatch(_Body):
 Traffic = list[dict[str, Any]] | dict[str, Any] | None
 
 
+#: A routing policy: `{"rules": [{"header", "value", "version"}], "fallbacks": [{"model",
+#: "version"}], "circuit_breaker": {"failures", "error_ratio", "window_s", "min_requests",
+#: "open_s", "probes"}}` (every part optional).
+Routing = dict[str, Any] | None
+ROUTING_DOC = (
+    "Header rules, fallbacks and a circuit breaker per revision; {} removes them "
+    "(docs/control-plane.md, 'Routing rules, fallbacks and circuit breakers')"
+)
+
+
 class DeployBody(_Body):
     model: Text = Field(max_length=256)
     version: StrictInt | None = Field(None, ge=1, le=INT32)
     config: dict[str, Any] | None = None
     traffic: Traffic = Field(None, description="Revisions and their weights (instead of version)")
+    routing: Routing = Field(None, description=ROUTING_DOC)
 
 
 class DeploymentPatch(_Body):
@@ -154,10 +166,15 @@ class DeploymentPatch(_Body):
     )
     config: dict[str, Any] | None = None
     traffic: Traffic = Field(None, description="Revisions and their weights (instead of version)")
+    routing: Routing = Field(None, description=ROUTING_DOC)
 
 
 def _traffic(raw: Traffic) -> tuple[Revision, ...] | None:
     return None if raw is None else parse_traffic(raw)
+
+
+def _routing(raw: Routing) -> RoutingPolicy | None:
+    return None if raw is None else parse_routing(raw)
 
 
 def _meta(body: MetaBody) -> VersionMeta:
@@ -358,9 +375,10 @@ async def create_deployment(
 ) -> Any:
     """Deploy a version (default: the newest ready one). Status goes `deploying` → `ready`
     (or `failed` with the reason) as the data plane loads it."""
-    d = await control(request).deployments.create(actor, body.model, body.version,
-                                                   parse_config(body.config),
-                                                   _traffic(body.traffic))  # fmt: skip
+    d = await control(request).deployments.create(
+        actor, body.model, body.version, parse_config(body.config), _traffic(body.traffic),
+        _routing(body.routing) or NO_ROUTING,
+    )  # fmt: skip
     return views.deployment(d, body.model)
 
 
@@ -379,7 +397,7 @@ async def update_deployment(
     cfg = parse_config(body.config) if body.config is not None else None
     cp = control(request)
     d = await cp.deployments.update(actor, deployment_id, body.version, cfg,
-                                    _traffic(body.traffic))  # fmt: skip
+                                    _traffic(body.traffic), _routing(body.routing))  # fmt: skip
     _, m = await cp.deployments.get(actor, d.id)
     return views.deployment(d, m.name)
 

@@ -77,5 +77,6 @@ def deployment(d: Deployment, model_name: str) -> dict[str, Any]:
         "created_at": _ts(d.created_at), "updated_at": _ts(d.updated_at),
         "created_by": d.created_by,
         "traffic": [{"version": r.version, "weight": r.weight} for r in d.revisions()],
+        "routing": d.routing.doc(),
         "endpoint": f"/v2/models/{model_name}/infer",
     }  # fmt: skip

@@ -180,20 +180,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # ---- inference -----------------------------------------------------------------------
 
     async def infer(
-        self, request: Any, timeout_s: float | None = None, principal: Principal = ANONYMOUS
-    ) -> Any:
-        """One ModelInferRequest -> ModelInferResponse (raises InferdError)."""
+        self, request: Any, timeout_s: float | None = None, principal: Principal = ANONYMOUS,
+        header: Callable[[str], str | None] | None = None,
+    ) -> Any:  # fmt: skip
+        """One ModelInferRequest -> ModelInferResponse (raises InferdError). `header` reads
+        the call's metadata (for the deployment's routing rules)."""
         plane = self.plane
         plane.allow("infer", principal, request.model_name)
         async with plane.admit(principal):
-            sv = plane.version(request.model_name, request.model_version or None)
+            sv = plane.version(request.model_name, request.model_version or None, header)
             with plane.decoding(sv) as decoding:
                 core = to_core(request, timeout_s)
             return from_core(await plane.infer(sv, core, decoding))
 
     @rpc
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        return await self.infer(request, context.time_remaining(), await self.caller(context))
+        return await self.infer(request, context.time_remaining(), await self.caller(context),
+                                functools.partial(metadata_value, context))  # fmt: skip
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: Context
@@ -297,6 +300,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister", _SHM)
     TraceSetting = _unimplemented("TraceSetting", "tracing")
     LogSettings = _unimplemented("LogSettings", "log settings; use --log-level")
+
+
+def metadata_value(context: Context, name: str) -> str | None:
+    """The value of the call's metadata key `name` (lower case), None when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
 
 
 def credentials(context: Context) -> Credentials:

@@ -42,8 +42,8 @@ class Request:
 
     __slots__ = (
         "accept_encoding", "api_key", "authorization", "content_encoding", "content_length",
-        "header_length", "method", "model", "principal", "receive", "request_id", "route",
-        "timeout_s", "version", "watcher",
+        "header_length", "headers", "method", "model", "principal", "receive", "request_id",
+        "route", "timeout_s", "version", "watcher",
     )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
@@ -62,7 +62,8 @@ class Request:
         self.authorization: str | None = None
         self.api_key: str | None = None
         self.principal: Principal = ANONYMOUS
-        for k, v in scope["headers"]:
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
+        for k, v in self.headers:
             if k == b"content-length":
                 try:
                     self.content_length = int(v)
@@ -82,6 +83,14 @@ class Request:
                 self.authorization = v.decode("latin-1")
             elif k == b"x-api-key":
                 self.api_key = v.decode("latin-1")
+
+    def header(self, name: str) -> str | None:
+        """The value of header `name` (lower case), None when absent (routing rules read it)."""
+        key = name.encode("latin-1")
+        for k, v in self.headers:
+            if k == key:
+                return v.decode("latin-1")
+        return None
 
     def watch_disconnect(self) -> None:
         """Start cancelling the current task if the client disconnects (idempotent)."""

@@ -231,7 +231,7 @@ class DataPlaneApp:
 
     async def _infer(self, req: Request, name: str, version: str | None) -> Response:
         plane = self.plane
-        sv = plane.version(name, version)
+        sv = plane.version(name, version, req.header)
         body = await self._body(req)
         with plane.decoding(sv) as decoding:
             header_length = parse_header_length(req.header_length, len(body))
@@ -247,7 +247,7 @@ class DataPlaneApp:
         response = await self._cancellable(req, plane.infer(sv, request, decoding))
         out, json_len = encode_response(response, request)
         headers = [(b"content-type", JSON if json_len is None else b"application/octet-stream"),
-                   (REVISION_HEADER, sv.version.encode())]  # fmt: skip
+                   (REVISION_HEADER, response.model_version.encode())]  # fmt: skip
         if json_len is not None:
             headers.append((b"inference-header-content-length", str(json_len).encode()))
         if req.accept_encoding and len(out) >= self.limits.compress_min_bytes:
@@ -274,7 +274,7 @@ class DataPlaneApp:
 
     async def _predict(self, req: Request, name: str) -> Response:
         plane = self.plane
-        sv = plane.version(name)
+        sv = plane.version(name, None, req.header)
         body = await self._body(req)
         with plane.decoding(sv) as decoding:
             request = v1.decode_predict(body, sv.inputs)

@@ -1,0 +1,328 @@
+"""A deployment's routing policy: header rules, fallbacks and a circuit breaker per revision.
+
+Pure values and one pure state machine. The control plane parses and checks a policy
+(`parse_routing`), the data plane applies it per request: a header rule picks a revision before
+the traffic split does; when the revision that took a request fails (an error of the server's,
+not the caller's) or its circuit is open, the fallbacks are tried in order; each revision's
+`CircuitBreaker` counts its outcomes and opens after too many failures, refusing at once (so
+the fallback answers without waiting for a sick replica) until a cool-down passes and a probe
+succeeds. Time is passed in (`now`, seconds on a monotonic clock): no clock is read here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferd.core.errors import (
+    DeadlineExceeded,
+    InferdError,
+    InvalidField,
+    ModelExecutionError,
+    ModelNotReady,
+    Overloaded,
+    ReplicaFailed,
+    Unavailable,
+)
+
+#: Failures of the server's side: they count against a revision's circuit and send the request
+#: to the fallbacks. A caller's mistake (bad input, not allowed) is answered as it is.
+FAILURES: tuple[type[InferdError], ...] = (
+    ModelExecutionError, ReplicaFailed, DeadlineExceeded, Overloaded, ModelNotReady, Unavailable,
+)  # fmt: skip
+
+#: Breaker states, as exported in the `inferd_circuit_breaker_state` gauge.
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATE_VALUE = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
+
+
+class CircuitOpen(Unavailable):
+    """A revision's circuit is open: refused at once (HTTP 503, gRPC UNAVAILABLE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Requests whose header `header` (lower case) equals `value` go to revision `version`."""
+
+    header: str
+    value: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Where a failed request goes next: another model (routed by its own split, or a named
+    version of it), or another revision of this model (`model` None)."""
+
+    model: str | None = None
+    version: int | None = None
+
+    def doc(self) -> dict[str, Any]:
+        return {
+            k: v for k, v in (("model", self.model), ("version", self.version)) if v is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a revision's circuit opens: after `failures` failures in a row, or once at least
+    `min_requests` requests in the last `window_s` seconds failed at `error_ratio` or more
+    (when `error_ratio` is set). It stays open `open_s` seconds, then lets `probes` requests
+    through (half open): one success closes it, one failure opens it again."""
+
+    failures: int = 5
+    error_ratio: float | None = None
+    window_s: float = 30.0
+    min_requests: int = 20
+    open_s: float = 10.0
+    probes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    """A deployment's rules, fallbacks and circuit breaker (None: no breaker)."""
+
+    rules: tuple[Rule, ...] = ()
+    fallbacks: tuple[Fallback, ...] = ()
+    breaker: BreakerPolicy | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.rules or self.fallbacks or self.breaker)
+
+    def route(self, header: Any) -> str | None:
+        """The revision a rule sends this request to (`header(name)` reads a request header by
+        its lower-case name), or None."""
+        for rule in self.rules:
+            if header(rule.header) == rule.value:
+                return str(rule.version)
+        return None
+
+    def doc(self) -> dict[str, Any]:
+        """The policy as the API shows it (and as `parse_routing` reads it back)."""
+        out: dict[str, Any] = {}
+        if self.rules:
+            out["rules"] = [{"header": r.header, "value": r.value, "version": r.version}
+                            for r in self.rules]  # fmt: skip
+        if self.fallbacks:
+            out["fallbacks"] = [f.doc() for f in self.fallbacks]
+        if self.breaker is not None:
+            b = self.breaker
+            out["circuit_breaker"] = {"failures": b.failures, "error_ratio": b.error_ratio,
+                                      "window_s": b.window_s, "min_requests": b.min_requests,
+                                      "open_s": b.open_s, "probes": b.probes}  # fmt: skip
+        return out
+
+
+NO_ROUTING = RoutingPolicy()
+
+
+class CircuitBreaker:
+    """One revision's circuit: closed → open → half open → closed (see `BreakerPolicy`)."""
+
+    def __init__(self, policy: BreakerPolicy) -> None:
+        self.policy = policy
+        self.state = CLOSED
+        self._run = 0  # failures in a row
+        self._outcomes: deque[tuple[float, bool]] = deque()  # (when, failed) in the window
+        self._failed = 0  # failures among _outcomes
+        self._opened_at = 0.0
+        self._probing = 0  # probes let through and not yet answered
+
+    def allow(self, now: float) -> bool:
+        """May a request go to this revision now? (A True in the half-open state is a probe:
+        its outcome must be recorded.)"""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            if now - self._opened_at < self.policy.open_s:
+                return False
+            self.state, self._probing = HALF_OPEN, 0
+        if self._probing >= self.policy.probes:
+            return False
+        self._probing += 1
+        return True
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until the circuit lets a probe through."""
+        return max(self.policy.open_s - (now - self._opened_at), 0.0)
+
+    def record(self, failed: bool, now: float) -> None:
+        """The outcome of a request `allow` let through."""
+        if self.state == HALF_OPEN:
+            self._probing = max(self._probing - 1, 0)
+            if failed:
+                self._open(now)
+            else:
+                self._close()
+            return
+        if self.state == OPEN:
+            return  # an answer from before it opened
+        self._run = self._run + 1 if failed else 0
+        p = self.policy
+        if p.error_ratio is not None:
+            self._outcomes.append((now, failed))
+            self._failed += failed
+            while self._outcomes and now - self._outcomes[0][0] > p.window_s:
+                self._failed -= self._outcomes.popleft()[1]
+        too_many = (p.error_ratio is not None and len(self._outcomes) >= p.min_requests
+                    and self._failed >= p.error_ratio * len(self._outcomes))  # fmt: skip
+        if self._run >= p.failures or too_many:
+            self._open(now)
+
+    def _open(self, now: float) -> None:
+        self.state, self._opened_at, self._probing = OPEN, now, 0
+
+    def _close(self) -> None:
+        self.state, self._run, self._failed, self._probing = CLOSED, 0, 0, 0
+        self._outcomes.clear()
+
+
+@dataclass
+class Routes:
+    """The routing policies the data plane applies, by served model name (set by the control
+    plane's reconciler), and each revision's circuit breaker."""
+
+    policies: dict[str, RoutingPolicy] = field(default_factory=dict)
+    breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
+
+    def set(self, name: str, policy: RoutingPolicy) -> None:
+        if self.policies.get(name) == policy:
+            return
+        self.forget(name)
+        if policy:
+            self.policies[name] = policy
+
+    def forget(self, name: str) -> None:
+        self.policies.pop(name, None)
+        for key in [k for k in self.breakers if k[0] == name]:
+            del self.breakers[key]
+
+    def breaker(self, name: str, version: str) -> CircuitBreaker | None:
+        """The circuit breaker of revision `version` of `name` (None: the model has none)."""
+        policy = self.policies.get(name)
+        if policy is None or policy.breaker is None:
+            return None
+        b = self.breakers.get((name, version))
+        if b is None:
+            b = self.breakers[(name, version)] = CircuitBreaker(policy.breaker)
+        return b
+
+
+# ---- parsing -------------------------------------------------------------------------------
+
+ROUTING_FIELDS = {"rules", "fallbacks", "circuit_breaker"}
+BREAKER_FIELDS = {"failures", "error_ratio", "window_s", "min_requests", "open_s", "probes"}
+
+
+def parse_routing(raw: Any, field: str = "routing") -> RoutingPolicy:
+    """A routing policy from JSON, refusing anything out of range with `InvalidField` naming the
+    field. Which versions and models the policy names exist is the control plane's check."""
+    if raw is None:
+        return NO_ROUTING
+    if not isinstance(raw, Mapping):
+        raise InvalidField(field, "must be an object with rules, fallbacks and circuit_breaker")
+    unknown = set(raw) - ROUTING_FIELDS
+    if unknown:
+        raise InvalidField(f"{field}.{sorted(unknown)[0]}", "unknown field")
+    return RoutingPolicy(
+        _rules(raw.get("rules"), f"{field}.rules"),
+        _fallbacks(raw.get("fallbacks"), f"{field}.fallbacks"),
+        _breaker(raw.get("circuit_breaker"), f"{field}.circuit_breaker"),
+    )
+
+
+def _items(raw: Any, where: str, most: int) -> list[Mapping[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidField(where, "must be a list")
+    if len(raw) > most:
+        raise InvalidField(where, f"at most {most} entries")
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            raise InvalidField(f"{where}[{i}]", "must be an object")
+    return raw
+
+
+def _version(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise InvalidField(where, "must be a version number (an integer >= 1)")
+    return v
+
+
+def _rules(raw: Any, where: str) -> tuple[Rule, ...]:
+    out = []
+    for i, item in enumerate(_items(raw, where, 32)):
+        at = f"{where}[{i}]"
+        unknown = set(item) - {"header", "value", "version"}
+        if unknown:
+            raise InvalidField(f"{at}.{sorted(unknown)[0]}", "unknown field")
+        header, value = item.get("header"), item.get("value")
+        if not isinstance(header, str) or not header.strip() or len(header) > 128:
+            raise InvalidField(f"{at}.header", "must be a header name")
+        if not isinstance(value, str) or len(value) > 1024:
+            raise InvalidField(f"{at}.value", "must be a string (the header's exact value)")
+        out.append(
+            Rule(header.strip().lower(), value, _version(item.get("version"), f"{at}.version"))
+        )
+    return tuple(out)
+
+
+def _fallbacks(raw: Any, where: str) -> tuple[Fallback, ...]:
+    out: list[Fallback] = []
+    for i, item in enumerate(_items(raw, where, 8)):
+        at = f"{where}[{i}]"
+        unknown = set(item) - {"model", "version"}
+        if unknown:
+            raise InvalidField(f"{at}.{sorted(unknown)[0]}", "unknown field")
+        model = item.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise InvalidField(f"{at}.model", "must be a model name")
+        version = item.get("version")
+        if version is not None:
+            version = _version(version, f"{at}.version")
+        if model is None and version is None:
+            raise InvalidField(at, "name a model, a version, or both")
+        fb = Fallback(model, version)
+        if fb in out:
+            raise InvalidField(at, "is listed twice")
+        out.append(fb)
+    return tuple(out)
+
+
+def _breaker(raw: Any, where: str) -> BreakerPolicy | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidField(where, "must be an object")
+    unknown = set(raw) - BREAKER_FIELDS
+    if unknown:
+        raise InvalidField(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    d = BreakerPolicy()
+    failures = _number(raw, "failures", d.failures, where, 1, 1000, whole=True)
+    min_requests = _number(raw, "min_requests", d.min_requests, where, 1, 100_000, whole=True)
+    probes = _number(raw, "probes", d.probes, where, 1, 100, whole=True)
+    ratio = raw.get("error_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float)
+                              or not 0 < ratio <= 1):  # fmt: skip
+        raise InvalidField(f"{where}.error_ratio", "must be a number above 0 and at most 1")
+    return BreakerPolicy(
+        int(failures),
+        None if ratio is None else float(ratio),
+        _number(raw, "window_s", d.window_s, where, 0.001, 86_400),
+        int(min_requests),
+        _number(raw, "open_s", d.open_s, where, 0.001, 86_400),
+        int(probes),
+    )
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float, where: str, low: float,
+            high: float, whole: bool = False) -> float:  # fmt: skip
+    v = raw.get(key, default)
+    ok = not isinstance(v, bool) and isinstance(v, int if whole else int | float)
+    if not ok or not low <= v <= high:
+        kind = "an integer" if whole else "a number"
+        raise InvalidField(f"{where}.{key}", f"must be {kind} from {low:g} to {high:g}")
+    return float(v)
