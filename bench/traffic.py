@@ -1,13 +1,17 @@
-"""What a traffic split costs per request: one deployment with one revision against one with a
-90/10 split over two, both on one server, called alternately round by round.
+"""What routing costs per request, measured with wrk from the other core: one server (this
+process, pinned to CPU 0, its workers too) serving four deployments of the same small skops
+classifier, called point by point in turn:
 
-An in-thread inferd with its registry in a scratch folder; the model is a small skops
-classifier uploaded twice (versions 1 and 2) under two names. `plain` is deployed on version 1
-alone, `split` with 90/10 over versions 1 and 2. Each round sends `--requests` sequential V2
-REST calls per deployment from `--concurrency` threads (keep-alive httpx clients) and keeps the
-median latency; the table gives the medians over the rounds and their difference.
+- `plain`: one revision (version 1);
+- `split`: 90/10 over versions 1 and 2 (the routing step: one draw and a bisection);
+- `guarded`: version 1 with a routing policy (a header rule that never matches, a fallback, a
+  circuit breaker): the path every request of a deployment with a policy takes;
+- `shadowed`: version 1 answering, version 2 (weight 0) shadowing 100 % of the requests.
 
-    .venv/bin/python bench/traffic.py --rounds 7 --requests 2000
+Each point is `--duration` seconds of wrk at each concurrency; the table gives the medians over
+`--rounds` rounds and each deployment's difference from `plain`.
+
+    .venv/bin/python bench/traffic.py --rounds 5 --duration 4
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import argparse
 import io
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +44,18 @@ def _artifact() -> tuple[bytes, dict[str, Any]]:
     return sio.dumps(clf), sample
 
 
+DEPLOYMENTS: dict[str, dict[str, Any]] = {
+    "plain": {"version": 1},
+    "split": {"traffic": {"1": 90, "2": 10}},
+    "guarded": {"traffic": {"1": 100, "2": 0},
+                "routing": {"rules": [{"header": "x-never", "value": "x", "version": 2}],
+                            "fallbacks": [{"version": 2}], "circuit_breaker": {"failures": 5}}},
+    "shadowed": {"traffic": {"1": 100, "2": 0}, "routing": {"shadow": {"version": 2}}},
+}  # fmt: skip
+
+
 def _setup(http: httpx.Client, artifact: bytes, sample: dict[str, Any]) -> None:
-    for name in ("plain", "split"):
+    for name, body in DEPLOYMENTS.items():
         r = http.post("/api/v1/models", headers=ADMIN, json={"name": name, "visibility": "public"})
         assert r.status_code == 201, r.text
         for _ in range(2):
@@ -50,10 +63,9 @@ def _setup(http: httpx.Client, artifact: bytes, sample: dict[str, Any]) -> None:
             meta = {"meta": orjson.dumps({"sample_input": sample}).decode()}
             r = http.post(f"/api/v1/models/{name}/versions", headers=ADMIN, files=files, data=meta)
             assert r.status_code == 201 and r.json()["status"] == "ready", r.text
-    bodies = {"plain": {"model": "plain", "version": 1},
-              "split": {"model": "split", "traffic": {"1": 90, "2": 10}}}  # fmt: skip
-    for body in bodies.values():
-        dep = http.post("/api/v1/deployments", headers=ADMIN, json=body).json()
+        r = http.post("/api/v1/deployments", headers=ADMIN, json={"model": name, **body})
+        assert r.status_code == 201, r.text
+        dep = r.json()
         deadline = time.monotonic() + 120
         while dep.get("status") == "deploying" and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -61,40 +73,21 @@ def _setup(http: httpx.Client, artifact: bytes, sample: dict[str, Any]) -> None:
         assert dep["status"] == "ready", dep
 
 
-def _round(url: str, name: str, body: bytes, requests: int, concurrency: int) -> list[float]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def run() -> None:
-        mine = []
-        headers = {"content-type": "application/json"}
-        with httpx.Client(base_url=url, timeout=30) as http:
-            for _ in range(requests // concurrency):
-                t0 = time.perf_counter()
-                r = http.post(f"/v2/models/{name}/infer", content=body, headers=headers)
-                mine.append(time.perf_counter() - t0)
-                assert r.status_code == 200, r.text
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=run) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--concurrency", default="1,8")
     args = ap.parse_args()
     import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import loadgen
 
     from inferd import serve
 
+    os.sched_setaffinity(0, {0})  # the server and its workers on CPU 0, wrk on CPU 1
     scratch = Path(tempfile.mkdtemp(prefix="inferd-bench-traffic-"))
     os.environ["INFERD_AUTH__BOOTSTRAP_KEY"] = ADMIN_KEY
     server = serve(http_port=0, block=False, data_dir=scratch, grpc={"enabled": False},
@@ -104,19 +97,28 @@ def main() -> None:
         artifact, sample = _artifact()
         with httpx.Client(base_url=server.url, timeout=120) as http:
             _setup(http, artifact, sample)
-        body = orjson.dumps(sample)
-        print("| c | one revision p50 (µs) | 90/10 split p50 (µs) | difference (µs) |")
-        print("|---|---|---|---|")
-        for c in (int(x) for x in args.concurrency.split(",")):
-            _round(server.url, "plain", body, 200, c)  # warm-up
-            _round(server.url, "split", body, 200, c)
-            medians: dict[str, list[float]] = {"plain": [], "split": []}
-            for _ in range(args.rounds):
-                for name in ("plain", "split"):
-                    lat = _round(server.url, name, body, args.requests, c)
-                    medians[name].append(statistics.median(lat) * 1e6)
-            plain, split = (statistics.median(medians[n]) for n in ("plain", "split"))
-            print(f"| {c} | {plain:.0f} | {split:.0f} | {split - plain:+.0f} |")
+        body = scratch / "request.json"
+        body.write_bytes(orjson.dumps(sample))
+        concs = [int(x) for x in args.concurrency.split(",")]
+        p50: dict[tuple[str, int], list[float]] = {}
+        rate: dict[tuple[str, int], list[float]] = {}
+        for i in range(args.rounds):
+            for c in concs:
+                for name in DEPLOYMENTS:
+                    url = f"{server.url}/v2/models/{name}/infer"
+                    warm = 2.0 if i == 0 else 0.5
+                    r = loadgen.run_load(url, body, c, args.duration, warm, "wrk", 1)
+                    assert r.errors == 0, r
+                    p50.setdefault((name, c), []).append(r.p50_ms * 1000)
+                    rate.setdefault((name, c), []).append(r.infer_per_s)
+        print("| deployment | c | infer/s | p50 µs | p50 vs plain (µs) |")
+        print("|---|---|---|---|---|")
+        for c in concs:
+            base = statistics.median(p50[("plain", c)])
+            for name in DEPLOYMENTS:
+                mid = statistics.median(p50[(name, c)])
+                print(f"| {name} | {c} | {statistics.median(rate[(name, c)]):,.0f} | "
+                      f"{mid:.0f} | {mid - base:+.0f} |")  # fmt: skip
     finally:
         server.stop()
 

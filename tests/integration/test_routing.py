@@ -192,3 +192,65 @@ def test_a_failing_revision_falls_back_and_its_circuit_opens_probes_and_closes(
         assert r.status_code == 400, r.text
     assert _metric(p, state) == 0.0
     assert _route(world, "main", {}).status_code == 200
+
+
+def _deployment(world: dict[str, Any], name: str) -> dict[str, Any]:
+    p, dep = world["p"], world["deployments"][name]
+    r = p.http.get(f"/api/v1/deployments/{dep['id']}", headers=world["alice"])
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_a_shadow_gets_copies_that_are_compared_and_a_stuck_one_never_delays_the_answer(
+    world: dict[str, Any],
+) -> None:
+    """Revision 2 (weight 0) shadows revision 1 at 100 %: it never answers a caller, its
+    answers are compared (the same classifier: all agree), and while its worker is stopped the
+    callers' answers come as fast as ever; copies beyond `max_in_flight` are dropped."""
+    p, sample = world["p"], world["sample"]
+    r = _route(world, "main", {"shadow": {"version": 2, "max_in_flight": 2}})
+    assert r.status_code == 200, r.text
+    assert r.json()["routing"]["shadow"] == {"version": 2, "percent": 100.0, "max_in_flight": 2}
+    for _ in range(20):
+        r = p.http.post("/v2/models/main/infer", json=sample)
+        assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
+    deadline = time.monotonic() + 10
+    while (shadow := _deployment(world, "main").get("shadow", {})).get("in_flight") != 0:
+        assert time.monotonic() < deadline, shadow
+        time.sleep(0.05)
+    assert shadow["target"] == "main:2"
+    assert (shadow["sent"], shadow["agreed"], shadow["differed"], shadow["failed"]) == (
+        20,
+        20,
+        0,
+        0,
+    )
+    assert shadow["agreement"] == 1.0 and shadow["max_abs_diff"] == 0.0
+    agreed = ('inferd_shadow_requests_total{model="main",outcome="agreed",shadow_model="main",'
+              'shadow_version="2",version="1"}')  # fmt: skip
+    assert _metric(p, agreed) == 20.0
+
+    pid = p.server.engine.version("main", "2").scheduler.live()[0].replica.pid
+    assert pid is not None
+    took = []
+    os.kill(pid, signal.SIGSTOP)  # the shadow hangs (kept under its liveness timeout)
+    try:
+        for _ in range(30):
+            t0 = time.monotonic()
+            r = p.http.post("/v2/models/main/infer", json=sample)
+            took.append(time.monotonic() - t0)
+            assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
+        stuck = _deployment(world, "main")["shadow"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert stuck["in_flight"] == 2 and stuck["dropped"] == 28, stuck
+    assert max(took) < 0.5, took  # nobody waited for the shadow
+    dropped = agreed.replace('outcome="agreed"', 'outcome="dropped"')
+    assert _metric(p, dropped) == 28.0
+    deadline = time.monotonic() + 10
+    while _deployment(world, "main")["shadow"]["in_flight"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _deployment(world, "main")["shadow"]["agreed"] == 22  # the two it held came back
+    assert _route(world, "main", {}).status_code == 200
+    assert "shadow" not in _deployment(world, "main")

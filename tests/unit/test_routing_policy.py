@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from inferd.core.errors import InvalidField
@@ -19,8 +20,12 @@ from inferd.core.routing import (
     Fallback,
     Routes,
     Rule,
+    Shadow,
+    ShadowStats,
+    compare,
     parse_routing,
 )
+from inferd.core.tensors import Tensor
 
 
 def test_a_policy_parses_and_reads_back_the_same() -> None:
@@ -152,3 +157,42 @@ def test_routes_keep_a_breaker_per_revision_until_the_policy_changes() -> None:
     routes.set("m", policy)
     routes.forget("m")
     assert routes.policies == {} and routes.breakers == {}
+
+
+def test_a_shadow_parses_with_its_defaults_and_bad_ones_name_the_field() -> None:
+    policy = parse_routing({"shadow": {"version": 2}})
+    assert policy.shadow == Shadow(None, 2, 100.0, 16) and policy
+    assert parse_routing(policy.doc()) == policy
+    other = parse_routing({"shadow": {"model": "m2", "percent": 12.5, "max_in_flight": 2}})
+    assert other.shadow == Shadow("m2", None, 12.5, 2)
+    for raw, field in (({"shadow": {}}, "routing.shadow"),
+                       ({"shadow": {"version": 2, "percent": 101}}, "routing.shadow.percent"),
+                       ({"shadow": {"version": 2, "max_in_flight": 0}},
+                        "routing.shadow.max_in_flight"),
+                       ({"shadow": {"version": 2, "copy": 1}}, "routing.shadow.copy"),
+                       ({"shadow": 2}, "routing.shadow")):  # fmt: skip
+        with pytest.raises(InvalidField) as err:
+            parse_routing(raw)
+        assert err.value.param == field, err.value.message
+
+
+def test_answers_are_compared_output_by_output() -> None:
+    def answer(**outputs: np.ndarray) -> list[Tensor]:
+        return [Tensor(n, "FP32", a) for n, a in outputs.items()]
+
+    probs = np.array([[0.2, 0.8]], dtype=np.float32)
+    label = np.array([1])
+    assert compare(answer(p=probs, y=label), answer(p=probs.copy(), y=label)) == (True, 0.0)
+    agreed, diff = compare(answer(p=probs, y=label), answer(p=probs + 0.25, y=label))
+    assert not agreed and diff == pytest.approx(0.25)
+    assert compare(answer(y=label), answer(y=np.array([0])))[0] is False
+    assert compare(answer(y=label), answer(z=label))[0] is False  # another output
+    assert compare(answer(y=label), answer(y=np.array([1, 1])))[0] is False  # another shape
+    texts = np.array([b"a", b"b"], dtype=object)
+    assert compare(answer(t=texts), answer(t=texts.copy())) == (True, None)
+    stats = ShadowStats("m:2")
+    stats.record(True, 0.0)
+    stats.record(False, 0.5)
+    doc = stats.doc()
+    assert (doc["agreed"], doc["differed"], doc["agreement"]) == (1, 1, 0.5)
+    assert (doc["max_abs_diff"], doc["mean_abs_diff"]) == (0.5, 0.25)

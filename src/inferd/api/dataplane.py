@@ -14,7 +14,9 @@ import-linter contract in pyproject.toml).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import hmac
 import random
 import time
@@ -30,7 +32,15 @@ from inferd.control.gate import Gate
 from inferd.control.identity import looks_like_credential
 from inferd.core.errors import InferdError, Unauthenticated
 from inferd.core.generate import GenerateRequest, TokenEvent
-from inferd.core.routing import FAILURES, STATE_VALUE, CircuitOpen, Routes
+from inferd.core.routing import (
+    FAILURES,
+    STATE_VALUE,
+    CircuitOpen,
+    Routes,
+    Shadow,
+    ShadowStats,
+    compare,
+)
 from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.routing import RoutingMetrics
 from inferd.serving.engine import InferenceEngine, ServedModel, ServedVersion
@@ -126,6 +136,7 @@ class DataPlane:
         self.routes = routes if routes is not None else Routes()
         self.routing_metrics = metrics
         self._clock = clock
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # ---- who is calling, and may they ------------------------------------------------------
 
@@ -250,12 +261,69 @@ class DataPlane:
         the deployment has a routing policy, the revision's circuit breaker is consulted and,
         when it fails, the fallbacks answer (the response names who did)."""
         decode_ns = decoding.elapsed_ns if decoding is not None else 0
-        if sv.name not in self.routes.policies:
+        policy = self.routes.policies.get(sv.name)
+        if policy is None:
             return await self.engine.infer_version(sv, request, decode_ns)
+        if policy.shadow is not None:  # its copy of the request, before anything changes it
+            shadowed = dataclasses.replace(request, on_queued=None, timeout_s=None)
         try:
-            return await self._guarded(sv, request, decode_ns)
+            response = await self._guarded(sv, request, decode_ns)
         except FAILURES as e:
-            return await self._fall_back(sv, request, e)
+            response = await self._fall_back(sv, request, e)
+        if policy.shadow is not None:
+            self._mirror(policy.shadow, sv, shadowed, response)
+        return response
+
+    def _mirror(
+        self, shadow: Shadow, sv: ServedVersion, request: InferenceRequest,
+        answered: InferenceResponse,
+    ) -> None:  # fmt: skip
+        """Send a copy of an answered request to the deployment's shadow, in the background:
+        the caller has its answer already and never waits for the shadow's. At most
+        `max_in_flight` copies run at once; beyond that one is dropped (and counted)."""
+        if shadow.percent < 100 and self._draw() * 100 >= shadow.percent:
+            return
+        try:
+            target = self.version(shadow.model or sv.name,
+                                  str(shadow.version) if shadow.version else None)  # fmt: skip
+        except InferdError:
+            return  # not served here (now)
+        if target is sv:
+            return
+        stats = self.routes.shadows.get(sv.name)
+        if stats is None:
+            stats = self.routes.shadows[sv.name] = ShadowStats(f"{target.name}:{target.version}")
+        stats.sent += 1
+        if stats.in_flight >= shadow.max_in_flight:
+            stats.dropped += 1
+            self._shadowed(sv, target, "dropped")
+            return
+        stats.in_flight += 1
+        task = asyncio.create_task(self._shadow_call(sv, target, request, answered, stats))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_call(
+        self, sv: ServedVersion, target: ServedVersion, request: InferenceRequest,
+        answered: InferenceResponse, stats: ShadowStats,
+    ) -> None:  # fmt: skip
+        try:
+            response = await self.engine.infer_version(target, request, 0)
+        except Exception:  # the shadow's failure is its own: counted, never raised
+            stats.failed += 1
+            self._shadowed(sv, target, "failed")
+            return
+        finally:
+            stats.in_flight -= 1
+        agreed, diff = compare(answered.outputs, response.outputs)
+        stats.record(agreed, diff)
+        self._shadowed(sv, target, "agreed" if agreed else "differed", diff)
+
+    def _shadowed(self, sv: ServedVersion, target: ServedVersion, outcome: str,
+                  diff: float | None = None) -> None:  # fmt: skip
+        if self.routing_metrics is not None:
+            self.routing_metrics.shadow(sv.name, sv.version, target.name, target.version,
+                                        outcome, diff)  # fmt: skip
 
     async def _guarded(
         self, sv: ServedVersion, request: InferenceRequest, decode_ns: int

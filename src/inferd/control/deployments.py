@@ -35,7 +35,7 @@ from inferd.core.records import (
     User,
     VersionStatus,
 )
-from inferd.core.routing import NO_ROUTING, Routes, RoutingPolicy
+from inferd.core.routing import NO_ROUTING, Fallback, Routes, RoutingPolicy
 from inferd.core.spec import ModelSpec, VersionPolicy, parse_model_config
 from inferd.core.traffic import Revision, Split, primary
 from inferd.core.trust import CODE_RUNTIMES, check_loosening, strip_loosening, with_operator_types
@@ -297,23 +297,11 @@ class Deployments:
                                    f"deployment (it serves {sorted(served)})")  # fmt: skip
         others: dict[str, RoutingPolicy] = {}
         for i, fb in enumerate(policy.fallbacks):
-            where = f"routing.fallbacks[{i}]"
-            if fb.model is None or fb.model == model.name:
-                if fb.version is None or fb.version not in served:
-                    raise InvalidField(f"{where}.version", "a fallback to this model must name "
-                                       f"another of its revisions ({sorted(served)})")  # fmt: skip
-                continue
-            try:
-                other = await self.catalog.find(actor, fb.model)
-            except NotFound:
-                raise InvalidField(f"{where}.model", f"no model '{fb.model}'") from None
-            if fb.version is not None:
-                try:
-                    await self.store.get_version(other.id, fb.version)
-                except NotFound:
-                    why = f"model '{fb.model}' has no version {fb.version}"
-                    raise InvalidField(f"{where}.version", why) from None
-            others[fb.model] = NO_ROUTING
+            if await self._check_target(actor, model, fb, served, f"routing.fallbacks[{i}]"):
+                others[str(fb.model)] = NO_ROUTING
+        if policy.shadow is not None:
+            target = Fallback(policy.shadow.model, policy.shadow.version)
+            await self._check_target(actor, model, target, served, "routing.shadow")
         if others:  # a fallback chain that comes back here would be a cycle
             for dep in await self.store.list_deployments():
                 m = await self.store.get_model(dep.model_id)
@@ -329,6 +317,28 @@ class Deployments:
                 seen.add(name)
                 todo += [fb.model for fb in others.get(name, NO_ROUTING).fallbacks
                          if fb.model and fb.model != name]  # fmt: skip
+
+    async def _check_target(
+        self, actor: Actor, model: Model, target: Fallback, served: set[int], where: str
+    ) -> bool:
+        """A fallback's or shadow's target: another revision this deployment serves, or a model
+        the caller may see (and a version it has). True when it is another model."""
+        if target.model is None or target.model == model.name:
+            if target.version is None or target.version not in served:
+                raise InvalidField(f"{where}.version", "a target in this model must name "
+                                   f"another of its revisions ({sorted(served)})")  # fmt: skip
+            return False
+        try:
+            other = await self.catalog.find(actor, target.model)
+        except NotFound:
+            raise InvalidField(f"{where}.model", f"no model '{target.model}'") from None
+        if target.version is not None:
+            try:
+                await self.store.get_version(other.id, target.version)
+            except NotFound:
+                why = f"model '{target.model}' has no version {target.version}"
+                raise InvalidField(f"{where}.version", why) from None
+        return True
 
     async def _ready_version(self, model: Model, version: int | None) -> ModelVersion:
         if version is None:

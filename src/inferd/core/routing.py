@@ -12,9 +12,11 @@ succeeds. Time is passed in (`now`, seconds on a monotonic clock): no clock is r
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from inferd.core.errors import (
     DeadlineExceeded,
@@ -26,6 +28,7 @@ from inferd.core.errors import (
     ReplicaFailed,
     Unavailable,
 )
+from inferd.core.tensors import Tensor
 
 #: Failures of the server's side: they count against a revision's circuit and send the request
 #: to the fallbacks. A caller's mistake (bad input, not allowed) is answered as it is.
@@ -81,15 +84,32 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """Mirror `percent` % of the requests this deployment answers to another revision (`version`)
+    or model (`model`); at most `max_in_flight` copies run at once, the rest are dropped and
+    counted. A shadow's answers are compared with the primary's, never returned."""
+
+    model: str | None = None
+    version: int | None = None
+    percent: float = 100.0
+    max_in_flight: int = 16
+
+    def doc(self) -> dict[str, Any]:
+        out = Fallback(self.model, self.version).doc()
+        return out | {"percent": self.percent, "max_in_flight": self.max_in_flight}
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingPolicy:
-    """A deployment's rules, fallbacks and circuit breaker (None: no breaker)."""
+    """A deployment's rules, fallbacks, circuit breaker (None: no breaker) and shadow."""
 
     rules: tuple[Rule, ...] = ()
     fallbacks: tuple[Fallback, ...] = ()
     breaker: BreakerPolicy | None = None
+    shadow: Shadow | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.rules or self.fallbacks or self.breaker)
+        return bool(self.rules or self.fallbacks or self.breaker or self.shadow)
 
     def route(self, header: Any) -> str | None:
         """The revision a rule sends this request to (`header(name)` reads a request header by
@@ -112,6 +132,8 @@ class RoutingPolicy:
             out["circuit_breaker"] = {"failures": b.failures, "error_ratio": b.error_ratio,
                                       "window_s": b.window_s, "min_requests": b.min_requests,
                                       "open_s": b.open_s, "probes": b.probes}  # fmt: skip
+        if self.shadow is not None:
+            out["shadow"] = self.shadow.doc()
         return out
 
 
@@ -180,12 +202,74 @@ class CircuitBreaker:
 
 
 @dataclass
+class ShadowStats:
+    """How a deployment's shadow compares with what was answered: copies sent, answered alike
+    (every output equal, floats within 1e-6), answered differently, failed, dropped (too many in
+    flight), and the largest and mean absolute difference of the numeric outputs."""
+
+    target: str = ""
+    sent: int = 0
+    agreed: int = 0
+    differed: int = 0
+    failed: int = 0
+    dropped: int = 0
+    in_flight: int = 0
+    max_abs_diff: float = 0.0
+    _diff_sum: float = 0.0
+    _diff_n: int = 0
+
+    def record(self, agreed: bool, diff: float | None) -> None:
+        if agreed:
+            self.agreed += 1
+        else:
+            self.differed += 1
+        if diff is not None:
+            self.max_abs_diff = max(self.max_abs_diff, diff)
+            self._diff_sum += diff
+            self._diff_n += 1
+
+    def doc(self) -> dict[str, Any]:
+        compared = self.agreed + self.differed
+        mean = self._diff_sum / self._diff_n if self._diff_n else None
+        return {"target": self.target, "sent": self.sent, "agreed": self.agreed,
+                "differed": self.differed, "failed": self.failed, "dropped": self.dropped,
+                "in_flight": self.in_flight,
+                "agreement": round(self.agreed / compared, 6) if compared else None,
+                "max_abs_diff": self.max_abs_diff, "mean_abs_diff": mean}  # fmt: skip
+
+
+def compare(primary: Sequence[Tensor], shadow: Sequence[Tensor]) -> tuple[bool, float | None]:
+    """Do two answers agree (the same outputs, shapes and values; floats within 1e-6), and the
+    largest absolute difference among their numeric outputs (None: nothing numeric to compare)."""
+    theirs = {t.name: t.data for t in shadow}
+    agreed, diff = len(theirs) == len(primary), None
+    for t in primary:
+        other = theirs.get(t.name)
+        if other is None or other.shape != t.data.shape:
+            agreed = False
+            continue
+        a, b = t.data, other
+        if a.dtype.kind in "biuf" and b.dtype.kind in "biuf":
+            d = (
+                float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+                if a.size
+                else 0.0
+            )
+            diff = d if diff is None else max(diff, d)
+            agreed = agreed and d <= 1e-6
+        else:
+            agreed = agreed and bool(np.array_equal(a, b))
+    return agreed, diff
+
+
+@dataclass
 class Routes:
     """The routing policies the data plane applies, by served model name (set by the control
-    plane's reconciler), and each revision's circuit breaker."""
+    plane's reconciler), each revision's circuit breaker, and each model's shadow statistics."""
 
     policies: dict[str, RoutingPolicy] = field(default_factory=dict)
     breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
+    shadows: dict[str, ShadowStats] = field(default_factory=dict)
 
     def set(self, name: str, policy: RoutingPolicy) -> None:
         if self.policies.get(name) == policy:
@@ -196,6 +280,7 @@ class Routes:
 
     def forget(self, name: str) -> None:
         self.policies.pop(name, None)
+        self.shadows.pop(name, None)
         for key in [k for k in self.breakers if k[0] == name]:
             del self.breakers[key]
 
@@ -212,7 +297,7 @@ class Routes:
 
 # ---- parsing -------------------------------------------------------------------------------
 
-ROUTING_FIELDS = {"rules", "fallbacks", "circuit_breaker"}
+ROUTING_FIELDS = {"rules", "fallbacks", "circuit_breaker", "shadow"}
 BREAKER_FIELDS = {"failures", "error_ratio", "window_s", "min_requests", "open_s", "probes"}
 
 
@@ -230,6 +315,7 @@ def parse_routing(raw: Any, field: str = "routing") -> RoutingPolicy:
         _rules(raw.get("rules"), f"{field}.rules"),
         _fallbacks(raw.get("fallbacks"), f"{field}.fallbacks"),
         _breaker(raw.get("circuit_breaker"), f"{field}.circuit_breaker"),
+        _shadow(raw.get("shadow"), f"{field}.shadow"),
     )
 
 
@@ -277,19 +363,24 @@ def _fallbacks(raw: Any, where: str) -> tuple[Fallback, ...]:
         unknown = set(item) - {"model", "version"}
         if unknown:
             raise InvalidField(f"{at}.{sorted(unknown)[0]}", "unknown field")
-        model = item.get("model")
-        if model is not None and (not isinstance(model, str) or not model):
-            raise InvalidField(f"{at}.model", "must be a model name")
-        version = item.get("version")
-        if version is not None:
-            version = _version(version, f"{at}.version")
-        if model is None and version is None:
-            raise InvalidField(at, "name a model, a version, or both")
-        fb = Fallback(model, version)
+        fb = _target(item, at)
         if fb in out:
             raise InvalidField(at, "is listed twice")
         out.append(fb)
     return tuple(out)
+
+
+def _target(item: Mapping[str, Any], at: str) -> Fallback:
+    """A model and/or a version of it (a fallback's or a shadow's target)."""
+    model = item.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise InvalidField(f"{at}.model", "must be a model name")
+    version = item.get("version")
+    if version is not None:
+        version = _version(version, f"{at}.version")
+    if model is None and version is None:
+        raise InvalidField(at, "name a model, a version, or both")
+    return Fallback(model, version)
 
 
 def _breaker(raw: Any, where: str) -> BreakerPolicy | None:
@@ -315,6 +406,23 @@ def _breaker(raw: Any, where: str) -> BreakerPolicy | None:
         int(min_requests),
         _number(raw, "open_s", d.open_s, where, 0.001, 86_400),
         int(probes),
+    )
+
+
+def _shadow(raw: Any, where: str) -> Shadow | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidField(where, "must be an object with a model and/or version, and percent")
+    unknown = set(raw) - {"model", "version", "percent", "max_in_flight"}
+    if unknown:
+        raise InvalidField(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    target = _target(raw, where)
+    return Shadow(
+        target.model,
+        target.version,
+        _number(raw, "percent", 100.0, where, 0.0, 100.0),
+        int(_number(raw, "max_in_flight", 16, where, 1, 1024, whole=True)),
     )
 
 

@@ -148,7 +148,7 @@ Traffic = list[dict[str, Any]] | dict[str, Any] | None
 Routing = dict[str, Any] | None
 ROUTING_DOC = (
     "Header rules, fallbacks and a circuit breaker per revision; {} removes them "
-    "(docs/control-plane.md, 'Routing rules, fallbacks and circuit breakers')"
+    "(docs/control-plane.md, 'Routing rules, fallbacks, circuit breakers and shadow traffic')"
 )
 
 
@@ -365,8 +365,9 @@ async def delete_version(
 
 @router.get("/deployments", tags=["deployments"])
 async def list_deployments(request: Request, actor: Actor = Depends(AUTHENTICATED)) -> Any:
-    return [views.deployment(d, m.name)
-            for d, m in await control(request).deployments.list(actor)]  # fmt: skip
+    deps = control(request).deployments
+    return [views.deployment(d, m.name, deps.routes.shadows.get(m.name))
+            for d, m in await deps.list(actor)]  # fmt: skip
 
 
 @router.post("/deployments", status_code=201, tags=["deployments"])
@@ -386,8 +387,9 @@ async def create_deployment(
 async def get_deployment(
     deployment_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
 ) -> Any:
-    d, m = await control(request).deployments.get(actor, deployment_id)
-    return views.deployment(d, m.name)
+    deps = control(request).deployments
+    d, m = await deps.get(actor, deployment_id)
+    return views.deployment(d, m.name, deps.routes.shadows.get(m.name))
 
 
 @router.patch("/deployments/{deployment_id}", tags=["deployments"])

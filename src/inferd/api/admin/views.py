@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from inferd.core.records import ApiKey, Deployment, Model, ModelVersion, User
+from inferd.core.routing import ShadowStats
 
 
 class Error(BaseModel):
@@ -61,7 +62,8 @@ def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def deployment(d: Deployment, model_name: str) -> dict[str, Any]:
+def deployment(d: Deployment, model_name: str, shadow: ShadowStats | None = None) -> dict[str, Any]:
+    """A deployment as the API shows it; `shadow`: how its shadow compares, on this node."""
     c = d.config
     return {
         "id": d.id, "model": model_name, "version": d.version, "status": str(d.status),
@@ -78,5 +80,6 @@ def deployment(d: Deployment, model_name: str) -> dict[str, Any]:
         "created_by": d.created_by,
         "traffic": [{"version": r.version, "weight": r.weight} for r in d.revisions()],
         "routing": d.routing.doc(),
+        **({"shadow": shadow.doc()} if shadow is not None else {}),
         "endpoint": f"/v2/models/{model_name}/infer",
     }  # fmt: skip
