@@ -252,5 +252,17 @@ def test_a_shadow_gets_copies_that_are_compared_and_a_stuck_one_never_delays_the
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert _deployment(world, "main")["shadow"]["agreed"] == 22  # the two it held came back
+    # a revision that only shadows runs at background CPU priority; given traffic, it gets the
+    # normal priority back
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+    assert os.getpriority(os.PRIO_PROCESS, p.server.engine.version("main", "1").scheduler
+                          .live()[0].replica.pid) == 0  # fmt: skip
+    dep = world["deployments"]["main"]
+    for split in ({"1": 50, "2": 50}, {"1": 100, "2": 0}):
+        r = p.http.patch(f"/api/v1/deployments/{dep['id']}", headers=world["alice"],
+                         json={"traffic": split})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert p.wait_deployment(world["alice"], dep["id"])["status"] == "ready"
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 0
     assert _route(world, "main", {}).status_code == 200
     assert "shadow" not in _deployment(world, "main")

@@ -45,6 +45,7 @@ from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.routing import RoutingMetrics
 from inferd.serving.engine import InferenceEngine, ServedModel, ServedVersion
 from inferd.serving.generation import Generation
+from inferd.workers import limits
 
 PUBLIC, METRICS, LIST, VIEW, INFER, ADMIN = "public", "metrics", "list", "view", "infer", "admin"
 
@@ -290,6 +291,7 @@ class DataPlane:
             return  # not served here (now)
         if target is sv:
             return
+        self._backgrounded(target)
         stats = self.routes.shadows.get(sv.name)
         if stats is None:
             stats = self.routes.shadows[sv.name] = ShadowStats(f"{target.name}:{target.version}")
@@ -302,6 +304,19 @@ class DataPlane:
         task = asyncio.create_task(self._shadow_call(sv, target, request, answered, stats))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
+
+    def _backgrounded(self, target: ServedVersion) -> None:
+        """A revision that takes no share of its model's traffic and shadows another runs its
+        workers at the lowest CPU priority, so that its copies use only the CPU the answering
+        revision leaves idle (a revision that serves callers is left as it is)."""
+        split = self.engine.model(target.name).traffic
+        if split is None or target.version in split.versions:
+            return
+        for slot in target.scheduler.live():
+            pid = getattr(slot.replica, "pid", None)
+            if pid is not None and pid not in self.routes.backgrounded:
+                self.routes.backgrounded.add(pid)
+                limits.run_in_background(pid)
 
     async def _shadow_call(
         self, sv: ServedVersion, target: ServedVersion, request: InferenceRequest,

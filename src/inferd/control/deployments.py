@@ -9,6 +9,7 @@ After a restart it finds nothing applied and loads every deployment again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -43,6 +44,7 @@ from inferd.registry.formats import CODE_FORMATS
 from inferd.registry.store import RegistryStore
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.repository import ModelSource
+from inferd.workers import limits
 
 log = logging.getLogger("inferd.deploy")
 
@@ -495,6 +497,7 @@ class Deployments:
             await self.engine.load_source(source)
             # once the revisions it names are served (unchanged: the breakers keep their state)
             self.routes.set(model.name, dep.routing)
+            self._foreground(model.name, dep)
         except InferdError as e:
             self.applied[dep.id] = (self._name_of(dep), dep.generation)
             log.warning("deployment %s failed: %s", dep.id, e.message)
@@ -502,6 +505,22 @@ class Deployments:
             return
         self.applied[dep.id] = (model.name, dep.generation)
         await self._status(dep, DeploymentStatus.READY, "")
+
+    def _foreground(self, name: str, dep: Deployment) -> None:
+        """A revision that takes traffic again after it only shadowed gets its workers' normal
+        CPU priority back (the data plane lowered it)."""
+        for r in dep.revisions():
+            if r.weight == 0 or not self.routes.backgrounded:
+                continue
+            with contextlib.suppress(InferdError):
+                for slot in self.engine.version(name, str(r.version)).scheduler.live():
+                    pid = getattr(slot.replica, "pid", None)
+                    if pid in self.routes.backgrounded:
+                        self.routes.backgrounded.discard(pid)
+                        if not limits.run_in_foreground(pid):
+                            log.warning("%s version %s: its worker %s keeps a background CPU "
+                                        "priority (raising it needs root or CAP_SYS_NICE)",
+                                        name, r.version, pid)  # fmt: skip
 
     def _name_of(self, dep: Deployment) -> str:
         return next((m.name for m in self.catalog.by_name.values() if m.id == dep.model_id), "")

@@ -270,6 +270,8 @@ class Routes:
     policies: dict[str, RoutingPolicy] = field(default_factory=dict)
     breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
     shadows: dict[str, ShadowStats] = field(default_factory=dict)
+    #: Worker pids lowered to background priority because their revision only shadows.
+    backgrounded: set[int] = field(default_factory=set)
 
     def set(self, name: str, policy: RoutingPolicy) -> None:
         if self.policies.get(name) == policy:

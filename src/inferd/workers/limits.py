@@ -75,3 +75,26 @@ def process_state(pid: int) -> str | None:
     # the command name (field 2) is in parentheses and may itself hold spaces or parentheses
     after = stat.rpartition(b")")[2].split()
     return after[0].decode("ascii", "replace") if after else None
+
+
+#: The niceness of the workers of a revision that only shadows: the kernel runs them when the
+#: answering revision's workers leave the CPU idle (a shadow must not slow the callers down).
+BACKGROUND_NICE = 19
+
+
+def run_in_background(pid: int) -> None:
+    """Lower a worker process's CPU priority to `BACKGROUND_NICE` (ignored if it is gone)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.setpriority(os.PRIO_PROCESS, pid, BACKGROUND_NICE)
+
+
+def run_in_foreground(pid: int) -> bool:
+    """Give a worker process the normal CPU priority back; False where the server may not
+    (raising a priority needs root or CAP_SYS_NICE)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return True
