@@ -25,6 +25,7 @@ from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
 from inferd.control.plane import ControlPlane
+from inferd.control.rollouts import Rollouts
 from inferd.control.supervisor import ReplicaSupervisor
 from inferd.core.routing import Routes
 from inferd.core.tensors import InferenceRequest, InferenceResponse
@@ -173,4 +174,4 @@ def _control_plane(
     deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s, routes)
     gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
     return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
-                        concurrency)  # fmt: skip
+                        concurrency, Rollouts(deployments, audit))  # fmt: skip

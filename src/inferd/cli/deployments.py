@@ -1,5 +1,6 @@
 """`inferd deploy`, `inferd deployments` (list, show, test, delete), `inferd traffic` (set,
-show), `inferd routing` (set, show) and `inferd predict`."""
+show), `inferd routing` (set, show), `inferd rollout` (blue-green, rollback) and `inferd
+predict`."""
 
 from __future__ import annotations
 
@@ -271,3 +272,45 @@ def routing_show(name: str, server: str | None) -> None:
     if dep is None:
         raise CliError(f"model '{name}' has no deployment")
     print_json(dep["routing"])
+
+
+@click.group(cls=Group)
+def rollout() -> None:
+    """Roll a deployment out to another version: blue-green, rollback."""
+
+
+def _show_rollout(dep: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(dep)
+        return
+    ro = dep["rollout"]
+    print(f"{dep['model']}: {ro['strategy']} {ro['from']} → {ro['to']}: {ro['phase']}")
+    print_table([{"at": e["at"], "event": e["event"]} for e in ro["events"]], ("at", "event"))
+
+
+@rollout.command("blue-green")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--test", is_flag=True, help="The version's sample test must pass first.")
+@click.option("--keep-previous", type=float, default=300, show_default=True,
+              help="Seconds the previous version stays warm (for a rollback).")  # fmt: skip
+@server_option
+@json_option
+def rollout_blue_green(
+    name: str, version: int, test: bool, keep_previous: float, server: str | None, as_json: bool
+) -> None:
+    """Bring VERSION up beside NAME's served version, then switch all traffic to it at once."""
+    with client_for(server) as c:
+        dep = c.rollout(name, version, test=test, keep_previous_s=keep_previous)
+    _show_rollout(dep, as_json)
+
+
+@rollout.command("rollback")
+@click.argument("name")
+@server_option
+@json_option
+def rollout_rollback(name: str, server: str | None, as_json: bool) -> None:
+    """Move NAME's traffic back to the version served before its last rollout (while warm)."""
+    with client_for(server) as c:
+        dep = c.rollback(name)
+    _show_rollout(dep, as_json)

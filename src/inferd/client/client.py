@@ -338,11 +338,34 @@ class Client:
     def set_routing(self, model: str, routing: Mapping[str, Any]) -> dict[str, Any]:
         """Set the routing policy of `model`'s deployment: header `rules`, `fallbacks` and a
         `circuit_breaker` (docs/control-plane.md); `{}` removes it. Nothing is reloaded."""
+        dep = self._deployment_of(model)
+        return self.request("PATCH", f"/api/v1/deployments/{_seg(dep['id'])}",
+                            json={"routing": dict(routing)})  # fmt: skip
+
+    def rollout(
+        self, model: str, version: int, test: bool = False, keep_previous_s: float = 300.0,
+        timeout: float = 600,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Blue-green rollout of `model`'s deployment to `version`: brought up beside the served
+        version (its sample test passed first, with `test`), then all traffic switched at once;
+        the previous version stays warm `keep_previous_s` seconds for `rollback`. Returns the
+        deployment, with `rollout` (phase and events)."""
+        dep = self._deployment_of(model)
+        body = {"strategy": "blue_green", "version": int(version), "test": test,
+                "keep_previous_s": keep_previous_s}  # fmt: skip
+        return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/rollout",
+                            json=body, timeout=timeout)  # fmt: skip
+
+    def rollback(self, model: str) -> dict[str, Any]:
+        """Move `model`'s traffic back to the version served before its last rollout."""
+        dep = self._deployment_of(model)
+        return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/rollback")
+
+    def _deployment_of(self, model: str) -> dict[str, Any]:
         dep = next((d for d in self.deployments() if d["model"] == model), None)
         if dep is None:
             raise InferdClientError(404, f"model '{model}' has no deployment")
-        return self.request("PATCH", f"/api/v1/deployments/{_seg(dep['id'])}",
-                            json={"routing": dict(routing)})  # fmt: skip
+        return dep
 
     def wait_deployment(self, id: str, timeout: float = 120) -> dict[str, Any]:
         """Poll until the deployment is no longer `deploying`."""

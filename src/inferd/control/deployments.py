@@ -415,10 +415,15 @@ class Deployments:
         self.wake()
         return dep
 
-    async def test(self, actor: Actor, deployment_id: str) -> dict[str, Any]:
-        """Run the deployed version's sample input and compare with its sample output."""
+    async def test(
+        self, actor: Actor, deployment_id: str, version: int | None = None
+    ) -> dict[str, Any]:
+        """Run a deployed version's sample input (the primary's unless `version` names another
+        revision) and compare with its sample output."""
         dep, model = await self.get(actor, deployment_id)
-        mv = await self.store.get_version(model.id, dep.version)
+        if version is not None and version not in {r.version for r in dep.revisions()}:
+            raise Conflict(f"version {version} is not a revision of this deployment")
+        mv = await self.store.get_version(model.id, version or dep.version)
         if mv.sample_input is None:
             raise Conflict(f"version {mv.version} has no sample input to test with")
         request = self.catalog.codec.decode(mv.sample_input)

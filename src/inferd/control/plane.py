@@ -12,6 +12,7 @@ from inferd.control.catalog import Catalog
 from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
+from inferd.control.rollouts import Rollouts
 from inferd.registry.artifacts import ArtifactStore
 from inferd.registry.db import Database
 from inferd.registry.store import RegistryStore
@@ -33,6 +34,7 @@ class ControlPlane:
     gate: Gate
     rate: RateLimiter
     concurrency: ConcurrencyLimiter
+    rollouts: Rollouts
 
     async def start(self) -> None:
         await self.db.migrate()
@@ -48,6 +50,7 @@ class ControlPlane:
         await self.deployments.start()
 
     async def stop(self) -> None:
+        await self.rollouts.stop()
         await self.deployments.stop()
         await self.catalog.stop()
         await self.rate.close()

@@ -389,7 +389,8 @@ async def get_deployment(
 ) -> Any:
     deps = control(request).deployments
     d, m = await deps.get(actor, deployment_id)
-    return views.deployment(d, m.name, deps.routes.shadows.get(m.name))
+    return views.deployment(d, m.name, deps.routes.shadows.get(m.name),
+                            control(request).rollouts.latest.get(d.id))  # fmt: skip
 
 
 @router.patch("/deployments/{deployment_id}", tags=["deployments"])
@@ -418,6 +419,40 @@ async def test_deployment(
 ) -> Any:
     """Run the deployed version's sample input; compare with its sample output."""
     return await control(request).deployments.test(actor, deployment_id)
+
+
+class RolloutBody(_Body):
+    strategy: Literal["blue_green"] = Field("blue_green", description="How to roll out")
+    version: StrictInt = Field(ge=1, le=INT32, description="The version to roll out")
+    test: bool = Field(False, description="Its sample test must pass before the switch")
+    keep_previous_s: float = Field(
+        300.0, ge=0, le=86_400, description="How long the previous version stays warm"
+    )
+
+
+@router.post("/deployments/{deployment_id}/rollout", tags=["deployments"])
+async def rollout_deployment(
+    deployment_id: str, body: RolloutBody, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Blue-green: bring `version` up beside the served one (every replica loaded, its sample
+    test passed if `test`), then switch all traffic to it at once; the previous version stays
+    warm for `keep_previous_s` (`/rollback` returns to it instantly)."""
+    cp = control(request)
+    d, ro = await cp.rollouts.blue_green(actor, deployment_id, body.version, body.test,
+                                         body.keep_previous_s)  # fmt: skip
+    _, m = await cp.deployments.get(actor, d.id)
+    return views.deployment(d, m.name, rollout=ro)
+
+
+@router.post("/deployments/{deployment_id}/rollback", tags=["deployments"])
+async def rollback_deployment(
+    deployment_id: str, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Move all traffic back to the version served before the last rollout, while it is warm."""
+    cp = control(request)
+    d, ro = await cp.rollouts.rollback(actor, deployment_id)
+    _, m = await cp.deployments.get(actor, d.id)
+    return views.deployment(d, m.name, rollout=ro)
 
 
 # ---- audit -------------------------------------------------------------------------------

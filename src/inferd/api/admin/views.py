@@ -62,8 +62,11 @@ def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def deployment(d: Deployment, model_name: str, shadow: ShadowStats | None = None) -> dict[str, Any]:
-    """A deployment as the API shows it; `shadow`: how its shadow compares, on this node."""
+def deployment(
+    d: Deployment, model_name: str, shadow: ShadowStats | None = None, rollout: Any = None
+) -> dict[str, Any]:
+    """A deployment as the API shows it; `shadow`: how its shadow compares, `rollout`: its
+    latest rollout (both as this node saw them)."""
     c = d.config
     return {
         "id": d.id, "model": model_name, "version": d.version, "status": str(d.status),
@@ -81,5 +84,6 @@ def deployment(d: Deployment, model_name: str, shadow: ShadowStats | None = None
         "traffic": [{"version": r.version, "weight": r.weight} for r in d.revisions()],
         "routing": d.routing.doc(),
         **({"shadow": shadow.doc()} if shadow is not None else {}),
+        **({"rollout": rollout.doc()} if rollout is not None else {}),
         "endpoint": f"/v2/models/{model_name}/infer",
     }  # fmt: skip
