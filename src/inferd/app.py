@@ -19,6 +19,7 @@ from inferd.api.http.routes import data_plane_router
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.api.http.v2codec import decode_request, encode_response
 from inferd.auth.limits import ConcurrencyLimiter, RateLimiter
+from inferd.control.abtest import ABTests
 from inferd.control.audit import Audit
 from inferd.control.catalog import Catalog, SampleCodec
 from inferd.control.deployments import Deployments
@@ -36,8 +37,10 @@ from inferd.registry.db import Database, sqlite_url
 from inferd.registry.store import RegistryStore
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.generation import Generation
+from inferd.serving.memory import MemoryBudget
 from inferd.serving.objects import add_objects
 from inferd.serving.repository import ModelRepository
+from inferd.serving.response_cache import MemoryStore, ResponseCache, open_response_cache
 from inferd.settings import Settings
 from inferd.workers.isolation import WorkerIsolation
 
@@ -80,7 +83,9 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     # engine loads and stop with it
     engine = InferenceEngine(metrics, repository, drain_timeout_s=settings.shutdown_grace_s,
                              isolation=_worker_isolation(settings),
-                             supervisor=ReplicaSupervisor())  # fmt: skip
+                             supervisor=ReplicaSupervisor(),
+                             response_cache=_response_cache(settings, metrics),
+                             budget=_memory_budget(settings, metrics))  # fmt: skip
     routes_in_force = Routes()  # deployments' routing policies: set by the control plane
     control = _control_plane(settings, engine, SampleCodec(_decode_sample, _encode_sample),
                              routes_in_force)  # fmt: skip
@@ -114,6 +119,25 @@ def _worker_isolation(settings: Settings) -> WorkerIsolation:
     if store and not store.startswith("s3://"):
         hide.append(Path(store.removeprefix("file://")))
     return WorkerIsolation(w.user, w.require_network_isolation, w.env_allow, w.scratch_dir, hide)
+
+
+def _memory_budget(settings: Settings, metrics: ServingMetrics) -> MemoryBudget | None:
+    """The memory budget of the loaded models (None: every model loads at start and stays)."""
+    s = settings.serving
+    if s.memory_budget_bytes is None:
+        return None
+    return MemoryBudget(s.memory_budget_bytes, metrics.memory, s.load_wait_s)
+
+
+def _response_cache(settings: Settings, metrics: ServingMetrics) -> ResponseCache | None:
+    """One response cache per server (None: off); only models that opt in use it."""
+    c = settings.response_cache
+    cache = open_response_cache(c.backend, c.max_bytes, c.max_entry_bytes,
+                                c.redis_url or settings.redis_url, settings.redis_prefix,
+                                c.ttl_s)  # fmt: skip
+    if cache is not None and isinstance(cache.store, MemoryStore):
+        metrics.response_cache_bytes.set_function(partial(getattr, cache.store, "used"))
+    return cache
 
 
 async def _start(
@@ -173,5 +197,6 @@ def _control_plane(
                       settings.auth.anonymous_inference)  # fmt: skip
     deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s, routes)
     gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
+    rollouts, abtests = Rollouts(deployments, audit), ABTests(deployments)
     return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
-                        concurrency, Rollouts(deployments, audit))  # fmt: skip
+                        concurrency, rollouts, abtests)  # fmt: skip

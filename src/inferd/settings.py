@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inferd.core.errors import InvalidInput
+from inferd.core.scaling import parse_bytes
 
 
 class HttpSettings(BaseModel):
@@ -259,6 +262,68 @@ class WorkerSettings(BaseModel):
     )
 
 
+class ResponseCacheSettings(BaseModel):
+    """The response cache: answers of models whose config says `response_cache: {enable: true}`
+    (docs/model-repository.md); other models are never cached."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="memory: one cache per server process; redis: one cache shared by every "
+        "node on the same Redis and redis_prefix",
+    )
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Memory backend: bytes of entries kept (least recently used go first; 0 "
+        "turns the cache off)",
+    )
+    max_entry_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Answers larger than this (encoded) are not cached"
+    )
+    redis_url: str | None = Field(
+        None, description="Redis backend: its URL (default: the top-level redis_url)"
+    )
+    ttl_s: float | None = Field(
+        3600.0,
+        gt=0,
+        description="Redis backend: entries expire after this many seconds (None: never; "
+        "Redis' maxmemory policy bounds the total)",
+    )
+
+
+class ServingSettings(BaseModel):
+    """How models share this server (docs/model-repository.md, "Memory budget")."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    memory_budget_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Memory the loaded models of this server may hold together: bytes or a size "
+        "like '2GiB'. Set, models load on their first request and the least recently used idle "
+        "ones (not pinned) are unloaded to make room; unset, every model loads at start",
+    )
+
+    load_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="With a memory budget: how long a load waits for room that busy models "
+        "(requests in flight, loading) hold before its request is refused with 503",
+    )
+
+    @field_validator("memory_budget_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().isdigit():
+            try:
+                return parse_bytes(value, "serving.memory_budget_bytes")
+            except InvalidInput as e:
+                raise ValueError(e.message) from None
+        return value
+
+
 class Settings(BaseSettings):
     """The root of inferd's configuration; `app.build()` turns it into a running server."""
 
@@ -283,3 +348,5 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)

@@ -138,3 +138,22 @@ def test_after_its_warm_time_the_previous_version_is_unloaded(world: dict[str, A
     assert r.status_code == 404, r.text
     r = _post(world, "rollback")  # nothing warm to go back to
     assert r.status_code == 409, r.text
+
+
+def test_a_deployment_turns_the_response_cache_on(world: dict[str, Any]) -> None:
+    """`config.response_cache`: identical requests are answered from the server's cache (the
+    statistics count the hit; the model ran once)."""
+    p, sample, dep = world["p"], world["sample"], world["dep"]
+    url = f"/api/v1/deployments/{dep['id']}"
+    r = p.http.patch(url, headers=world["alice"], json={"config": {"response_cache": "yes"}})
+    assert r.status_code == 400 and r.json()["error"].startswith("config.response_cache"), r.text
+    r = p.http.patch(url, headers=world["alice"], json={"config": {"response_cache": True}})
+    assert r.status_code == 200 and r.json()["config"]["response_cache"] is True, r.text
+    d = p.wait_deployment(world["alice"], dep["id"])
+    assert d["status"] == "ready", d
+    answers = [p.http.post("/v2/models/bg/infer", json=sample).json() for _ in range(3)]
+    assert answers[0]["outputs"] == answers[1]["outputs"] == answers[2]["outputs"]
+    stats = p.http.get(f"/v2/models/bg/versions/{d['version']}/stats").json()["model_stats"][0]
+    assert stats["inference_stats"]["cache_hit"]["count"] == 2, stats
+    assert stats["inference_stats"]["cache_miss"]["count"] == 1, stats
+    assert stats["execution_count"] == 1, stats

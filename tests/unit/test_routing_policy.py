@@ -15,6 +15,7 @@ from inferd.core.routing import (
     HALF_OPEN,
     NO_ROUTING,
     OPEN,
+    ABTest,
     BreakerPolicy,
     CircuitBreaker,
     Fallback,
@@ -196,3 +197,15 @@ def test_answers_are_compared_output_by_output() -> None:
     doc = stats.doc()
     assert (doc["agreed"], doc["differed"], doc["agreement"]) == (1, 1, 0.5)
     assert (doc["max_abs_diff"], doc["mean_abs_diff"]) == (0.5, 0.25)
+
+
+def test_an_ab_test_parses_and_bad_ones_name_the_field() -> None:
+    policy = parse_routing({"ab": {"sticky": "X-User-Id"}})
+    assert policy.ab == ABTest("x-user-id", 100_000) and parse_routing(policy.doc()) == policy
+    assert parse_routing({"ab": {}}).ab == ABTest(None, 100_000)
+    for raw, field in (({"ab": []}, "routing.ab"), ({"ab": {"sticky": ""}}, "routing.ab.sticky"),
+                       ({"ab": {"remember": 0}}, "routing.ab.remember"),
+                       ({"ab": {"arms": 2}}, "routing.ab.arms")):  # fmt: skip
+        with pytest.raises(InvalidField) as err:
+            parse_routing(raw)
+        assert err.value.param == field, err.value.message

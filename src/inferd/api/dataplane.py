@@ -37,9 +37,11 @@ from inferd.core.routing import (
     STATE_VALUE,
     CircuitOpen,
     Routes,
+    RoutingPolicy,
     Shadow,
     ShadowStats,
     compare,
+    sticky_draw,
 )
 from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.routing import RoutingMetrics
@@ -247,8 +249,18 @@ class DataPlane:
             if not version:
                 split = self.engine.model(name).traffic
                 if split is not None:
-                    version = split.pick(self._draw())
+                    u = self._sticky(policy, header)
+                    version = split.pick(self._draw() if u is None else u)
         return self.engine.version(name, version)
+
+    @staticmethod
+    def _sticky(policy: RoutingPolicy | None, header: Callable[[str], str | None] | None
+                ) -> float | None:  # fmt: skip
+        """The draw an A/B test's sticky key gives (the same key, the same arm), or None."""
+        if policy is None or policy.ab is None or policy.ab.sticky is None or header is None:
+            return None
+        key = header(policy.ab.sticky)
+        return sticky_draw(key) if key else None
 
     # ---- infer -------------------------------------------------------------------------------
 
@@ -273,6 +285,10 @@ class DataPlane:
             response = await self._fall_back(sv, request, e)
         if policy.shadow is not None:
             self._mirror(policy.shadow, sv, shadowed, response)
+        if policy.ab is not None and request.id and response.model_name == sv.name:
+            state = self.routes.abtest(sv.name)
+            if state is not None:  # remembered for the feedback that may follow
+                state.answered(request.id, response.model_version)
         return response
 
     def _mirror(

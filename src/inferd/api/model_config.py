@@ -74,6 +74,7 @@ def model_config(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
         "instance_group": [{"name": model.name, "kind": "KIND_CPU", "count": spec.instances}],
         "parameters": {k: {"string_value": str(v)} for k, v in spec.parameters.items()},
         "model_transaction_policy": {"decoupled": False},
+        "response_cache": {"enable": spec.response_cache},
     }
 
 

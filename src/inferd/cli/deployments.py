@@ -1,6 +1,6 @@
 """`inferd deploy`, `inferd deployments` (list, show, test, delete), `inferd traffic` (set,
-show), `inferd routing` (set, show), `inferd rollout` (blue-green, rollback) and `inferd
-predict`."""
+show), `inferd routing` (set, show), `inferd rollout` (blue-green, rollback), `inferd
+abtest` (report) and `inferd predict`."""
 
 from __future__ import annotations
 
@@ -314,3 +314,34 @@ def rollout_rollback(name: str, server: str | None, as_json: bool) -> None:
     with client_for(server) as c:
         dep = c.rollback(name)
     _show_rollout(dep, as_json)
+
+
+@click.group(cls=Group)
+def abtest() -> None:
+    """A deployment's A/B test (its revisions are the arms): report."""
+
+
+@abtest.command("report")
+@click.argument("name")
+@server_option
+@json_option
+def abtest_report(name: str, server: str | None, as_json: bool) -> None:
+    """Each arm's requests and feedback, and each arm against the control arm."""
+    with client_for(server) as c:
+        rep = c.abtest_report(name)
+    if as_json:
+        print_json(rep)
+        return
+    rows = [{"arm": a["version"], "weight": f"{a['weight']:g}%", "served": a["served"],
+             "feedback": a["feedback"], "mean": _num(a["mean"]), "rate": _num(a["rate"])}
+            for a in rep["arms"]]  # fmt: skip
+    print_table(rows, ("arm", "weight", "served", "feedback", "mean", "rate"))
+    for c in rep["comparisons"]:
+        ci = c["ci"] and f"[{c['ci'][0]:.4g}, {c['ci'][1]:.4g}]"
+        print(f"{c['treatment']} vs {c['control']}: {c['test'] or 'not enough feedback'}, "
+              f"difference {_num(c['difference'])}, p = {_num(c['p_value'])}, "
+              f"95% CI {ci or '-'}")  # fmt: skip
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"

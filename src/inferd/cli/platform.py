@@ -1,5 +1,5 @@
 """Platform commands of `inferd`: login, keys, models, deploy, deployments, traffic, routing,
-rollout, predict.
+rollout, abtest, predict.
 
 One module per command group: `account` (login, logout, whoami, keys), `models`, `deployments`
 (deploy, deployments, predict); what they share (errors, options, the client, output) is in
@@ -12,11 +12,19 @@ from __future__ import annotations
 import click
 
 from inferd.cli.account import keys, login, logout, whoami
-from inferd.cli.deployments import deploy, deployments, predict, rollout, routing, traffic
+from inferd.cli.deployments import (
+    abtest,
+    deploy,
+    deployments,
+    predict,
+    rollout,
+    routing,
+    traffic,
+)
 from inferd.cli.models import models
 
 COMMANDS = (login, logout, whoami, keys, models, deploy, deployments, traffic, routing, rollout,
-            predict)  # fmt: skip
+            abtest, predict)  # fmt: skip
 
 
 def register(group: click.Group) -> None:

@@ -361,6 +361,19 @@ class Client:
         dep = self._deployment_of(model)
         return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/rollback")
 
+    def feedback(self, model: str, request_id: str, reward: float) -> dict[str, Any]:
+        """Attach an outcome (a number; 0/1 for a rate) to a request `model`'s deployment
+        answered (the request's `id`), for its A/B test."""
+        dep = self._deployment_of(model)
+        return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/feedback",
+                            json={"request_id": request_id, "reward": reward})  # fmt: skip
+
+    def abtest_report(self, model: str) -> dict[str, Any]:
+        """`model`'s A/B report: each arm's counts, mean and rate, and each arm against the
+        control arm (test, p-value, difference and its 95 % interval)."""
+        dep = self._deployment_of(model)
+        return self.request("GET", f"/api/v1/deployments/{_seg(dep['id'])}/abtest")
+
     def _deployment_of(self, model: str) -> dict[str, Any]:
         dep = next((d for d in self.deployments() if d["model"] == model), None)
         if dep is None:

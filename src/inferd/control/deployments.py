@@ -91,6 +91,8 @@ def parse_config(raw: Any) -> DeploymentConfig:
         raise InvalidInput("config.parameters: must be an object")
     if cfg.instance_kind not in ("process", "thread"):
         raise InvalidInput("config.instance_kind: must be 'process' or 'thread'")
+    if not isinstance(cfg.response_cache, bool):
+        raise InvalidInput("config.response_cache: must be true or false")
     return cfg
 
 
@@ -164,6 +166,7 @@ def deployment_spec(
         "untrusted_files": not trusted,
         "inputs": io(version.inputs, "input"),
         "outputs": io(version.outputs, "output"),
+        "response_cache": {"enable": True} if cfg.response_cache else None,
     }
     if cfg.max_replicas > cfg.min_replicas or cfg.min_replicas == 0:
         raw["autoscaling"] = {

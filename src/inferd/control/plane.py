@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from inferd.auth.limits import ConcurrencyLimiter, RateLimiter
+from inferd.control.abtest import ABTests
 from inferd.control.audit import Audit
 from inferd.control.catalog import Catalog
 from inferd.control.deployments import Deployments
@@ -35,6 +36,7 @@ class ControlPlane:
     rate: RateLimiter
     concurrency: ConcurrencyLimiter
     rollouts: Rollouts
+    abtests: ABTests
 
     async def start(self) -> None:
         await self.db.migrate()

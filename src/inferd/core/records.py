@@ -141,6 +141,9 @@ class DeploymentConfig:
     #: Runtime parameters (model.yaml `parameters`).
     parameters: dict[str, Any] = field(default_factory=dict)
     instance_kind: str = "process"
+    #: Answer identical requests from the server's response cache (model.yaml
+    #: `response_cache: {enable: true}`); only for models whose answer depends on the request alone.
+    response_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ succeeds. Time is passed in (`now`, seconds on a monotonic clock): no clock is r
 
 from __future__ import annotations
 
-from collections import deque
+import hashlib
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,16 +101,33 @@ class Shadow:
 
 
 @dataclass(frozen=True, slots=True)
+class ABTest:
+    """The deployment's revisions are the arms of an A/B test: each answered request's id is
+    remembered with its arm (the last `remember` of them) so that feedback can be attached to
+    it; with `sticky`, the value of that request header (a user id, an API key, the
+    Authorization header), hashed, picks the arm instead of a random draw, so one key always
+    lands on one arm."""
+
+    sticky: str | None = None
+    remember: int = 100_000
+
+    def doc(self) -> dict[str, Any]:
+        return {"sticky": self.sticky, "remember": self.remember}
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingPolicy:
-    """A deployment's rules, fallbacks, circuit breaker (None: no breaker) and shadow."""
+    """A deployment's rules, fallbacks, circuit breaker (None: no breaker), shadow and A/B
+    test."""
 
     rules: tuple[Rule, ...] = ()
     fallbacks: tuple[Fallback, ...] = ()
     breaker: BreakerPolicy | None = None
     shadow: Shadow | None = None
+    ab: ABTest | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.rules or self.fallbacks or self.breaker or self.shadow)
+        return bool(self.rules or self.fallbacks or self.breaker or self.shadow or self.ab)
 
     def route(self, header: Any) -> str | None:
         """The revision a rule sends this request to (`header(name)` reads a request header by
@@ -134,6 +152,8 @@ class RoutingPolicy:
                                       "open_s": b.open_s, "probes": b.probes}  # fmt: skip
         if self.shadow is not None:
             out["shadow"] = self.shadow.doc()
+        if self.ab is not None:
+            out["ab"] = self.ab.doc()
         return out
 
 
@@ -272,6 +292,18 @@ class Routes:
     shadows: dict[str, ShadowStats] = field(default_factory=dict)
     #: Worker pids lowered to background priority because their revision only shadows.
     backgrounded: set[int] = field(default_factory=set)
+    #: Each A/B test's remembered answers and feedback, by model.
+    abtests: dict[str, ABState] = field(default_factory=dict)
+
+    def abtest(self, name: str) -> ABState | None:
+        """The A/B state of `name` when its policy runs a test (made on first use)."""
+        policy = self.policies.get(name)
+        if policy is None or policy.ab is None:
+            return None
+        state = self.abtests.get(name)
+        if state is None:
+            state = self.abtests[name] = ABState(policy.ab.remember)
+        return state
 
     def set(self, name: str, policy: RoutingPolicy) -> None:
         if self.policies.get(name) == policy:
@@ -283,6 +315,7 @@ class Routes:
     def forget(self, name: str) -> None:
         self.policies.pop(name, None)
         self.shadows.pop(name, None)
+        self.abtests.pop(name, None)
         for key in [k for k in self.breakers if k[0] == name]:
             del self.breakers[key]
 
@@ -299,7 +332,7 @@ class Routes:
 
 # ---- parsing -------------------------------------------------------------------------------
 
-ROUTING_FIELDS = {"rules", "fallbacks", "circuit_breaker", "shadow"}
+ROUTING_FIELDS = {"rules", "fallbacks", "circuit_breaker", "shadow", "ab"}
 BREAKER_FIELDS = {"failures", "error_ratio", "window_s", "min_requests", "open_s", "probes"}
 
 
@@ -318,6 +351,7 @@ def parse_routing(raw: Any, field: str = "routing") -> RoutingPolicy:
         _fallbacks(raw.get("fallbacks"), f"{field}.fallbacks"),
         _breaker(raw.get("circuit_breaker"), f"{field}.circuit_breaker"),
         _shadow(raw.get("shadow"), f"{field}.shadow"),
+        _ab(raw.get("ab"), f"{field}.ab"),
     )
 
 
@@ -426,6 +460,66 @@ def _shadow(raw: Any, where: str) -> Shadow | None:
         _number(raw, "percent", 100.0, where, 0.0, 100.0),
         int(_number(raw, "max_in_flight", 16, where, 1, 1024, whole=True)),
     )
+
+
+def _ab(raw: Any, where: str) -> ABTest | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidField(where, "must be an object (sticky, remember)")
+    unknown = set(raw) - {"sticky", "remember"}
+    if unknown:
+        raise InvalidField(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    sticky = raw.get("sticky")
+    if sticky is not None and (not isinstance(sticky, str) or not sticky.strip()
+                               or len(sticky) > 128):  # fmt: skip
+        raise InvalidField(f"{where}.sticky", "must be a header name")
+    remember = int(_number(raw, "remember", 100_000, where, 1, 10_000_000, whole=True))
+    return ABTest(sticky.strip().lower() if sticky else None, remember)
+
+
+def sticky_draw(key: str) -> float:
+    """A draw in [0, 1) that is the same for the same key (and spread evenly over keys)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass
+class Arm:
+    """The feedback attached to one arm's answers: every reward (up to `MAX_REWARDS`)."""
+
+    served: int = 0
+    rewards: list[float] = field(default_factory=list)
+
+
+#: Rewards kept per arm (the report's tests read them all).
+MAX_REWARDS = 1_000_000
+
+
+@dataclass
+class ABState:
+    """One A/B test on this node: which arm answered each remembered request id, the rewards."""
+
+    remember: int
+    served: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    arms: dict[str, Arm] = field(default_factory=dict)
+
+    def answered(self, request_id: str, version: str) -> None:
+        self.arms.setdefault(version, Arm()).served += 1
+        self.served[request_id] = version
+        self.served.move_to_end(request_id)
+        while len(self.served) > self.remember:
+            self.served.popitem(last=False)
+
+    def feedback(self, request_id: str, reward: float) -> str | None:
+        """Attach `reward` to the arm that answered `request_id` (None: not remembered). A
+        request's feedback counts once."""
+        version = self.served.pop(request_id, None)
+        if version is not None:
+            arm = self.arms.setdefault(version, Arm())
+            if len(arm.rewards) < MAX_REWARDS:
+                arm.rewards.append(reward)
+        return version
 
 
 def _number(raw: Mapping[str, Any], key: str, default: float, where: str, low: float,

@@ -112,6 +112,12 @@ class ModelSpec:
     #: The model's files came from a member who is not trusted: the server process parses none
     #: of them (a chat template, a tokenizer), only its sandboxed workers do.
     untrusted_files: bool = False
+    #: Identical requests are answered from the server's response cache (Triton's
+    #: `response_cache { enable: true }`); off unless the model's config asks for it.
+    response_cache: bool = False
+    #: Never unloaded to make room under the server's memory budget (loaded at start, like
+    #: every model when there is no budget); `required` is about readiness, not memory.
+    pinned: bool = False
 
     def batched(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         """Declared shapes as full shapes: the batch dimension (-1) in front when batching."""
@@ -138,6 +144,7 @@ _KNOWN_KEYS = {
     "parameters",
     "trusted",
     "required",
+    "pinned",
     "labels",
     "instances",
     "instance_kind",
@@ -149,6 +156,7 @@ _KNOWN_KEYS = {
     "resources",
     "network",
     "untrusted_files",
+    "response_cache",
 }
 INSTANCE_KINDS = ("process", "thread")
 
@@ -271,6 +279,21 @@ def _instances(raw: dict[str, Any]) -> tuple[int, str]:
     return value, kind
 
 
+def _response_cache(raw: Any) -> bool:
+    """`response_cache: {enable: true}` (Triton's spelling), or `true` / `false`."""
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    if not isinstance(raw, dict):
+        raise InvalidInput("'response_cache' must be a mapping like {enable: true} (or a bool)")
+    unknown = sorted(set(raw) - {"enable"})
+    if unknown:
+        raise InvalidInput(f"unknown field(s) in 'response_cache': {', '.join(unknown)}")
+    enable = raw.get("enable", False)
+    if not isinstance(enable, bool):
+        raise InvalidInput("'response_cache.enable' must be true or false")
+    return enable
+
+
 def parse_model_config(name: str, raw: Any) -> ModelSpec:
     """Build a ModelSpec from a parsed `model.yaml`; every error names the offending field."""
     check_name(name)
@@ -292,7 +315,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     runtime = raw.get("runtime", raw.get("backend"))
     if runtime is not None and not isinstance(runtime, str):
         raise InvalidInput("'runtime' must be a string")
-    for key in ("trusted", "required", "network", "untrusted_files"):
+    for key in ("trusted", "required", "pinned", "network", "untrusted_files"):
         if key in raw and not isinstance(raw[key], bool):
             raise InvalidInput(f"'{key}' must be true or false")
     labels = raw.get("labels") or []
@@ -323,6 +346,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         parameters=dict(params),
         trusted=bool(raw.get("trusted", False)),
         required=bool(raw.get("required", True)),
+        pinned=bool(raw.get("pinned", False)),
         labels=tuple(str(x) for x in labels),
         instances=instances,
         instance_kind=kind,
@@ -334,6 +358,7 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         resources=resources,
         network=bool(raw.get("network", False)),
         untrusted_files=bool(raw.get("untrusted_files", False)),
+        response_cache=_response_cache(raw.get("response_cache")),
     )
 
 
@@ -356,6 +381,7 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
         "parameters": dict(spec.parameters),
         "trusted": spec.trusted,
         "required": spec.required,
+        "pinned": spec.pinned,
         "labels": list(spec.labels),
         "instances": spec.instances,
         "instance_kind": spec.instance_kind,
@@ -364,6 +390,7 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
         "liveness_timeout_s": spec.liveness_timeout_s,
         "network": spec.network,
         "untrusted_files": spec.untrusted_files,
+        "response_cache": {"enable": spec.response_cache},
     }
     out["autoscaling"] = autoscaling_to_config(spec.autoscaling)
     out["resources"] = resources_to_config(spec.resources)

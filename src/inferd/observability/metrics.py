@@ -44,6 +44,8 @@ class VersionMetrics:
     restarts: Counter
     replicas_healthy: Gauge
     pending: Gauge
+    cache_hits: Counter
+    cache_misses: Counter
     _failures: Counter
     _model: str
     _version: str
@@ -58,6 +60,7 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.llm = LLMMetrics(registry)
+        self.memory = MemoryMetrics(registry)
         mv = ["model", "version"]
         self.requests = Counter(
             "inferd_inference_requests", "Inference requests received", mv, registry=registry
@@ -135,6 +138,23 @@ class ServingMetrics:
             ["model", "outcome"],
             registry=registry,
         )
+        self.cache_hits = Counter(
+            "inferd_response_cache_hits",
+            "Requests answered from the response cache (the model did not run)",
+            mv,
+            registry=registry,
+        )
+        self.cache_misses = Counter(
+            "inferd_response_cache_misses",
+            "Requests to a model with the response cache on that were not in it",
+            mv,
+            registry=registry,
+        )
+        self.response_cache_bytes = Gauge(
+            "inferd_response_cache_bytes",
+            "Bytes held by this server's in-memory response cache",
+            registry=registry,
+        )
         self.http_requests = Counter(
             "inferd_http_requests",
             "HTTP requests by route and status code",
@@ -156,6 +176,8 @@ class ServingMetrics:
             restarts=self.replica_restarts.labels(*labels),
             replicas_healthy=self.replicas_healthy.labels(*labels),
             pending=self.queue_size.labels(*labels),
+            cache_hits=self.cache_hits.labels(*labels),
+            cache_misses=self.cache_misses.labels(*labels),
             _failures=self.failures,
             _model=model,
             _version=version,
@@ -167,6 +189,7 @@ class ServingMetrics:
             self.requests, self.success, self.inferences, self.executions,
             self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size,
             self.model_ready, self.replica_restarts, self.replicas_healthy, self.queue_size,
+            self.cache_hits, self.cache_misses,
         ):  # fmt: skip
             try:
                 metric.remove(model, version)
@@ -214,6 +237,31 @@ class _ModelFilter:
             kept = Metric(family.name, family.documentation, family.type, family.unit)
             kept.samples = samples
             yield kept
+
+
+class MemoryMetrics:
+    """The memory budget (`serving/memory.py`): models loaded, bytes held against the budget,
+    evictions; loads are `inferd_model_loads_total`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.loaded = Gauge("inferd_models_loaded",
+                            "Model versions loaded now under the memory budget",
+                            registry=registry)  # fmt: skip
+        self.used = Gauge("inferd_memory_used_bytes",
+                          "Bytes the loaded (and loading) models hold, as the budget counts them",
+                          registry=registry)  # fmt: skip
+        self.budget = Gauge("inferd_memory_budget_bytes",
+                            "The server's memory budget for loaded models",
+                            registry=registry)  # fmt: skip
+        self.model_bytes = Gauge("inferd_model_memory_bytes",
+                                 "Bytes one loaded model version holds, as the budget counts them",
+                                 ["model", "version"], registry=registry)  # fmt: skip
+        self.evictions = Counter("inferd_model_evictions",
+                                 "Models unloaded to make room within the memory budget",
+                                 ["model"], registry=registry)  # fmt: skip
+        self.refusals = Counter("inferd_model_budget_refusals",
+                                "Loads refused because the model cannot fit in the memory budget "
+                                "(503)", ["model"], registry=registry)  # fmt: skip
 
 
 #: vLLM's bucket lists (seconds), so dashboards built for it read these the same way.

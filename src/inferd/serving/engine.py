@@ -27,8 +27,10 @@ from inferd.core.validation import check_inputs, check_outputs
 from inferd.observability.metrics import ServingMetrics
 from inferd.runtimes.base import Runtime
 from inferd.serving.classification import classify
+from inferd.serving.memory import MemoryBudget
 from inferd.serving.models import InFlight, ModelManager, ModelState, ServedModel, ServedVersion
 from inferd.serving.repository import ModelRepository, ModelSource
+from inferd.serving.response_cache import Lookup, ResponseCache
 from inferd.serving.scheduler import Supervisor
 from inferd.workers.isolation import WorkerIsolation
 
@@ -42,6 +44,9 @@ class InferenceEngine(InFlight):
 
     `supervisor` heals and scales every version's replicas (`control/supervisor.py`
     `ReplicaSupervisor`); without one, a dead replica is not replaced and nothing autoscales.
+    `response_cache` answers repeated requests to models whose spec enables it (None: off).
+    `budget` (`memory.py`) bounds the memory of loaded models: they load on their first request
+    and the least recently used idle ones are unloaded to make room (None: all load at start).
     """
 
     def __init__(
@@ -52,10 +57,14 @@ class InferenceEngine(InFlight):
         drain_timeout_s: float = 30.0,
         isolation: WorkerIsolation | None = None,
         supervisor: Supervisor | None = None,
+        response_cache: ResponseCache | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.metrics = metrics
+        self.response_cache = response_cache
         self._manager = ModelManager(metrics, repository, isolation or WorkerIsolation(),
-                                     health_interval_s, drain_timeout_s, supervisor)  # fmt: skip
+                                     health_interval_s, drain_timeout_s, supervisor,
+                                     budget)  # fmt: skip
         self._init_inflight()  # requests (and generations) running now, on every model
         self.started = False
         self.stopping = False
@@ -84,6 +93,8 @@ class InferenceEngine(InFlight):
         self.stopping = True
         await self._manager.unload_all()
         self.isolation.close()
+        if self.response_cache is not None:
+            await self.response_cache.close()
 
     def begin_drain(self) -> None:
         """Stop taking new requests (readiness turns false); in-flight ones carry on."""
@@ -120,18 +131,25 @@ class InferenceEngine(InFlight):
 
         `config` overrides `model.yaml` fields for this load (Triton's load-time config).
         """
-        return await self._manager.load(name, config)
+        try:
+            return await self._manager.load(name, config)
+        finally:
+            await self._forget_answers(name)
 
     async def load_source(self, source: ModelSource) -> ServedModel:
         """(Re)load a model from files outside the repository (a registry deployment).
 
         Same guarantees as `load`: a failed reload keeps the old versions serving.
         """
-        return await self._manager.load_source(source)
+        try:
+            return await self._manager.load_source(source)
+        finally:
+            await self._forget_answers(source.spec.name)
 
     async def forget(self, name: str) -> None:
         """Unload a model and stop reporting it at all (its deployment was deleted)."""
         await self._manager.forget(name)
+        await self._forget_answers(name)
 
     async def probe(
         self, source: ModelSource, version: str, sample: InferenceRequest | None = None
@@ -150,6 +168,14 @@ class InferenceEngine(InFlight):
 
     async def unload(self, name: str) -> None:
         await self._manager.unload(name)
+        await self._forget_answers(name)
+
+    async def _forget_answers(self, name: str) -> None:
+        # A reload may bring other files under the same version names: once it is done, this
+        # node's cached answers of the model go (a shared store's expire after their time to
+        # live).
+        if self.response_cache is not None:
+            await self.response_cache.forget(name)
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -168,11 +194,15 @@ class InferenceEngine(InFlight):
         for m in self.models():
             if m.versions:
                 for v in sorted(m.versions, key=version_key):
-                    h = m.versions[v].scheduler.health()
-                    reason = m.reason or h.last_error
+                    sv = m.versions[v]
+                    h = sv.scheduler.health()
+                    state, why = sv.state  # not READY only under a memory budget
+                    if ready_only and state != "READY":
+                        continue
+                    reason = m.reason or why or h.last_error
                     replicas = {"total": h.total, "healthy": h.healthy, "restarts": h.restarts,
                                 "queued": h.queued}  # fmt: skip
-                    out.append({"name": m.name, "version": v, "state": "READY", "reason": reason,
+                    out.append({"name": m.name, "version": v, "state": state, "reason": reason,
                                 "replicas": replicas})  # fmt: skip
             elif not ready_only:
                 out.append(
@@ -221,20 +251,41 @@ class InferenceEngine(InFlight):
         sv.inflight += 1
         self.inflight += 1
         try:
+            if not sv.resident:  # memory budget: not loaded yet, or unloaded to make room
+                await self._manager.activate(sv)
             arrays = check_inputs(sv.name, request, sv.input_map, sv.spec.max_batch_size)
             wanted = check_outputs(sv.name, request.outputs, sv.output_map)
             rows = next(iter(arrays.values())).shape[0] if sv.spec.max_batch_size > 0 else 1
-            t1 = time.perf_counter_ns()
-            result = await sv.scheduler.submit(
-                arrays,
-                wanted,
-                request.parameters,
-                rows,
-                request_timeout(request),
-                request.on_queued,
-            )
-            t2 = time.perf_counter_ns()
-            outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)
+            if sv.spec.response_cache and self.response_cache is not None:
+                # the one check the path without a cache pays; all else is in this branch
+                cached = await self.response_cache.lookup(
+                    sv.name, sv.version, arrays, sv.input_map, wanted, request.parameters
+                )
+                if cached is not None and cached.outputs is not None:
+                    return self._cache_hit(sv, request, cached, wanted, t0)
+                t1 = time.perf_counter_ns()
+                timeout_s = request_timeout(request)
+                result = await sv.scheduler.submit(
+                    arrays, wanted, request.parameters, rows, timeout_s, request.on_queued
+                )
+                t2 = time.perf_counter_ns()
+                outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)
+                if cached is not None:
+                    await self.response_cache.store_outputs(cached, sv.name, result.outputs)
+                    sv.stats.record_cache_miss(cached.ns)
+                    m.cache_misses.inc()
+            else:
+                t1 = time.perf_counter_ns()
+                result = await sv.scheduler.submit(
+                    arrays,
+                    wanted,
+                    request.parameters,
+                    rows,
+                    request_timeout(request),
+                    request.on_queued,
+                )
+                t2 = time.perf_counter_ns()
+                outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)
         except BaseException as e:
             total = time.perf_counter_ns() - t0
             sv.stats.record_failure(total)
@@ -252,6 +303,26 @@ class InferenceEngine(InFlight):
         m.request_seconds.observe(total / 1e9)
         m.queue_seconds.observe(result.queue_ns / 1e9)
         m.compute_seconds.observe(result.compute_ns / 1e9)
+        return InferenceResponse(sv.name, sv.version, outputs, request.id)
+
+    def _cache_hit(
+        self,
+        sv: ServedVersion,
+        request: InferenceRequest,
+        cached: Lookup,
+        wanted: list[str] | None,
+        t0: int,
+    ) -> InferenceResponse:
+        """Answer from the response cache: a success, with neither inference nor execution
+        counted (the model did not run)."""
+        assert cached.outputs is not None
+        outputs = self._outputs(sv, cached.outputs, wanted or sv.output_names, request)
+        total = time.perf_counter_ns() - t0
+        sv.stats.record_cache_hit(total, cached.ns)
+        m = sv.metrics
+        m.success.inc()
+        m.cache_hits.inc()
+        m.request_seconds.observe(total / 1e9)
         return InferenceResponse(sv.name, sv.version, outputs, request.id)
 
     def _outputs(

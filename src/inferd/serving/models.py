@@ -2,16 +2,24 @@
 
 A version's replicas come from the replica factory (`factory.py`, keyed by runtime kind); each
 loaded version gets a `Scheduler` (queue + replica set) handed to the supervisor, if any.
+
+Under a memory budget (`memory.py`) a version may be known but not loaded (`resident` False):
+never loaded yet, or unloaded to make room. It keeps its identity, signature, statistics and a
+scheduler with no replicas; the first request to it loads it (`activate`, one load shared by all
+who wait) after the budget's least recently used idle versions were unloaded (`_evict`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from inferd.core.errors import InferdError, ModelLoadError, ModelNotFound, ModelNotReady
@@ -22,10 +30,12 @@ from inferd.observability.metrics import ServingMetrics, VersionMetrics
 from inferd.runtimes import detect_runtime
 from inferd.runtimes.base import Runtime
 from inferd.serving.factory import ReplicaPlan, replica_maker, runtime_replicas
+from inferd.serving.memory import MemoryBudget, files_bytes
 from inferd.serving.repository import ModelRepository, ModelSource
+from inferd.serving.residency import Residency, start_replicas
 from inferd.serving.scheduler import ReplicaMaker, Scheduler, Supervisor
 from inferd.serving.stats import VersionStats
-from inferd.workers import Loaded
+from inferd.workers import Replica
 from inferd.workers.isolation import WorkerIsolation
 
 log = logging.getLogger("inferd.engine")
@@ -81,12 +91,73 @@ class ServedVersion(InFlight):
     outputs: tuple[TensorSpec, ...]
     metrics: VersionMetrics
     stats: VersionStats = field(default_factory=VersionStats)
+    #: Builds its replicas again when it is loaded anew (memory budget); None: never is.
+    make: ReplicaMaker | None = None
+    #: Its files (the memory budget's estimate before a load).
+    path: Path | None = None
+    #: Loaded and serving. False only under a memory budget: not loaded yet, or unloaded to
+    #: make room; the next request loads it (`ModelManager.activate`).
+    resident: bool = True
+    #: When a request last arrived for it (the memory budget unloads the least recent first).
+    used_at: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    #: Bytes of its files, read once (`memory.files_bytes`).
+    files_bytes: int = 0
+    #: Why its last load failed ("" after a good one).
+    load_error: str = ""
+    #: Unloaded at least once to make room (for the reason the index shows).
+    evicted: bool = False
+    #: Its model dropped it (reloaded with other files, unloaded): never to be loaded again.
+    retired: bool = False
+    #: The load under way, shared by every request that waits for it.
+    activation: asyncio.Future[None] | None = None
+    #: The unload under way (making room), awaited before it is loaded again.
+    unloading: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self.input_map = {t.name: t for t in self.inputs}
-        self.output_map = {t.name: t for t in self.outputs}
-        self.output_names = [t.name for t in self.outputs]
+        self.set_signature(self.inputs, self.outputs)
         self._init_inflight()  # requests running on this version now
+
+    def set_signature(
+        self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+    ) -> None:
+        self.inputs, self.outputs = inputs, outputs
+        self.input_map = {t.name: t for t in inputs}
+        self.output_map = {t.name: t for t in outputs}
+        self.output_names = [t.name for t in outputs]
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, n: int) -> None:
+        if n > self._inflight:
+            self.used_at = self.clock()
+        self._inflight = n
+        if n:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    @property
+    def pinned(self) -> bool:
+        """Never unloaded to make room: `pinned: true`, or an LLM (its streams are not counted
+        as requests in flight, and a generation cannot wait for a load)."""
+        return self.spec.pinned or self.runtime_name == "llm"
+
+    @property
+    def state(self) -> tuple[str, str]:
+        """(state, reason) for the repository index."""
+        if self.resident:
+            return "READY", ""
+        if self.activation is not None:
+            return "LOADING", ""
+        if self.load_error:
+            return "UNAVAILABLE", self.load_error
+        if self.evicted:
+            return "UNAVAILABLE", "unloaded to make room (memory budget); loads on its next request"
+        return "UNAVAILABLE", "not loaded yet (memory budget); loads on its first request"
 
 
 @dataclass(eq=False)
@@ -121,8 +192,12 @@ class ModelManager:
 
     def __init__(self, metrics: ServingMetrics, repository: ModelRepository | None,
                  isolation: WorkerIsolation, health_interval_s: float, drain_timeout_s: float,
-                 supervisor: Supervisor | None) -> None:  # fmt: skip
+                 supervisor: Supervisor | None,
+                 budget: MemoryBudget | None = None) -> None:  # fmt: skip
         self.metrics = metrics
+        #: None: every model loads at once and stays loaded (no memory budget).
+        self.budget = budget
+        self.residency = Residency(budget, metrics, self._scheduler) if budget else None
         self.repository = repository
         self.isolation = isolation
         self.health_interval_s = health_interval_s
@@ -132,11 +207,43 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def load_repository(self) -> None:
-        """Load every model of the repository concurrently; failures are kept with reasons."""
+        """Load every model of the repository concurrently; failures are kept with reasons.
+
+        Under a memory budget only pinned models load now; the others are registered (their
+        configuration read, their signature as declared) and load on their first request."""
         names = self.repository.names() if self.repository else []
         for name in names:
             self._models.setdefault(name, ServedModel(name, None))
+        if self.budget is not None:
+            names = [n for n in names if not await self._register(n)]
         await asyncio.gather(*(self._load_quietly(n) for n in names))
+
+    async def _register(self, name: str) -> bool:
+        """Register a repository model to load on demand; False when it is to load now
+        (pinned, an LLM) or its configuration fails (the load reports why)."""
+        assert self.repository is not None
+        try:
+            source = self.repository.source(name)
+        except InferdError:
+            return False
+        spec = source.spec
+        if spec.pinned or spec.runtime == "llm":
+            return False
+        wanted = spec.version_policy.select(list(source.versions))
+        if not wanted:
+            return False
+        try:
+            versions = {v: await self._dormant(source.spec_of(v), v, source) for v in wanted}
+        except InferdError:
+            return False
+        if any(sv.pinned for sv in versions.values()):  # a detected LLM: it loads now
+            return False
+        model = self._models[name]
+        model.spec, model.versions, model.traffic = spec, versions, source.traffic
+        model.required = spec.required
+        model.refresh_default()
+        model.state, model.reason = ModelState.READY, ""
+        return True
 
     async def _load_quietly(self, name: str) -> None:
         try:
@@ -205,8 +312,8 @@ class ModelManager:
         real = source.spec.name
         spec = replace(source.spec, name=name, instances=1, instance_kind="process",
                        autoscaling=None)  # fmt: skip
-        try:
-            sv = await self._load_version(spec, version, source)
+        try:  # outside the memory budget: it lives only as long as this call
+            sv = await self._load_version(spec, version, source, budgeted=False)
         except InferdError as e:  # messages name the model, not the throw-away probe
             raise ModelLoadError(e.message.replace(name, real)) from None
         try:
@@ -276,8 +383,17 @@ class ModelManager:
             model.reason = f"reload failed: {reason}"
 
     async def _load_version(
-        self, spec: ModelSpec, version: str, source: ModelSource
+        self, spec: ModelSpec, version: str, source: ModelSource, budgeted: bool = True
     ) -> ServedVersion:
+        if budgeted and self.budget is not None:
+            sv = await self._dormant(spec, version, source)
+            assert self.residency is not None
+            try:
+                await self.residency.activation(sv, counted=False)
+            except BaseException:
+                self.budget.forget(sv)
+                raise
+            return sv
         path = source.version_path(version)
         runtime_name = spec.runtime or detect_runtime(path)
         plan = ReplicaPlan(spec, version, path, runtime_name, self.isolation, self.metrics)
@@ -287,24 +403,10 @@ class ModelManager:
         self, spec: ModelSpec, version: str, runtime_name: str, make: ReplicaMaker
     ) -> ServedVersion:
         """Start `spec.instances` replicas and work out the effective signature."""
-        replicas = [make(i) for i in range(spec.instances)]
-        results = await asyncio.gather(*(r.load() for r in replicas), return_exceptions=True)
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
-        loaded = results[0]
-        if failure is not None or not isinstance(loaded, Loaded):
-            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
-            if isinstance(failure, InferdError):
-                raise failure
-            raise ModelLoadError(f"{type(failure).__name__}: {failure}")
-        inputs = spec.batched(spec.inputs) if spec.inputs else loaded.inputs
-        outputs = spec.batched(spec.outputs) if spec.outputs else loaded.outputs
-        if not inputs or not outputs:
-            await asyncio.gather(*(r.unload() for r in replicas), return_exceptions=True)
-            raise ModelLoadError("the model declares no inputs or outputs; list them in model.yaml")
+        replicas, loaded, inputs, outputs = await start_replicas(spec, make)
         metrics = self.metrics.for_version(spec.name, version)
         stats = VersionStats()
-        scheduler = Scheduler(spec, f"{spec.name}-{version}", list(replicas), make, stats,
-                              metrics, self.health_interval_s, self.supervisor)  # fmt: skip
+        scheduler = self._scheduler(spec, version, replicas, make, stats, metrics)
         scheduler.start()
         return ServedVersion(
             name=spec.name,
@@ -317,6 +419,50 @@ class ModelManager:
             outputs=outputs,
             metrics=metrics,
             stats=stats,
+        )
+
+    def _scheduler(self, spec: ModelSpec, version: str, replicas: list[Replica],
+                   make: ReplicaMaker, stats: VersionStats,
+                   metrics: VersionMetrics) -> Scheduler:  # fmt: skip
+        return Scheduler(spec, f"{spec.name}-{version}", replicas, make, stats, metrics,
+                         self.health_interval_s, self.supervisor)  # fmt: skip
+
+    # ---- the memory budget: versions known but not loaded ----------------------------------
+
+    async def activate(self, sv: ServedVersion) -> None:
+        """Load `sv` (not loaded: memory budget) for a request, which waits for it."""
+        if self.residency is None:
+            raise ModelNotReady(f"model '{sv.name}' version {sv.version} was unloaded")
+        await self.residency.activate(sv)
+
+    async def _dormant(self, spec: ModelSpec, version: str, source: ModelSource) -> ServedVersion:
+        """A version that is known but not loaded: its signature as declared (the first load
+        completes it), a scheduler with no replicas that was never started."""
+        assert self.budget is not None
+        path = source.version_path(version)
+        runtime_name = spec.runtime or detect_runtime(path)
+        plan = ReplicaPlan(spec, version, path, runtime_name, self.isolation, self.metrics)
+        make = replica_maker(plan)
+        metrics = self.metrics.for_version(spec.name, version)
+        metrics_ready = self.metrics.model_ready.labels(spec.name, version)
+        metrics_ready.set(0)
+        stats = VersionStats()
+        return ServedVersion(
+            name=spec.name,
+            version=version,
+            spec=spec,
+            runtime_name=runtime_name,
+            platform=spec.platform or "",
+            scheduler=self._scheduler(spec, version, [], make, stats, metrics),
+            inputs=spec.batched(spec.inputs),
+            outputs=spec.batched(spec.outputs),
+            metrics=metrics,
+            stats=stats,
+            make=make,
+            path=path,
+            resident=False,
+            clock=self.budget.clock,
+            files_bytes=await asyncio.to_thread(files_bytes, path),
         )
 
     async def add_model(self, spec: ModelSpec, runtime: Runtime, version: str = "1") -> ServedModel:
@@ -349,8 +495,16 @@ class ModelManager:
 
     async def retire(self, sv: ServedVersion) -> None:
         """Unload once in-flight requests are done (bounded by the drain timeout)."""
+        sv.retired = True
         await sv.idle(self.drain_timeout_s)
+        for pending in (sv.activation, sv.unloading):
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait([pending], timeout=self.drain_timeout_s)
+        sv.resident = False
         await sv.scheduler.stop()
+        if self.budget is not None:
+            self.budget.forget(sv)
 
     # ---- queries ---------------------------------------------------------------------------
 

@@ -40,6 +40,10 @@ class VersionStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    #: Response cache lookups that found the answer (time: lookup and decoding) and that did
+    #: not (time: lookup, then storing the computed answer), as Triton reports them.
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
 
     def record_success(
@@ -62,6 +66,16 @@ class VersionStats:
             b = self.batches[batch_size] = BatchStats()
         b.compute_infer.add(infer_ns)
 
+    def record_cache_hit(self, total_ns: int, lookup_ns: int) -> None:
+        """One request answered from the response cache: a success, but no inference and no
+        execution (Triton counts hits in `success` only)."""
+        self.last_inference_ms = int(time.time() * 1000)
+        self.success.add(total_ns)
+        self.cache_hit.add(lookup_ns)
+
+    def record_cache_miss(self, cache_ns: int) -> None:
+        self.cache_miss.add(cache_ns)
+
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)
 
@@ -79,8 +93,8 @@ class VersionStats:
                 "compute_input": self.compute_input.to_dict(),
                 "compute_infer": self.compute_infer.to_dict(),
                 "compute_output": self.compute_output.to_dict(),
-                "cache_hit": {"count": 0, "ns": 0},
-                "cache_miss": {"count": 0, "ns": 0},
+                "cache_hit": self.cache_hit.to_dict(),
+                "cache_miss": self.cache_miss.to_dict(),
             },
             "batch_stats": [
                 {

@@ -147,8 +147,9 @@ Traffic = list[dict[str, Any]] | dict[str, Any] | None
 #: "open_s", "probes"}}` (every part optional).
 Routing = dict[str, Any] | None
 ROUTING_DOC = (
-    "Header rules, fallbacks and a circuit breaker per revision; {} removes them "
-    "(docs/control-plane.md, 'Routing rules, fallbacks, circuit breakers and shadow traffic')"
+    "Header rules, fallbacks, a circuit breaker per revision, a shadow, an A/B test; {} removes "
+    "them (docs/control-plane.md, 'Routing rules, fallbacks, circuit breakers, shadow traffic "
+    "and A/B tests')"
 )
 
 
@@ -419,6 +420,30 @@ async def test_deployment(
 ) -> Any:
     """Run the deployed version's sample input; compare with its sample output."""
     return await control(request).deployments.test(actor, deployment_id)
+
+
+class FeedbackBody(_Body):
+    request_id: Text = Field(max_length=256, description="The id of a request it answered")
+    reward: float = Field(description="The outcome: any number, or 0/1 for a rate")
+
+
+@router.post("/deployments/{deployment_id}/feedback", tags=["deployments"])
+async def deployment_feedback(
+    deployment_id: str, body: FeedbackBody, request: Request,
+    actor: Actor = Depends(AUTHENTICATED),
+) -> Any:  # fmt: skip
+    """Attach an outcome to a request the deployment answered (its A/B test reads it)."""
+    return await control(request).abtests.feedback(actor, deployment_id, body.request_id,
+                                                   body.reward)  # fmt: skip
+
+
+@router.get("/deployments/{deployment_id}/abtest", tags=["deployments"])
+async def deployment_abtest(
+    deployment_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
+) -> Any:
+    """Each arm's requests and feedback (counts, mean, rate) and each arm against the control
+    arm: a two-proportion z-test for rates, Welch's t-test for means, p-value and 95 % CI."""
+    return await control(request).abtests.report(actor, deployment_id)
 
 
 class RolloutBody(_Body):

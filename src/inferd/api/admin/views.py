@@ -77,7 +77,7 @@ def deployment(
             "target_concurrency": c.target_concurrency,
             "scale_to_zero_after_s": c.scale_to_zero_after_s, "batching": c.batching,
             "resources": c.resources, "parameters": c.parameters,
-            "instance_kind": c.instance_kind,
+            "instance_kind": c.instance_kind, "response_cache": c.response_cache,
         },
         "created_at": _ts(d.created_at), "updated_at": _ts(d.updated_at),
         "created_by": d.created_by,
