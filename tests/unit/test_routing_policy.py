@@ -209,3 +209,17 @@ def test_an_ab_test_parses_and_bad_ones_name_the_field() -> None:
         with pytest.raises(InvalidField) as err:
             parse_routing(raw)
         assert err.value.param == field, err.value.message
+
+
+def test_a_probe_that_ends_without_a_verdict_gives_its_place_back() -> None:
+    """A caller's bad request or departure says nothing of the revision: the half-open circuit
+    neither closes nor opens, and lets the next probe through."""
+    b = CircuitBreaker(BreakerPolicy(failures=1, open_s=1, probes=1))
+    b.record(True, 0.0)
+    assert b.allow(1.5) and not b.allow(1.6)
+    b.release()
+    assert b.state == HALF_OPEN and b.allow(1.7)
+    b.record(False, 1.8)
+    assert b.state == CLOSED
+    b.release()  # closed: nothing to give back, nothing changes
+    assert b.state == CLOSED and b.allow(2.0)

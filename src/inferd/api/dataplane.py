@@ -377,8 +377,7 @@ class DataPlane:
             self._breaker_state(sv, breaker.state)
             raise
         except BaseException:
-            breaker.record(False, self._clock())  # the caller's mistake, not the revision's
-            self._breaker_state(sv, breaker.state)
+            breaker.release()  # the caller's mistake or departure says nothing of the revision
             raise
         breaker.record(False, self._clock())
         self._breaker_state(sv, breaker.state)

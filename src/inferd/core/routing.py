@@ -190,6 +190,12 @@ class CircuitBreaker:
         """Seconds until the circuit lets a probe through."""
         return max(self.policy.open_s - (now - self._opened_at), 0.0)
 
+    def release(self) -> None:
+        """A request `allow` let through ended with no verdict on the revision (the caller's
+        mistake, or the caller went away): a probe's place is given back, nothing else."""
+        if self.state == HALF_OPEN:
+            self._probing = max(self._probing - 1, 0)
+
     def record(self, failed: bool, now: float) -> None:
         """The outcome of a request `allow` let through."""
         if self.state == HALF_OPEN:
