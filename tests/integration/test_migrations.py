@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -243,6 +244,7 @@ async def test_ping_when_postgres_is_down(caplog: pytest.LogCaptureFixture) -> N
 
 
 async def test_ping_when_the_sqlite_file_cannot_be_opened(tmp_path: Path) -> None:
+    threads = set(threading.enumerate())
     db = Database(sqlite_url(tmp_path / "missing-dir" / "r.db"))
     try:
         with pytest.raises(Unavailable) as e:
@@ -251,6 +253,11 @@ async def test_ping_when_the_sqlite_file_cannot_be_opened(tmp_path: Path) -> Non
         assert str(tmp_path) not in e.value.message
     finally:
         await db.close()
+        # aiosqlite (0.22) ends a failed connection's worker thread after the caller has seen
+        # the error, and that thread's last call goes to this test's event loop: wait for it
+        # here, while the loop is still open (else it fails in whichever test runs next)
+        for thread in set(threading.enumerate()) - threads:
+            await asyncio.to_thread(thread.join, 10)
 
 
 async def test_ping_when_up(db: Database) -> None:
