@@ -45,7 +45,6 @@ class Rollout:
     keep_previous_s: float
     phase: str = "loading"  # loading → testing → switched → done | rolled_back | failed
     events: list[dict[str, Any]] = field(default_factory=list)
-    warm_until: float | None = None
     _expiry: asyncio.Task[None] | None = None
 
     def event(self, what: str, **detail: Any) -> None:
@@ -117,10 +116,9 @@ class Rollouts:
         except BaseException as e:
             ro.phase = "failed"
             ro.event("failed", reason=getattr(e, "message", str(e)) or type(e).__name__)
-            await self._drop(actor, deployment_id, ro, keep=ro.previous)
+            await self._drop(actor, deployment_id, keep=ro.previous)
             raise
         ro.phase = "switched"
-        ro.warm_until = self._clock() + keep_previous_s
         ro.event("switched", version=version, previous_warm_for_s=keep_previous_s)
         await self.audit.record(actor, "deployment.rollout", "deployment", dep.id,
                                 model=model.name, strategy="blue_green",
@@ -142,7 +140,7 @@ class Rollouts:
         await self.audit.record(actor, "deployment.rollback", "deployment", dep.id,
                                 model=model.name, version=ro.previous,
                                 from_version=ro.version)  # fmt: skip
-        await self._drop(actor, dep.id, ro, keep=ro.previous)
+        await self._drop(actor, dep.id, keep=ro.previous)
         return await self.deployments.store.get_deployment(dep.id), ro
 
     async def _set(
@@ -164,7 +162,7 @@ class Rollouts:
             raise Unprocessable(f"deployment {deployment_id} failed: {dep.reason}")
         return dep
 
-    async def _drop(self, actor: Actor, deployment_id: str, ro: Rollout, keep: int) -> None:
+    async def _drop(self, actor: Actor, deployment_id: str, keep: int) -> None:
         """Serve `keep` alone again (the other revision unloads)."""
         with contextlib.suppress(InferdError):
             dep = await self.deployments.store.get_deployment(deployment_id)

@@ -348,7 +348,7 @@ def parse_routing(raw: Any, field: str = "routing") -> RoutingPolicy:
     if raw is None:
         return NO_ROUTING
     if not isinstance(raw, Mapping):
-        raise InvalidField(field, "must be an object with rules, fallbacks and circuit_breaker")
+        raise InvalidField(field, f"must be an object with {', '.join(sorted(ROUTING_FIELDS))}")
     unknown = set(raw) - ROUTING_FIELDS
     if unknown:
         raise InvalidField(f"{field}.{sorted(unknown)[0]}", "unknown field")
