@@ -274,17 +274,30 @@ class DataPlane:
         the deployment has a routing policy, the revision's circuit breaker is consulted and,
         when it fails, the fallbacks answer (the response names who did)."""
         decode_ns = decoding.elapsed_ns if decoding is not None else 0
-        policy = self.routes.policies.get(sv.name)
-        if policy is None:
+        routes = self.routes
+        policy = routes.policies.get(sv.name)
+        watched = routes.watched.get(sv.name) if routes.watched else None
+        if policy is None and watched is None:
             return await self.engine.infer_version(sv, request, decode_ns)
-        if policy.shadow is not None:  # its copy of the request, before anything changes it
+        shadow = policy.shadow if policy is not None else None
+        if shadow is not None:  # its copy of the request, before anything changes it
             shadowed = dataclasses.replace(request, on_queued=None, timeout_s=None)
+        window = watched.get(sv.version) if watched is not None else None
+        start = self._clock() if window is not None else 0.0
         try:
             response = await self._guarded(sv, request, decode_ns)
         except FAILURES as e:
+            if window is not None:  # a canary analysis counts the revision's failure
+                window.add(self._clock(), True, 0.0)
             response = await self._fall_back(sv, request, e)
-        if policy.shadow is not None:
-            self._mirror(policy.shadow, sv, shadowed, response)
+        else:
+            if window is not None:
+                now = self._clock()
+                window.add(now, False, now - start)
+        if policy is None:
+            return response
+        if shadow is not None:
+            self._mirror(shadow, sv, shadowed, response)
         if policy.ab is not None and request.id and response.model_name == sv.name:
             state = self.routes.abtest(sv.name)
             if state is not None:  # remembered for the feedback that may follow

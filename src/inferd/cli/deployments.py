@@ -1,6 +1,6 @@
 """`inferd deploy`, `inferd deployments` (list, show, test, delete), `inferd traffic` (set,
-show), `inferd routing` (set, show), `inferd rollout` (blue-green, rollback), `inferd
-abtest` (report) and `inferd predict`."""
+show), `inferd routing` (set, show), `inferd rollout` (blue-green, canary, status, promote,
+rollback), `inferd abtest` (report) and `inferd predict`."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ def _deployed(dep: dict[str, Any], url: str, as_json: bool) -> None:
 @click.option("--max-batch-size", type=click.IntRange(min=0))
 @click.option("--max-queue-delay-ms", type=click.FloatRange(min=0))
 @click.option("--runtime")
+@click.option("--canary", type=click.IntRange(1, 99), metavar="PERCENT",
+              help="Give the version this share beside the served one, as an analysed canary "
+                   "(rolled back if worse) until `inferd rollout promote`.")  # fmt: skip
 @click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for ready.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait.")
 @server_option
@@ -69,9 +72,13 @@ def _deployed(dep: dict[str, Any], url: str, as_json: bool) -> None:
 def deploy(
     name: str, version: int | None, min_replicas: int | None, max_replicas: int | None,
     instance_kind: str | None, max_batch_size: int | None, max_queue_delay_ms: float | None,
-    runtime: str | None, no_wait: bool, timeout: float, server: str | None, as_json: bool,
+    runtime: str | None, canary: int | None, no_wait: bool, timeout: float, server: str | None,
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Deploy a model version (or redeploy: a model has one deployment, updated in place)."""
+    if canary is not None:
+        _deploy_canary(name, version, canary, server, as_json)
+        return
     given = {"min_replicas": min_replicas, "max_replicas": max_replicas,
              "instance_kind": instance_kind, "runtime": runtime}  # fmt: skip
     options = {k: v for k, v in given.items() if v is not None}
@@ -91,6 +98,19 @@ def deploy(
             with Console(stderr=True).status(f"deploying {name} version {dep['version']}"):
                 dep = c.wait_deployment(dep["id"], timeout)
     _deployed(dep, c.base_url, as_json)
+
+
+def _deploy_canary(
+    name: str, version: int | None, share: int, server: str | None, as_json: bool
+) -> None:
+    with client_for(server) as c:
+        if version is None:
+            ready = [v["version"] for v in c.versions(name) if v["status"] == "ready"]
+            version = max(ready, default=None)
+            if version is None:
+                raise CliError(f"model '{name}' has no ready version")
+        dep = c.canary(name, version, [share], dwell_s=0, auto_promote=False)
+    _show_rollout(dep, as_json)
 
 
 @click.group(cls=Group)
@@ -276,16 +296,39 @@ def routing_show(name: str, server: str | None) -> None:
 
 @click.group(cls=Group)
 def rollout() -> None:
-    """Roll a deployment out to another version: blue-green, rollback."""
+    """Roll a deployment out to another version: blue-green, canary, status, promote,
+    rollback."""
 
 
 def _show_rollout(dep: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(dep)
         return
-    ro = dep["rollout"]
-    print(f"{dep['model']}: {ro['strategy']} {ro['from']} → {ro['to']}: {ro['phase']}")
-    print_table([{"at": e["at"], "event": e["event"]} for e in ro["events"]], ("at", "event"))
+    ro = dep.get("rollout")
+    if ro is None:
+        raise CliError(f"{dep['model']}: no rollout seen by this server")
+    share = f" at {ro['weight']}%" if ro["strategy"] == "canary" else ""
+    print(f"{dep['model']}: {ro['strategy']} {ro['from']} → {ro['to']}{share}: {ro['phase']}")
+    rows = [{"at": e["at"], "event": e["event"], "detail": _detail(e)} for e in ro["events"]]
+    print_table(rows, ("at", "event", "detail"))
+
+
+def _detail(event: dict[str, Any]) -> str:
+    """An event's figures in one line: the share, the canary's error rate and p99 against the
+    stable version's, the reasons."""
+    parts = []
+    if "weight" in event:
+        parts.append(f"{event['weight']}%")
+    for who in ("canary", "stable"):
+        f = event.get(who)
+        if f:
+            p99 = (f.get("latency_ms") or {}).get("p99")
+            p99_text = f", p99 {p99:.3g} ms" if p99 is not None else ""
+            parts.append(f"{who}: {f['requests']} req, {f['error_rate']:.2%} errors{p99_text}")
+    parts += event.get("reasons") or []
+    if event.get("reason"):
+        parts.append(str(event["reason"]))
+    return "; ".join(parts)
 
 
 @rollout.command("blue-green")
@@ -302,6 +345,100 @@ def rollout_blue_green(
     """Bring VERSION up beside NAME's served version, then switch all traffic to it at once."""
     with client_for(server) as c:
         dep = c.rollout(name, version, test=test, keep_previous_s=keep_previous)
+    _show_rollout(dep, as_json)
+
+
+@rollout.command("canary")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option(
+    "--steps",
+    default="5,25,50,100",
+    show_default=True,
+    help="The canary's shares, in %, comma-separated.",
+)
+@click.option(
+    "--dwell", type=float, default=60, show_default=True, help="Seconds each step lasts at least."
+)
+@click.option(
+    "--interval", type=float, default=5, show_default=True, help="Seconds between checks."
+)
+@click.option("--min-requests", type=int, help="Canary answers needed before a verdict.")
+@click.option("--max-error-rate", type=float, help="Highest error rate the canary may have.")
+@click.option(
+    "--max-error-rate-increase",
+    type=float,
+    help="Most the canary's error rate may exceed the stable version's.",
+)
+@click.option(
+    "--max-latency-ratio",
+    multiple=True,
+    metavar="P=RATIO",
+    help="p50/p95/p99 ratio to the stable version's, e.g. p99=2 (repeatable).",
+)
+@click.option("--window", type=float, help="Seconds of outcomes each check looks at.")
+@click.option(
+    "--manual-promote", is_flag=True, help="Stay at the last step until `inferd rollout promote`."
+)
+@server_option
+@json_option
+def rollout_canary(
+    name: str, version: int, steps: str, dwell: float, interval: float,
+    min_requests: int | None, max_error_rate: float | None,
+    max_error_rate_increase: float | None, max_latency_ratio: tuple[str, ...],
+    window: float | None, manual_promote: bool, server: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Give VERSION of NAME growing shares of the traffic, compared with the served version at
+    every check: rolled back by itself when worse, promoted after the last step."""
+    try:
+        shares = [int(x) for x in steps.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter("write whole percentages, e.g. 5,25,50,100",
+                                 param_hint="--steps") from None  # fmt: skip
+    given = {"min_requests": min_requests, "max_error_rate": max_error_rate,
+             "max_error_rate_increase": max_error_rate_increase, "window_s": window}  # fmt: skip
+    analysis: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if max_latency_ratio:
+        analysis["max_latency_ratio"] = _ratios(max_latency_ratio)
+    with client_for(server) as c:
+        dep = c.canary(name, version, shares, dwell, interval, analysis,
+                       auto_promote=not manual_promote)  # fmt: skip
+    _show_rollout(dep, as_json)
+
+
+def _ratios(pairs: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        p, sep, ratio = pair.partition("=")
+        try:
+            out[p.strip()] = float(ratio)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.BadParameter(f"'{pair}': write P=RATIO, e.g. p99=2",
+                                     param_hint="--max-latency-ratio")  # fmt: skip
+    return out
+
+
+@rollout.command("status")
+@click.argument("name")
+@server_option
+@json_option
+def rollout_status(name: str, server: str | None, as_json: bool) -> None:
+    """Show NAME's latest rollout: its phase, the canary's share and every decision."""
+    with client_for(server) as c:
+        dep = c.rollout_status(name)
+    _show_rollout(dep, as_json)
+
+
+@rollout.command("promote")
+@click.argument("name")
+@server_option
+@json_option
+def rollout_promote(name: str, server: str | None, as_json: bool) -> None:
+    """End NAME's canary now: the canary version serves all traffic."""
+    with client_for(server) as c:
+        dep = c.promote(name)
     _show_rollout(dep, as_json)
 
 

@@ -356,8 +356,42 @@ class Client:
         return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/rollout",
                             json=body, timeout=timeout)  # fmt: skip
 
+    def canary(
+        self, model: str, version: int, steps: Sequence[int] | None = None,
+        dwell_s: float | None = None, interval_s: float | None = None,
+        analysis: Mapping[str, Any] | None = None, auto_promote: bool = True,
+        timeout: float = 600,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Canary rollout of `model`'s deployment to `version`: brought up beside the served
+        version, then given `steps` of the traffic (e.g. `[5, 25, 50, 100]`), each lasting at
+        least `dwell_s`, compared with the stable version every `interval_s` by `analysis`
+        (`min_requests`, `max_error_rate`, `max_error_rate_increase`, `max_latency_ratio`,
+        `latency_tolerance_ms`, `window_s`): rolled back at the first failed check, promoted
+        after the last step (without `auto_promote`: held at the last step, still analysed,
+        until `promote`). Returns once the first step is applied; the deployment's `rollout`
+        (`phase`, `weight`, `analysis`, `events`; `rollout_status`) shows the rest."""
+        dep = self._deployment_of(model)
+        given = {"steps": list(steps) if steps is not None else None, "dwell_s": dwell_s,
+                 "interval_s": interval_s,
+                 "analysis": dict(analysis) if analysis is not None else None}  # fmt: skip
+        plan = {k: v for k, v in given.items() if v is not None} | {"auto_promote": auto_promote}
+        body = {"strategy": "canary", "version": int(version), "canary": plan}
+        return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/rollout",
+                            json=body, timeout=timeout)  # fmt: skip
+
+    def rollout_status(self, model: str) -> dict[str, Any]:
+        """`model`'s deployment with its latest rollout (`rollout`: phase, share, analysis,
+        events), as the server that runs it sees it."""
+        return self.deployment(self._deployment_of(model)["id"])
+
+    def promote(self, model: str) -> dict[str, Any]:
+        """End `model`'s canary now: the canary version serves alone."""
+        dep = self._deployment_of(model)
+        return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/promote")
+
     def rollback(self, model: str) -> dict[str, Any]:
-        """Move `model`'s traffic back to the version served before its last rollout."""
+        """Move `model`'s traffic back to the version served before its last rollout (a
+        canary's stable version while it progresses)."""
         dep = self._deployment_of(model)
         return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/rollback")
 

@@ -1,4 +1,4 @@
-"""Rollouts of a deployment to another version: blue-green, with instant rollback.
+"""Rollouts of a deployment to another version: blue-green, and canary with automated analysis.
 
 Blue-green (`Rollouts.blue_green`): the new version is brought up as a revision that takes no
 traffic (every replica loaded, as any revision is before it is served), optionally its sample
@@ -8,8 +8,20 @@ reloads, no request fails). The previous version stays loaded at weight 0 for
 the previous revision is dropped. Each step is an event on the rollout (shown on the deployment)
 and an audit entry.
 
-The rollout's state is this node's (in memory): after a restart the previous revision simply
-stays at weight 0 until the deployment is changed again.
+Canary (`Rollouts.canary`): the new version is brought up at weight 0 like a blue-green one,
+then takes the plan's steps of the traffic (5 % → 25 % → 50 % → 100 %, say). During each step the
+data plane records every answer of both revisions (outcome and latency, `Routes.watched`); every
+`interval_s` the rollout compares the canary with the stable revision over the analysis window
+(`core.canary.judge`: error rate, p50/p95/p99). A failed check rolls back at once (the stable
+version serves alone again, the canary unloads); a step ends once `dwell_s` has passed with a
+passing check; after the last step the canary is promoted (serves alone). Every decision is an
+event on the rollout and an audit entry, with the figures it used. `promote` and `rollback`
+end a canary by hand.
+
+The rollout's state is this node's (in memory), and so is the canary's analysis: it sees the
+requests this node answers. After a restart an unfinished rollout is not resumed: the
+deployment keeps the split it had (the previous revision of a blue-green one stays at weight 0)
+until it is changed again.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from typing import Any
 
 from inferd.control.audit import Actor, Audit
 from inferd.control.deployments import Deployments
+from inferd.core.canary import FAIL, PASS, CanaryPlan, Verdict, Window, judge
 from inferd.core.errors import Conflict, InferdError, InvalidField, Unprocessable
 from inferd.core.records import Deployment, DeploymentStatus
 from inferd.core.traffic import Revision
@@ -43,22 +56,43 @@ class Rollout:
     previous: int
     version: int
     keep_previous_s: float
-    phase: str = "loading"  # loading → testing → switched → done | rolled_back | failed
+    #: blue-green: loading → testing → switched → done | rolled_back | failed;
+    #: canary: loading → progressing → promoted | rolled_back | failed | interrupted
+    phase: str = "loading"
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: A canary's plan, the share it has now and its latest analysis.
+    plan: CanaryPlan | None = None
+    weight: int = 0
+    analysis: Verdict | None = None
     _expiry: asyncio.Task[None] | None = None
+    _task: asyncio.Task[None] | None = None
 
     def event(self, what: str, **detail: Any) -> None:
         self.events.append({"at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                             "event": what, **detail})  # fmt: skip
 
     def doc(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "from": self.previous, "to": self.version,
-                "phase": self.phase, "keep_previous_s": self.keep_previous_s,
-                "events": list(self.events)}  # fmt: skip
+        out = {"strategy": self.strategy, "from": self.previous, "to": self.version,
+               "phase": self.phase, "keep_previous_s": self.keep_previous_s,
+               "events": list(self.events)}  # fmt: skip
+        if self.plan is not None:
+            analysis = self.analysis.doc() if self.analysis is not None else None
+            out |= {"weight": self.weight, "plan": self.plan.doc(), "analysis": analysis}
+        return out
+
+    @property
+    def active(self) -> bool:
+        """Still moving (a rollback or a promotion would interfere)."""
+        return self.phase in ("loading", "testing", "progressing")
+
+
+def _why(verdict: Verdict) -> str:
+    return "analysis failed: " + "; ".join(verdict.reasons)
 
 
 class Rollouts:
-    """Blue-green rollouts and rollbacks of deployments (use-cases over `Deployments`)."""
+    """Blue-green and canary rollouts, promotions and rollbacks (use-cases over
+    `Deployments`)."""
 
     def __init__(
         self,
@@ -92,11 +126,7 @@ class Rollouts:
                            "rollout starts from one served version")  # fmt: skip
         if version == dep.version:
             raise InvalidField("version", f"version {version} is the one served already")
-        old = self.latest.get(dep.id)
-        if old is not None and old.phase in ("loading", "testing"):
-            raise Conflict(f"a rollout to version {old.version} is in progress")
-        if old is not None and old._expiry is not None:
-            old._expiry.cancel()
+        self._replace(dep.id)
         ro = Rollout("blue_green", dep.version, version, keep_previous_s)
         self.latest[dep.id] = ro
         ro.event("started", version=version, previous=dep.version)
@@ -126,12 +156,197 @@ class Rollouts:
         ro._expiry = asyncio.create_task(self._expire(actor, dep.id, ro))
         return dep, ro
 
-    async def rollback(self, actor: Actor, deployment_id: str) -> tuple[Deployment, Rollout]:
-        """Move all traffic back to the previous version while it is still warm."""
+    def _replace(self, deployment_id: str) -> None:
+        """Make way for a new rollout of the deployment (refused while one is moving)."""
+        old = self.latest.get(deployment_id)
+        if old is not None and old.active:
+            raise Conflict(f"a rollout to version {old.version} is in progress "
+                           f"(phase {old.phase}); promote or roll it back first")  # fmt: skip
+        if old is not None and old._expiry is not None:
+            old._expiry.cancel()
+
+    async def canary(
+        self,
+        actor: Actor,
+        deployment_id: str,
+        version: int,
+        plan: CanaryPlan,
+        ready_timeout_s: float = 600.0,
+    ) -> tuple[Deployment, Rollout]:
+        """Bring `version` up beside the served one, then hand it the plan's steps of the
+        traffic in the background, analysed as it goes (see the module's docstring). Returns
+        once the canary is loaded and its first step applied."""
+        dep, model = await self.deployments.get(actor, deployment_id)
+        if dep.traffic:
+            raise Conflict("the deployment splits its traffic among revisions; a canary "
+                           "rollout starts from one served version")  # fmt: skip
+        if version == dep.version:
+            raise InvalidField("version", f"version {version} is the one served already")
+        self._replace(dep.id)
+        ro = Rollout("canary", dep.version, version, 0.0, plan=plan)
+        self.latest[dep.id] = ro
+        ro.event("started", version=version, previous=dep.version, plan=plan.doc())
+        try:
+            dep = await self._set(actor, dep.id, {dep.version: 100, version: 0}, ready_timeout_s)
+            ro.event("ready", version=version)
+            dep = await self._step(actor, dep.id, ro, 0, model.name)
+        except BaseException as e:
+            ro.phase = "failed"
+            ro.event("failed", reason=getattr(e, "message", str(e)) or type(e).__name__)
+            self._unwatch(model.name)
+            await self._drop(actor, deployment_id, keep=ro.previous)
+            raise
+        ro.phase = "progressing"
+        await self.audit.record(actor, "deployment.canary.start", "deployment", dep.id,
+                                model=model.name, previous=ro.previous, version=version,
+                                plan=plan.doc())  # fmt: skip
+        ro._task = asyncio.create_task(self._progress(actor, dep.id, ro, model.name))
+        return dep, ro
+
+    async def _step(
+        self, actor: Actor, deployment_id: str, ro: Rollout, i: int, name: str
+    ) -> Deployment:
+        """Give the canary the plan's step `i` of the traffic, with fresh windows."""
+        assert ro.plan is not None
+        weight = ro.plan.steps[i]
+        self.deployments.routes.watched[name] = {
+            str(ro.previous): Window(), str(ro.version): Window(),
+        }  # fmt: skip
+        dep = await self._set(actor, deployment_id,
+                              {ro.previous: 100 - weight, ro.version: weight}, 600.0)  # fmt: skip
+        ro.weight = weight
+        ro.event("step", step=i + 1, weight=weight)
+        return dep
+
+    async def _progress(self, actor: Actor, deployment_id: str, ro: Rollout, name: str) -> None:
+        """Run the canary's steps from the first (applied already) to promotion or rollback."""
+        assert ro.plan is not None
+        plan = ro.plan
+        try:
+            for i in range(len(plan.steps)):
+                if i:
+                    await self._step(actor, deployment_id, ro, i, name)
+                verdict = await self._dwell(deployment_id, ro, name)
+                if verdict is None:
+                    return
+                if verdict.state == FAIL:
+                    await self._rolled_back(actor, deployment_id, ro, name, _why(verdict))
+                    return
+                ro.event("step_passed", step=i + 1, weight=ro.weight, **verdict.doc())
+                await self.audit.record(actor, "deployment.canary.step", "deployment",
+                                        deployment_id, model=name, version=ro.version,
+                                        weight=ro.weight, **verdict.doc())  # fmt: skip
+                if ro.weight == 100:
+                    break
+            if not plan.auto_promote:  # held at its last step, still analysed, until promoted
+                ro.event("awaiting_promotion", weight=ro.weight)
+                verdict = await self._dwell(deployment_id, ro, name, hold=True)
+                if verdict is not None:
+                    await self._rolled_back(actor, deployment_id, ro, name, _why(verdict))
+                return
+            if await self._still_ours(deployment_id, ro):
+                await self._promoted(actor, deployment_id, ro, name, "analysis passed")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a failure to apply a step: the stable version serves again
+            log.exception("canary of %s failed", deployment_id)
+            ro.phase = "failed"
+            ro.event("failed", reason=getattr(e, "message", str(e)) or type(e).__name__)
+            self._unwatch(name)
+            await self._drop(actor, deployment_id, keep=ro.previous)
+
+    async def _dwell(
+        self, deployment_id: str, ro: Rollout, name: str, hold: bool = False
+    ) -> Verdict | None:
+        """Check the canary every `interval_s` until the step's `dwell_s` has passed with a
+        passing check (returned), or a check fails (returned at once); with `hold`, until a
+        check fails. None: the deployment was changed by hand, the rollout stops."""
+        assert ro.plan is not None
+        plan, started, waiting = ro.plan, self._clock(), False
+        while True:
+            await self._sleep(plan.interval_s)
+            if not await self._still_ours(deployment_id, ro):
+                return None
+            now = self._clock()
+            windows = self.deployments.routes.watched.get(name, {})
+            stable, canary = windows.get(str(ro.previous)), windows.get(str(ro.version))
+            if stable is None or canary is None:
+                raise InferdError(f"the canary analysis of '{name}' lost its windows")
+            a = plan.analysis
+            verdict = ro.analysis = judge(stable.sample(now, a.window_s),
+                                          canary.sample(now, a.window_s), a)  # fmt: skip
+            if verdict.state == FAIL:
+                return verdict
+            if now - started >= plan.dwell_s and not hold:
+                if verdict.state == PASS:
+                    return verdict
+                if not waiting:  # the step lasts until the canary has answered enough
+                    waiting = True
+                    ro.event("waiting_for_traffic", weight=ro.weight, **verdict.doc())
+
+    async def _still_ours(self, deployment_id: str, ro: Rollout) -> bool:
+        """Is the deployment still split between the rollout's two revisions? (Someone may have
+        changed it by hand: the rollout then stops where it is.)"""
+        dep = await self.deployments.store.get_deployment(deployment_id)
+        if {r.version for r in dep.traffic} == {ro.previous, ro.version}:
+            return True
+        ro.phase = "interrupted"
+        ro.event("interrupted", reason="the deployment's traffic was changed by hand")
+        return False
+
+    async def _rolled_back(
+        self, actor: Actor, deployment_id: str, ro: Rollout, name: str, why: str
+    ) -> None:
+        """The stable version serves alone again (the canary unloads); recorded with the
+        latest analysis's figures."""
+        self._unwatch(name)
+        await self._drop(actor, deployment_id, keep=ro.previous)
+        ro.phase, ro.weight = "rolled_back", 0
+        figures = ro.analysis.doc() if ro.analysis is not None else {}
+        ro.event("rolled_back", version=ro.previous, reason=why, **figures)
+        await self.audit.record(actor, "deployment.canary.rollback", "deployment",
+                                deployment_id, model=name, version=ro.previous,
+                                from_version=ro.version, reason=why, **figures)  # fmt: skip
+
+    async def _promoted(
+        self, actor: Actor, deployment_id: str, ro: Rollout, name: str, why: str
+    ) -> None:
+        self._unwatch(name)
+        await self.deployments.update(actor, deployment_id, ro.version, None, None)
+        ro.phase, ro.weight = "promoted", 100
+        figures = ro.analysis.doc() if ro.analysis is not None else {}
+        ro.event("promoted", version=ro.version, reason=why, **figures)
+        await self.audit.record(actor, "deployment.canary.promote", "deployment",
+                                deployment_id, model=name, version=ro.version,
+                                previous=ro.previous, reason=why, **figures)  # fmt: skip
+
+    def _unwatch(self, name: str) -> None:
+        self.deployments.routes.watched.pop(name, None)
+
+    async def promote(self, actor: Actor, deployment_id: str) -> tuple[Deployment, Rollout]:
+        """End a progressing canary now: the canary serves alone."""
         dep, model = await self.deployments.get(actor, deployment_id)
         ro = self.latest.get(dep.id)
+        if ro is None or ro.strategy != "canary" or ro.phase != "progressing":
+            raise Conflict("no canary in progress to promote (deploy the version you want)")
+        if ro._task is not None:
+            ro._task.cancel()
+        await self._promoted(actor, dep.id, ro, model.name, "promoted by hand")
+        return await self.deployments.store.get_deployment(dep.id), ro
+
+    async def rollback(self, actor: Actor, deployment_id: str) -> tuple[Deployment, Rollout]:
+        """Move all traffic back to the previous version: a progressing canary's stable one,
+        or a switched blue-green rollout's while it is still warm."""
+        dep, model = await self.deployments.get(actor, deployment_id)
+        ro = self.latest.get(dep.id)
+        if ro is not None and ro.strategy == "canary" and ro.phase == "progressing":
+            if ro._task is not None:
+                ro._task.cancel()
+            await self._rolled_back(actor, dep.id, ro, model.name, "rolled back by hand")
+            return await self.deployments.store.get_deployment(dep.id), ro
         if ro is None or ro.phase != "switched":
-            raise Conflict("no switched rollout to roll back (deploy the version you want)")
+            raise Conflict("no switched rollout or canary in progress to roll back (deploy "
+                           "the version you want)")  # fmt: skip
         if ro._expiry is not None:
             ro._expiry.cancel()
         dep = await self._set(actor, dep.id, {ro.previous: 100, ro.version: 0}, 600.0)
@@ -185,5 +400,6 @@ class Rollouts:
 
     async def stop(self) -> None:
         for ro in self.latest.values():
-            if ro._expiry is not None:
-                ro._expiry.cancel()
+            for task in (ro._expiry, ro._task):
+                if task is not None:
+                    task.cancel()

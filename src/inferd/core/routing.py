@@ -15,7 +15,7 @@ import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from inferd.core.errors import (
     Unavailable,
 )
 from inferd.core.tensors import Tensor
+
+if TYPE_CHECKING:
+    from inferd.core.canary import Window
 
 #: Failures of the server's side: they count against a revision's circuit and send the request
 #: to the fallbacks. A caller's mistake (bad input, not allowed) is answered as it is.
@@ -300,6 +303,9 @@ class Routes:
     backgrounded: set[int] = field(default_factory=set)
     #: Each A/B test's remembered answers and feedback, by model.
     abtests: dict[str, ABState] = field(default_factory=dict)
+    #: Models under a canary analysis: each watched revision's recent outcomes, by model and
+    #: version (set by the rollout, recorded by the data plane).
+    watched: dict[str, dict[str, Window]] = field(default_factory=dict)
 
     def abtest(self, name: str) -> ABState | None:
         """The A/B state of `name` when its policy runs a test (made on first use)."""
@@ -434,9 +440,9 @@ def _breaker(raw: Any, where: str) -> BreakerPolicy | None:
     if unknown:
         raise InvalidField(f"{where}.{sorted(unknown)[0]}", "unknown field")
     d = BreakerPolicy()
-    failures = _number(raw, "failures", d.failures, where, 1, 1000, whole=True)
-    min_requests = _number(raw, "min_requests", d.min_requests, where, 1, 100_000, whole=True)
-    probes = _number(raw, "probes", d.probes, where, 1, 100, whole=True)
+    failures = number_field(raw, "failures", d.failures, where, 1, 1000, whole=True)
+    min_requests = number_field(raw, "min_requests", d.min_requests, where, 1, 100_000, whole=True)
+    probes = number_field(raw, "probes", d.probes, where, 1, 100, whole=True)
     ratio = raw.get("error_ratio")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float)
                               or not 0 < ratio <= 1):  # fmt: skip
@@ -444,9 +450,9 @@ def _breaker(raw: Any, where: str) -> BreakerPolicy | None:
     return BreakerPolicy(
         int(failures),
         None if ratio is None else float(ratio),
-        _number(raw, "window_s", d.window_s, where, 0.001, 86_400),
+        number_field(raw, "window_s", d.window_s, where, 0.001, 86_400),
         int(min_requests),
-        _number(raw, "open_s", d.open_s, where, 0.001, 86_400),
+        number_field(raw, "open_s", d.open_s, where, 0.001, 86_400),
         int(probes),
     )
 
@@ -463,8 +469,8 @@ def _shadow(raw: Any, where: str) -> Shadow | None:
     return Shadow(
         target.model,
         target.version,
-        _number(raw, "percent", 100.0, where, 0.0, 100.0),
-        int(_number(raw, "max_in_flight", 16, where, 1, 1024, whole=True)),
+        number_field(raw, "percent", 100.0, where, 0.0, 100.0),
+        int(number_field(raw, "max_in_flight", 16, where, 1, 1024, whole=True)),
     )
 
 
@@ -480,7 +486,7 @@ def _ab(raw: Any, where: str) -> ABTest | None:
     if sticky is not None and (not isinstance(sticky, str) or not sticky.strip()
                                or len(sticky) > 128):  # fmt: skip
         raise InvalidField(f"{where}.sticky", "must be a header name")
-    remember = int(_number(raw, "remember", 100_000, where, 1, 10_000_000, whole=True))
+    remember = int(number_field(raw, "remember", 100_000, where, 1, 10_000_000, whole=True))
     return ABTest(sticky.strip().lower() if sticky else None, remember)
 
 
@@ -528,8 +534,10 @@ class ABState:
         return version
 
 
-def _number(raw: Mapping[str, Any], key: str, default: float, where: str, low: float,
-            high: float, whole: bool = False) -> float:  # fmt: skip
+def number_field(raw: Mapping[str, Any], key: str, default: float, where: str, low: float,
+                 high: float, whole: bool = False) -> float:  # fmt: skip
+    """`raw[key]` (or `default`), a number (an integer with `whole`) from `low` to `high`;
+    else `InvalidField` naming `where.key`."""
     v = raw.get(key, default)
     ok = not isinstance(v, bool) and isinstance(v, int if whole else int | float)
     if not ok or not low <= v <= high:

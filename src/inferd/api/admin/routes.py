@@ -19,7 +19,8 @@ from inferd.api.admin.upload import receive_upload
 from inferd.control.audit import Actor
 from inferd.control.catalog import VersionMeta
 from inferd.control.deployments import parse_config
-from inferd.core.errors import InvalidInput
+from inferd.core.canary import parse_canary
+from inferd.core.errors import InvalidField, InvalidInput
 from inferd.core.records import Role, Scope
 from inferd.core.routing import NO_ROUTING, RoutingPolicy, parse_routing
 from inferd.core.traffic import Revision, parse_traffic
@@ -447,11 +448,18 @@ async def deployment_abtest(
 
 
 class RolloutBody(_Body):
-    strategy: Literal["blue_green"] = Field("blue_green", description="How to roll out")
+    strategy: Literal["blue_green", "canary"] = Field("blue_green", description="How to roll out")
     version: StrictInt = Field(ge=1, le=INT32, description="The version to roll out")
-    test: bool = Field(False, description="Its sample test must pass before the switch")
+    test: bool = Field(False, description="Blue-green: its sample test must pass before the switch")
     keep_previous_s: float = Field(
-        300.0, ge=0, le=86_400, description="How long the previous version stays warm"
+        300.0, ge=0, le=86_400, description="Blue-green: how long the previous version stays warm"
+    )
+    canary: dict[str, Any] | None = Field(
+        None,
+        description="Canary: `steps` (percentages, e.g. [5, 25, 50, 100]), `dwell_s`, "
+        "`interval_s` and `analysis` (`window_s`, `min_requests`, `max_error_rate`, "
+        "`max_error_rate_increase`, `max_latency_ratio` {p50, p95, p99}, "
+        "`latency_tolerance_ms`); every part optional",
     )
 
 
@@ -461,10 +469,33 @@ async def rollout_deployment(
 ) -> Any:
     """Blue-green: bring `version` up beside the served one (every replica loaded, its sample
     test passed if `test`), then switch all traffic to it at once; the previous version stays
-    warm for `keep_previous_s` (`/rollback` returns to it instantly)."""
+    warm for `keep_previous_s` (`/rollback` returns to it instantly).
+
+    Canary: bring `version` up beside the served one, then give it the plan's steps of the
+    traffic, comparing it with the stable version (error rate, p50/p95/p99 latency) every
+    `interval_s`: a failed check rolls back at once, passing every step promotes it. Answers
+    once the first step is applied; the rollout's `phase`, `weight`, `analysis` and `events`
+    show the rest (`GET /deployments/{id}`)."""
     cp = control(request)
-    d, ro = await cp.rollouts.blue_green(actor, deployment_id, body.version, body.test,
-                                         body.keep_previous_s)  # fmt: skip
+    if body.strategy == "canary":
+        plan = parse_canary(body.canary)
+        d, ro = await cp.rollouts.canary(actor, deployment_id, body.version, plan)
+    else:
+        if body.canary is not None:
+            raise InvalidField("canary", "is for strategy 'canary'")
+        d, ro = await cp.rollouts.blue_green(actor, deployment_id, body.version, body.test,
+                                             body.keep_previous_s)  # fmt: skip
+    _, m = await cp.deployments.get(actor, d.id)
+    return views.deployment(d, m.name, rollout=ro)
+
+
+@router.post("/deployments/{deployment_id}/promote", tags=["deployments"])
+async def promote_deployment(
+    deployment_id: str, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """End a canary in progress now: the canary version serves all traffic alone."""
+    cp = control(request)
+    d, ro = await cp.rollouts.promote(actor, deployment_id)
     _, m = await cp.deployments.get(actor, d.id)
     return views.deployment(d, m.name, rollout=ro)
 
@@ -473,7 +504,8 @@ async def rollout_deployment(
 async def rollback_deployment(
     deployment_id: str, request: Request, actor: Actor = Depends(MANAGE)
 ) -> Any:
-    """Move all traffic back to the version served before the last rollout, while it is warm."""
+    """Move all traffic back to the version served before the last rollout: a canary's stable
+    version while the canary progresses, a blue-green one's while it is warm."""
     cp = control(request)
     d, ro = await cp.rollouts.rollback(actor, deployment_id)
     _, m = await cp.deployments.get(actor, d.id)
