@@ -77,6 +77,10 @@ class Credentials:
 
 NO_CREDENTIALS = Credentials()
 
+#: Reads one request header (gRPC: metadata key) by its lower-case name, None when absent: what
+#: a deployment's routing rules and sticky A/B keys read. Every adapter passes one.
+Header = Callable[[str], str | None]
+
 
 class _Free:
     """The admission of a caller without limits (anonymous): nothing to acquire."""
@@ -234,7 +238,7 @@ class DataPlane:
         return self.engine.model(name)
 
     def version(self, name: str, version: str | None = None,
-                header: Callable[[str], str | None] | None = None) -> ServedVersion:  # fmt: skip
+                header: Header | None = None) -> ServedVersion:  # fmt: skip
         """The served version a request for `name` goes to: the routing step of every protocol.
 
         A request that names a version gets it (any deployed revision is reachable that way);
@@ -254,7 +258,7 @@ class DataPlane:
         return self.engine.version(name, version)
 
     @staticmethod
-    def _sticky(policy: RoutingPolicy | None, header: Callable[[str], str | None] | None
+    def _sticky(policy: RoutingPolicy | None, header: Header | None
                 ) -> float | None:  # fmt: skip
         """The draw an A/B test's sticky key gives (the same key, the same arm), or None."""
         if policy is None or policy.ab is None or policy.ab.sticky is None or header is None:
@@ -424,11 +428,13 @@ class DataPlane:
 
     # ---- generate ----------------------------------------------------------------------------
 
-    def generator(self, name: str, version: str | None = None) -> ServedVersion:
-        """The version that generates for `name` (routed as `version` routes): 501 for a model
-        that does not generate text, 503 when it has no running generator, before anything is
-        sent. Later calls for the same request name the version this returns."""
-        sv, _ = self.generation.generator(name, self.version(name, version).version)
+    def generator(self, name: str, version: str | None = None,
+                  header: Header | None = None) -> ServedVersion:  # fmt: skip
+        """The version that generates for `name` (routed as `version` routes, header rules
+        included): 501 for a model that does not generate text, 503 when it has no running
+        generator, before anything is sent. Later calls for the same request name the version
+        this returns."""
+        sv, _ = self.generation.generator(name, self.version(name, version, header).version)
         return sv
 
     def generate(self, sv: ServedVersion, request: GenerateRequest) -> AsyncIterator[TokenEvent]:

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 from tritonclient.grpc import service_pb2 as pb
 
-from inferd.api.dataplane import DataPlane
+from inferd.api.dataplane import DataPlane, Header
 from inferd.api.grpc.access import log_rpc
 from inferd.api.grpc.codec import from_core, to_core
 from inferd.api.grpc.errors import INTERNAL_MESSAGE, code_of
@@ -145,13 +145,17 @@ class TokenStreams:
             return False
         return sv.runtime_name == "llm"
 
-    async def run(self, request: Any, principal: Principal, put: Callable[[Any], None]) -> None:
+    async def run(
+        self, request: Any, principal: Principal, put: Callable[[Any], None],
+        header: Header | None = None,
+    ) -> None:  # fmt: skip
         """Answer one request to the end (never raises InferdError); cancelling the task aborts
-        the generation, which frees its slot at the engine's next step."""
+        the generation, which frees its slot at the engine's next step. `header` reads the
+        call's metadata (the deployment's routing rules)."""
         start = time.perf_counter_ns()
         code = grpc.StatusCode.OK
         try:
-            await self._generate(request, principal, put)
+            await self._generate(request, principal, put, header)
         except InferdError as e:
             code = code_of(e)
             put(error_response(request, e.message))
@@ -165,13 +169,14 @@ class TokenStreams:
         log_rpc("ModelStreamInfer", request, code, start)
 
     async def _generate(
-        self, request: Any, principal: Principal, put: Callable[[Any], None]
-    ) -> None:
+        self, request: Any, principal: Principal, put: Callable[[Any], None],
+        header: Header | None,
+    ) -> None:  # fmt: skip
         plane = self.plane
         call = to_generate(request)
         name, version = request.model_name, request.model_version or None
         async with plane.admit(principal):
-            sv = plane.generator(name, version)
+            sv = plane.generator(name, version, header)
             events = plane.generate(sv, call.request)
             assert isinstance(events, AsyncGenerator)
             parts: list[str] = []

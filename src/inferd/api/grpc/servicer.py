@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
-from inferd.api.dataplane import NO_CREDENTIALS, Credentials, DataPlane
+from inferd.api.dataplane import NO_CREDENTIALS, Credentials, DataPlane, Header
 from inferd.api.grpc.access import log_rpc
 from inferd.api.grpc.calls import Context
 from inferd.api.grpc.codec import from_core, to_core
@@ -181,7 +181,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def infer(
         self, request: Any, timeout_s: float | None = None, principal: Principal = ANONYMOUS,
-        header: Callable[[str], str | None] | None = None,
+        header: Header | None = None,
     ) -> Any:  # fmt: skip
         """One ModelInferRequest -> ModelInferResponse (raises InferdError). `header` reads
         the call's metadata (for the deployment's routing rules)."""
@@ -206,7 +206,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             principal = await self.caller(context)
         except InferdError as e:
             await context.abort(code_of(e), e.message)
-        stream = _Stream(self, requests, principal)
+        stream = _Stream(self, requests, principal, functools.partial(metadata_value, context))
         self._streams.add(stream)
         try:
             while (response := await stream.out.get()) is not None:
@@ -216,22 +216,26 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             stream.close()
 
     async def stream_request(
-        self, request: Any, principal: Principal, put: Callable[[Any], None]
-    ) -> None:
+        self, request: Any, principal: Principal, put: Callable[[Any], None],
+        header: Header | None = None,
+    ) -> None:  # fmt: skip
         """Answer one request of a stream: a generative model puts one response per token
-        event, any other model one response."""
+        event, any other model one response. `header` reads the call's metadata."""
         tokens = self.tokens
         if tokens.handles(request, principal):
-            await tokens.run(request, principal, put)
+            await tokens.run(request, principal, put, header)
         else:
-            put(await self.stream_one(request, principal))
+            put(await self.stream_one(request, principal, header))
 
-    async def stream_one(self, request: Any, principal: Principal = ANONYMOUS) -> Any:
+    async def stream_one(
+        self, request: Any, principal: Principal = ANONYMOUS,
+        header: Header | None = None,
+    ) -> Any:  # fmt: skip
         """One request of a stream -> ModelStreamInferResponse (never raises InferdError)."""
         start = time.perf_counter_ns()
         try:
             response = pb.ModelStreamInferResponse(
-                infer_response=await self.infer(request, None, principal)
+                infer_response=await self.infer(request, None, principal, header)
             )
             code = OK
         except InferdError as e:
@@ -333,9 +337,11 @@ class _Stream:
         servicer: InferenceServicer,
         requests: AsyncIterator[Any],
         principal: Principal = ANONYMOUS,
+        header: Header | None = None,
     ) -> None:
         self.servicer = servicer
         self.principal = principal
+        self.header = header
         self.out: asyncio.Queue[Any] = asyncio.Queue()
         self._slots = asyncio.Semaphore(MAX_STREAM_INFLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -359,7 +365,8 @@ class _Stream:
 
     async def _one(self, request: Any) -> None:
         try:
-            await self.servicer.stream_request(request, self.principal, self.out.put_nowait)
+            await self.servicer.stream_request(request, self.principal, self.out.put_nowait,
+                                               self.header)  # fmt: skip
         finally:
             self._slots.release()
             self._inflight -= 1

@@ -17,11 +17,12 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Send
 
-from inferd.api.dataplane import DataPlane
+from inferd.api.dataplane import DataPlane, Header
 from inferd.api.http.errors import status_of
 from inferd.api.http.openai import revision_header, send_json, send_sse
 from inferd.core.errors import InferdError, InvalidInput
 from inferd.core.generate import GenerateRequest, parse_sampling
+from inferd.serving.engine import ServedVersion
 
 _RESERVED = {"text_input", "parameters", "id", "stream"}
 
@@ -49,12 +50,15 @@ async def serve_generate(
     receive: Receive,
     send: Send,
     admit: Callable[[], contextlib.AbstractAsyncContextManager[None]],
+    header: Header | None = None,
 ) -> int:
-    """Run one generate / generate_stream call; returns the status for the access log."""
+    """Run one generate / generate_stream call; returns the status for the access log.
+    `header` reads a request header (the deployment's routing rules)."""
     try:
         request = _request(await prepare())
         async with admit():
-            return await _run(plane, name, version, stream, request, receive, send)
+            sv = plane.generator(name, version, header)  # routed; not an LLM: 501 at once
+            return await _run(plane, sv, stream, request, receive, send)
     except InferdError as e:  # raised before any byte of the answer was sent
         status = status_of(e)
         await send_json(send, status, {"error": e.message}, [])
@@ -65,14 +69,12 @@ async def serve_generate(
 
 async def _run(
     plane: DataPlane,
-    name: str,
-    version: str | None,
+    sv: ServedVersion,
     stream: bool,
     request: GenerateRequest,
     receive: Receive,
     send: Send,
 ) -> int:
-    sv = plane.generator(name, version)  # routed; not an LLM: 501 before anything runs
     head = {"model_name": sv.name, "model_version": sv.version}
     events = plane.generate(sv, request)
     if not stream:

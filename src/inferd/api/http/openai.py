@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from starlette.types import Receive, Send
 
-from inferd.api.dataplane import DataPlane
+from inferd.api.dataplane import DataPlane, Header
 from inferd.api.http.errors import status_of
 from inferd.api.http.request import until_disconnect
 from inferd.auth.principal import Principal
@@ -167,11 +167,11 @@ class OpenAIRoutes:
         return requests, stream, usage_chunk
 
     async def complete(
-        self, kind: str, doc: dict[str, Any], p: Principal
+        self, kind: str, doc: dict[str, Any], p: Principal, header: Header | None = None
     ) -> tuple[dict[str, Any], ServedVersion]:
         """A non-streamed completion or chat completion, and the revision that made it."""
         model = self.allow(p, doc.get("model"))
-        sv = self.plane.generator(model)  # routed once: every prompt goes to this revision
+        sv = self.plane.generator(model, None, header)  # routed once: every prompt goes there
         requests, _, _ = await self._prepare(kind, doc, sv)
 
         async def run(r: GenerateRequest) -> TokenEvent:
@@ -204,12 +204,12 @@ class OpenAIRoutes:
                 "usage": usage}, sv  # fmt: skip
 
     async def stream(
-        self, kind: str, doc: dict[str, Any], p: Principal
+        self, kind: str, doc: dict[str, Any], p: Principal, header: Header | None = None
     ) -> tuple[AsyncGenerator[bytes, None], ServedVersion]:
         """Validate and start a streamed completion: SSE chunks as an iterator, and the
         revision that makes them."""
         model = self.allow(p, doc.get("model"))
-        sv = self.plane.generator(model)  # not an LLM, no generator: refused before the 200
+        sv = self.plane.generator(model, None, header)  # not an LLM: refused before the 200
         requests, _, usage_chunk = await self._prepare(kind, doc, sv)
         if len(requests) != 1:
             raise ParamError("prompt", "streaming takes one prompt")
@@ -260,7 +260,7 @@ class OpenAIRoutes:
     # ---- images --------------------------------------------------------------------------
 
     async def images(
-        self, doc: dict[str, Any], p: Principal
+        self, doc: dict[str, Any], p: Principal, header: Header | None = None
     ) -> tuple[dict[str, Any], ServedVersion]:
         """POST /v1/images/generations on a `runtime: diffusers` model (b64_json answers)."""
         model = self.allow(p, doc.get("model"), "infer")
@@ -284,7 +284,7 @@ class OpenAIRoutes:
                            doc.get("guidance_scale")), ("seed", doc.get("seed"))):  # fmt: skip
             if value is not None:
                 params[key] = value
-        sv = self.plane.version(model)
+        sv = self.plane.version(model, None, header)
         if "image" not in sv.output_map:
             raise ParamError("model", f"`{model}` is not an image generation model")
         inputs = [Tensor("prompt", "BYTES", np.array([prompt.encode()] * n, dtype=object))]
@@ -304,7 +304,7 @@ class OpenAIRoutes:
     # ---- embeddings ----------------------------------------------------------------------
 
     async def embeddings(
-        self, doc: dict[str, Any], p: Principal
+        self, doc: dict[str, Any], p: Principal, header: Header | None = None
     ) -> tuple[dict[str, Any], ServedVersion]:
         model = self.allow(p, doc.get("model"), "infer")
         raw = doc.get("input")
@@ -319,7 +319,7 @@ class OpenAIRoutes:
         fmt = doc.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise ParamError("encoding_format", "must be 'float' or 'base64'")
-        sv = self.plane.version(model)
+        sv = self.plane.version(model, None, header)
         if "embedding" not in sv.output_map:
             raise ParamError("model", f"`{model}` is not an embedding model")
         request = InferenceRequest(
@@ -415,11 +415,13 @@ async def serve_openai(
     api: OpenAIRoutes,
     route: str,
     prepare: Callable[[], Awaitable[tuple[Principal, Any]]],
+    header: Header | None,
     receive: Receive,
     send: Send,
 ) -> int:
     """Run one OpenAI route to the end; returns the status for the access log (499 when the
-    client went away mid-stream, which aborted its generation)."""
+    client went away mid-stream, which aborted its generation). `header` reads a request
+    header (the deployment's routing rules)."""
     status = 200
     started = False
     try:
@@ -428,16 +430,16 @@ async def serve_openai(
             raise ParamError("body", "must be a JSON object")
         async with api.plane.admit(p):
             if route == "openai_embeddings":
-                answer, sv = await api.embeddings(doc, p)
+                answer, sv = await api.embeddings(doc, p, header)
             elif route == "openai_images":
-                answer, sv = await api.images(doc, p)
+                answer, sv = await api.images(doc, p, header)
             else:
                 kind = "chat" if route == "openai_chat" else "completion"
                 if doc.get("stream"):
-                    chunks, sv = await api.stream(kind, doc, p)  # bad fields fail before the 200
+                    chunks, sv = await api.stream(kind, doc, p, header)  # bad fields: before 200
                     started = True
                     return await send_sse(receive, send, chunks, revision_header(sv))
-                answer, sv = await api.complete(kind, doc, p)
+                answer, sv = await api.complete(kind, doc, p, header)
             await send_json(send, 200, answer, revision_header(sv))
             return status
     except InferdError as e:

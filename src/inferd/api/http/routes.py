@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from inferd.api.dataplane import POLICY, PUBLIC, Credentials, DataPlane
+from inferd.api.dataplane import POLICY, PUBLIC, Credentials, DataPlane, Header
 from inferd.api.http import generate as v2generate
 from inferd.api.http import schemas as s
 from inferd.api.http.body import ClientDisconnected, HttpLimits, decode_content, read_body
@@ -132,6 +132,12 @@ class DataPlaneRoute(APIRoute):
                 return json({"error": "internal server error"}, 500)
 
         return run
+
+
+def header(request: Request) -> Header:
+    """Reads one of the request's headers by its lower-case name (the deployment's routing
+    rules)."""
+    return request.headers.get
 
 
 def credentials(request: Request) -> Credentials:
@@ -307,7 +313,7 @@ def data_plane_router(
                 return plane.admit(p)
 
             serve = partial(v2generate.serve_generate, plane, name, version, stream, prepare)
-            return Served(lambda receive, send: serve(receive, send, admit))
+            return Served(lambda receive, send: serve(receive, send, admit, header(request)))
 
         endpoint.__doc__ = (
             "Server-Sent Events, one `data: {model_name, model_version, text_output}` per "
@@ -410,7 +416,7 @@ def data_plane_router(
                 p = await plane.caller(credentials(request))
                 return p, await read_json(request, limits)
 
-            return Served(partial(serve_openai, openai, route, prepare))
+            return Served(partial(serve_openai, openai, route, prepare, header(request)))
 
         return endpoint
 

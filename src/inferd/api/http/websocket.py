@@ -172,7 +172,8 @@ class TokenSocket:
         params = parse_sampling(parameters)
         request = GenerateRequest(uuid.uuid4().hex, prompt=prompt, params=params)
         async with plane.admit(p):
-            sv = plane.generator(run.model_name, run.model_version)
+            # routed by the handshake's headers (the deployment's routing rules)
+            sv = plane.generator(run.model_name, run.model_version, sock.ws.headers.get)
             run.model_version = sv.version
             events = plane.generate(sv, request)
             assert isinstance(events, AsyncGenerator)

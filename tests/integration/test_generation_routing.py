@@ -1,0 +1,135 @@
+"""A deployment's header rules route generation on every protocol that generates: OpenAI
+completions and chat (plain and streamed, the `openai` SDK), V2 generate, the WebSocket
+endpoint (the handshake's headers, the `websockets` client) and gRPC ModelStreamInfer (call
+metadata, tritonclient). Two versions of a tiny random Llama, uploaded by a member and deployed
+with version 1 taking all the traffic; a rule sends tenant `beta` to version 2. Each answer
+names the revision that made it."""
+
+from __future__ import annotations
+
+import io
+import queue
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import orjson
+import pytest
+import tritonclient.grpc as tc
+from websockets.asyncio.client import connect
+
+from tests.integration.platform import Platform
+from tests.llm_models import tiny_llm
+
+TENANT = {"x-tenant": "beta"}
+LLM: dict[str, Any] = {"max_tokens": 2, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("genroute")
+    folder = tiny_llm(root / "llm", "llama")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    p = Platform(root / "data").start()
+    owner = p.user("gen")
+    r = p.http.post("/api/v1/models", headers=owner, json={"name": "chat", "visibility": "public"})
+    assert r.status_code == 201, r.text
+    for _ in range(2):
+        r = p.upload(owner, "chat", buf.getvalue(), {"runtime": "llm"}, "model.zip")
+        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+    routing = {"rules": [{"header": "X-Tenant", "value": "beta", "version": 2}]}
+    r = p.http.post("/api/v1/deployments", headers=owner,
+                    json={"model": "chat", "traffic": {"1": 100, "2": 0},
+                          "routing": routing})  # fmt: skip
+    assert r.status_code == 201, r.text
+    d = p.wait_deployment(owner, r.json()["id"], timeout=180)
+    assert d["status"] == "ready", d
+    try:
+        yield {"p": p}
+    finally:
+        p.stop()
+
+
+def _url(world: dict[str, Any]) -> str:
+    server = world["p"].server
+    assert server is not None
+    return str(server.url)
+
+
+def test_openai_completions_and_chat_follow_the_rules(world: dict[str, Any]) -> None:
+    with openai.OpenAI(base_url=f"{_url(world)}/v1", api_key="EMPTY", max_retries=0) as client:
+        for headers, want in ((None, "1"), (TENANT, "2")):
+            r = client.completions.with_raw_response.create(
+                model="chat", prompt="hi", extra_headers=headers, **LLM
+            )
+            assert r.headers["x-inferd-model-version"] == want
+            r = client.chat.completions.with_raw_response.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}],
+                extra_headers=headers, **LLM)  # fmt: skip
+            assert r.headers["x-inferd-model-version"] == want
+            with client.completions.with_streaming_response.create(
+                model="chat", prompt="hi", stream=True, extra_headers=headers, **LLM
+            ) as s:
+                assert s.headers["x-inferd-model-version"] == want
+                assert "[DONE]" in s.text()
+
+
+def test_v2_generate_follows_the_rules(world: dict[str, Any]) -> None:
+    body = {"text_input": "hi", "parameters": LLM}
+    with httpx.Client(base_url=_url(world), timeout=60) as http:
+        for headers, want in ((None, "1"), (TENANT, "2")):
+            r = http.post("/v2/models/chat/generate", json=body, headers=headers)
+            assert r.status_code == 200 and r.json()["model_version"] == want, r.text
+            # a version in the path wins over the rule
+            r = http.post("/v2/models/chat/versions/1/generate", json=body, headers=headers)
+            assert r.json()["model_version"] == "1", r.text
+
+
+async def test_websocket_follows_the_handshake_headers(world: dict[str, Any]) -> None:
+    url = _url(world).replace("http://", "ws://") + "/v2/models/chat/generate_stream/ws"
+    for headers, want in ((None, "1"), (TENANT, "2")):
+        async with connect(url, additional_headers=headers) as ws:
+            await ws.send(orjson.dumps({"id": "a", "text_input": "hi", "parameters": LLM}).decode())
+            versions = set()
+            while True:
+                m = orjson.loads(await ws.recv())
+                assert "error" not in m, m
+                versions.add(m["model_version"])
+                if m.get("final"):
+                    break
+        assert versions == {want}
+
+
+def test_grpc_stream_follows_the_call_metadata(world: dict[str, Any]) -> None:
+    server = world["p"].server
+    for headers, want in ((None, "1"), (TENANT, "2")):
+        got: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+        def callback(result: Any, error: Any, got: queue.Queue[tuple[Any, Any]] = got) -> None:
+            got.put((result, error))
+
+        client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        try:
+            client.start_stream(callback=callback, headers=headers)
+            t = tc.InferInput("text_input", [1], "BYTES")
+            t.set_data_from_numpy(np.array([b"hi"], dtype=object))
+            client.async_stream_infer("chat", [t], request_id="r",
+                                      parameters={"max_tokens": 2})  # fmt: skip
+            versions = set()
+            while True:
+                result, error = got.get(timeout=60)
+                assert error is None, error
+                resp = result.get_response()
+                versions.add(resp.model_version)
+                if resp.parameters["triton_final_response"].bool_param:
+                    break
+            client.stop_stream()
+        finally:
+            client.close()
+        assert versions == {want}
