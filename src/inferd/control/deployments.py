@@ -54,45 +54,45 @@ BATCHING_KEYS = {"max_batch_size", "max_queue_delay_microseconds", "max_queue_de
 RESOURCE_KEYS = {"cpu", "memory", "gpu"}
 
 
-def parse_config(raw: Any) -> DeploymentConfig:
-    """A DeploymentConfig from JSON, naming the bad field."""
+def parse_config(raw: Any, field: str = "config") -> DeploymentConfig:
+    """A DeploymentConfig from JSON, naming the bad field (under `field`)."""
     if raw is None:
         return DeploymentConfig()
     if not isinstance(raw, dict):
-        raise InvalidInput("config: must be an object")
+        raise InvalidField(field, "must be an object")
     unknown = set(raw) - CONFIG_FIELDS
     if unknown:
-        raise InvalidInput(f"config.{sorted(unknown)[0]}: unknown field")
+        raise InvalidField(f"{field}.{sorted(unknown)[0]}", "unknown field")
     cfg = DeploymentConfig(**raw)
     for name in ("min_replicas", "max_replicas", "target_concurrency"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 64:
-            raise InvalidInput(f"config.{name}: must be an integer from 0 to 64")
+            raise InvalidField(f"{field}.{name}", "must be an integer from 0 to 64")
     if cfg.max_replicas < max(cfg.min_replicas, 1):
-        raise InvalidInput("config.max_replicas: must be >= min_replicas and >= 1")
+        raise InvalidField(f"{field}.max_replicas", "must be >= min_replicas and >= 1")
     if cfg.target_concurrency < 1:
-        raise InvalidInput("config.target_concurrency: must be >= 1")
+        raise InvalidField(f"{field}.target_concurrency", "must be >= 1")
     s2z = cfg.scale_to_zero_after_s
     if s2z is not None and (not isinstance(s2z, int | float) or isinstance(s2z, bool) or s2z <= 0):
-        raise InvalidInput("config.scale_to_zero_after_s: must be a positive number or null")
+        raise InvalidField(f"{field}.scale_to_zero_after_s", "must be a positive number or null")
     if cfg.runtime is not None and not isinstance(cfg.runtime, str):
-        raise InvalidInput("config.runtime: must be a string")
+        raise InvalidField(f"{field}.runtime", "must be a string")
     for name, keys in (("batching", BATCHING_KEYS), ("resources", RESOURCE_KEYS)):
         d = getattr(cfg, name)
         if not isinstance(d, dict):
-            raise InvalidInput(f"config.{name}: must be an object")
+            raise InvalidField(f"{field}.{name}", "must be an object")
         bad = set(d) - keys
         if bad:
-            raise InvalidInput(f"config.{name}.{sorted(bad)[0]}: unknown field")
+            raise InvalidField(f"{field}.{name}.{sorted(bad)[0]}", "unknown field")
     for k, v in cfg.resources.items():
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-            raise InvalidInput(f"config.resources.{k}: must be a number >= 0")
+            raise InvalidField(f"{field}.resources.{k}", "must be a number >= 0")
     if not isinstance(cfg.parameters, dict):
-        raise InvalidInput("config.parameters: must be an object")
+        raise InvalidField(f"{field}.parameters", "must be an object")
     if cfg.instance_kind not in ("process", "thread"):
-        raise InvalidInput("config.instance_kind: must be 'process' or 'thread'")
+        raise InvalidField(f"{field}.instance_kind", "must be 'process' or 'thread'")
     if not isinstance(cfg.response_cache, bool):
-        raise InvalidInput("config.response_cache: must be true or false")
+        raise InvalidField(f"{field}.response_cache", "must be true or false")
     return cfg
 
 
