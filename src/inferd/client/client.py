@@ -321,11 +321,20 @@ class Client:
         weights: Mapping[int, int],
         wait: bool = True,
         timeout: float = 120,
+        configs: Mapping[int, Mapping[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
         """Split the traffic of `model`'s deployment among revisions: `{1: 90, 2: 10}` (whole
-        percentages summing to 100). Revisions already served keep their replicas; new ones
-        load before they take traffic. A model without a deployment is deployed this way."""
-        traffic = [{"version": int(v), "weight": int(w)} for v, w in weights.items()]
+        percentages summing to 100). Revisions already served keep their replicas (and their
+        own runtime configs); new ones load before they take traffic. `configs` gives
+        revisions their own runtime config (`{2: {"max_replicas": 4}}`; None: back to the
+        deployment's). A model without a deployment is deployed this way."""
+        own = {int(v): c for v, c in (configs or {}).items()}
+        traffic: list[dict[str, Any]] = []
+        for v, w in weights.items():
+            entry: dict[str, Any] = {"version": int(v), "weight": int(w)}
+            if int(v) in own:
+                entry["config"] = own[int(v)]
+            traffic.append(entry)
         dep = next((d for d in self.deployments() if d["model"] == model), None)
         if dep is None:
             dep = self.request("POST", "/api/v1/deployments",
@@ -360,13 +369,14 @@ class Client:
         self, model: str, version: int, steps: Sequence[int] | None = None,
         dwell_s: float | None = None, interval_s: float | None = None,
         analysis: Mapping[str, Any] | None = None, auto_promote: bool = True,
-        timeout: float = 600,
+        config: Mapping[str, Any] | None = None, timeout: float = 600,
     ) -> dict[str, Any]:  # fmt: skip
         """Canary rollout of `model`'s deployment to `version`: brought up beside the served
         version, then given `steps` of the traffic (e.g. `[5, 25, 50, 100]`), each lasting at
         least `dwell_s`, compared with the stable version every `interval_s` by `analysis`
         (`min_requests`, `max_error_rate`, `max_error_rate_increase`, `max_latency_ratio`,
         `latency_tolerance_ms`, `window_s`): rolled back at the first failed check, promoted
+        (with its own runtime `config`, when given)
         after the last step (without `auto_promote`: held at the last step, still analysed,
         until `promote`). Returns once the first step is applied; the deployment's `rollout`
         (`phase`, `weight`, `analysis`, `events`; `rollout_status`) shows the rest."""
@@ -375,7 +385,9 @@ class Client:
                  "interval_s": interval_s,
                  "analysis": dict(analysis) if analysis is not None else None}  # fmt: skip
         plan = {k: v for k, v in given.items() if v is not None} | {"auto_promote": auto_promote}
-        body = {"strategy": "canary", "version": int(version), "canary": plan}
+        body: dict[str, Any] = {"strategy": "canary", "version": int(version), "canary": plan}
+        if config is not None:
+            body["config"] = dict(config)
         return self.request("POST", f"/api/v1/deployments/{_seg(dep['id'])}/rollout",
                             json=body, timeout=timeout)  # fmt: skip
 

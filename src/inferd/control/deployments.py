@@ -97,8 +97,9 @@ def parse_config(raw: Any, field: str = "config") -> DeploymentConfig:
 
 
 def check_config_trust(
-    actor: Actor, owner: User, cfg: DeploymentConfig, previous: DeploymentConfig | None
-) -> None:
+    actor: Actor, owner: User, cfg: DeploymentConfig, previous: DeploymentConfig | None,
+    field: str = "config",
+) -> None:  # fmt: skip
     """Refuse config that loosens a load-time safety check (core.trust): it needs a trusted owner,
     and callables in a skops allow-list need an admin. What the stored config already holds (an
     admin put it there) may be sent back unchanged by the owner."""
@@ -106,9 +107,9 @@ def check_config_trust(
     if previous is not None and owner.trusted and isinstance(params, dict):
         # unchanged values were checked when written; an untrusted owner keeps nothing
         params = {k: v for k, v in params.items() if previous.parameters.get(k) != v}
-    check_loosening(params, field="config.parameters", owner_trusted=owner.trusted,
+    check_loosening(params, field=f"{field}.parameters", owner_trusted=owner.trusted,
                     actor_admin=actor.principal.is_admin, runtime=cfg.runtime,
-                    runtime_field="config.runtime")  # fmt: skip
+                    runtime_field=f"{field}.runtime")  # fmt: skip
 
 
 def deployment_spec(
@@ -253,7 +254,7 @@ class Deployments:
             raise InvalidField("traffic", "give either a version or a traffic split, not both")
         owner = await self.store.get_user(model.owner_id)
         check_config_trust(actor, owner, cfg, None)
-        mv, split = await self._revisions(model, version, traffic, cfg, owner)
+        mv, split = await self._revisions(actor, model, version, traffic, cfg, owner, ())
         await self._check_routing(actor, model, routing, split or (Revision(mv.version, 100),))
         dep = await self.store.create_deployment(
             model.id, mv.version, cfg, actor.principal.user_id, split, routing
@@ -267,26 +268,46 @@ class Deployments:
 
     async def _revisions(
         self,
+        actor: Actor,
         model: Model,
         version: int | None,
         traffic: tuple[Revision, ...] | None,
         cfg: DeploymentConfig,
         owner: User,
+        previous: tuple[Revision, ...],
     ) -> tuple[ModelVersion, tuple[Revision, ...]]:
         """The primary version and the split to store (empty: one revision takes all), each
-        revision checked ready and loadable before anything is stored."""
+        revision checked ready and loadable before anything is stored. A revision's own
+        config is the one given (checked like the deployment's), else the one it had in
+        `previous`; None: the deployment's `cfg`."""
         if not traffic:
             mv = await self._ready_version(model, version)
             deployment_spec(model, mv, cfg, owner.trusted)  # validate before storing
             return mv, ()
+        had = {r.version: r.config for r in previous}
+        resolved = []
         for i, r in enumerate(traffic):
             try:
                 rv = await self._ready_version(model, r.version)
             except (NotFound, Conflict) as e:
                 raise InvalidField(f"traffic[{i}].version", e.message) from None
-            deployment_spec(model, rv, cfg, owner.trusted)
+            own = r.config if r.config_given else had.get(r.version)
+            if r.config_given and own is not None:
+                check_config_trust(actor, owner, own, had.get(r.version),
+                                   f"traffic[{i}].config")  # fmt: skip
+            try:
+                deployment_spec(model, rv, own or cfg, owner.trusted)
+            except (InvalidInput, Unprocessable) as e:  # named after the revision's config
+                if own is None or not e.message.startswith("config"):
+                    raise
+                kind = Unprocessable if isinstance(e, Unprocessable) else InvalidInput
+                raise kind(f"traffic[{i}].{e.message}") from None
+            resolved.append(Revision(r.version, r.weight, own))
+        if len(resolved) == 1 and resolved[0].config is not None:
+            raise InvalidField("traffic[0].config", "one revision alone runs with the "
+                               "deployment's config: set `config` instead")  # fmt: skip
         mv = await self._ready_version(model, primary(traffic))
-        return mv, traffic if len(traffic) > 1 else ()
+        return mv, tuple(resolved) if len(resolved) > 1 else ()
 
     async def _check_routing(
         self, actor: Actor, model: Model, policy: RoutingPolicy, revisions: tuple[Revision, ...]
@@ -400,7 +421,8 @@ class Deployments:
         if traffic is None and version is None:  # the config alone: the revisions stay
             traffic = dep.traffic or None
             version = None if traffic else dep.version
-        mv, split = await self._revisions(model, version, traffic, cfg or dep.config, owner)
+        mv, split = await self._revisions(actor, model, version, traffic, cfg or dep.config,
+                                          owner, dep.traffic)  # fmt: skip
         await self._check_routing(actor, model, dep.routing if routing is None else routing,
                                   split or (Revision(mv.version, 100),))  # fmt: skip
         dep = await self.store.update_deployment(dep.id, version=mv.version, config=cfg,
@@ -486,10 +508,10 @@ class Deployments:
             owner = await self.store.get_user(model.owner_id)
             specs: dict[str, ModelSpec] = {}
             root: Path | None = None
-            for r in dep.revisions():  # each revision with its own version's signature
+            for r in dep.revisions():  # each with its version's signature and its own config
                 mv = await self.store.get_version(model.id, r.version)
                 specs[str(mv.version)] = deployment_spec(
-                    model, mv, dep.config, owner.trusted,
+                    model, mv, r.config or dep.config, owner.trusted,
                     self.catalog.settings.skops_trusted_types,
                 )  # fmt: skip
                 root = (await self.catalog.materialize(model, mv.version)).parent

@@ -39,7 +39,7 @@ from inferd.control.audit import Actor, Audit
 from inferd.control.deployments import Deployments
 from inferd.core.canary import FAIL, PASS, CanaryPlan, Verdict, Window, judge
 from inferd.core.errors import Conflict, InferdError, InvalidField, Unprocessable
-from inferd.core.records import Deployment, DeploymentStatus
+from inferd.core.records import Deployment, DeploymentConfig, DeploymentStatus
 from inferd.core.traffic import Revision
 
 log = logging.getLogger("inferd.rollouts")
@@ -171,11 +171,13 @@ class Rollouts:
         deployment_id: str,
         version: int,
         plan: CanaryPlan,
+        config: DeploymentConfig | None = None,
         ready_timeout_s: float = 600.0,
     ) -> tuple[Deployment, Rollout]:
-        """Bring `version` up beside the served one, then hand it the plan's steps of the
-        traffic in the background, analysed as it goes (see the module's docstring). Returns
-        once the canary is loaded and its first step applied."""
+        """Bring `version` up beside the served one (with its own runtime `config`, else the
+        deployment's), then hand it the plan's steps of the traffic in the background,
+        analysed as it goes (see the module's docstring). Returns once the canary is loaded
+        and its first step applied."""
         dep, model = await self.deployments.get(actor, deployment_id)
         if dep.traffic:
             raise Conflict("the deployment splits its traffic among revisions; a canary "
@@ -187,7 +189,8 @@ class Rollouts:
         self.latest[dep.id] = ro
         ro.event("started", version=version, previous=dep.version, plan=plan.doc())
         try:
-            dep = await self._set(actor, dep.id, {dep.version: 100, version: 0}, ready_timeout_s)
+            dep = await self._set(actor, dep.id, {dep.version: 100, version: 0}, ready_timeout_s,
+                                  {version: config} if config is not None else None)  # fmt: skip
             ro.event("ready", version=version)
             dep = await self._step(actor, dep.id, ro, 0, model.name)
         except BaseException as e:
@@ -312,7 +315,9 @@ class Rollouts:
         self, actor: Actor, deployment_id: str, ro: Rollout, name: str, why: str
     ) -> None:
         self._unwatch(name)
-        await self.deployments.update(actor, deployment_id, ro.version, None, None)
+        dep = await self.deployments.store.get_deployment(deployment_id)
+        own = next((r.config for r in dep.traffic if r.version == ro.version), None)
+        await self.deployments.update(actor, deployment_id, ro.version, own, None)
         ro.phase, ro.weight = "promoted", 100
         figures = ro.analysis.doc() if ro.analysis is not None else {}
         ro.event("promoted", version=ro.version, reason=why, **figures)
@@ -359,10 +364,14 @@ class Rollouts:
         return await self.deployments.store.get_deployment(dep.id), ro
 
     async def _set(
-        self, actor: Actor, deployment_id: str, weights: dict[int, int], timeout_s: float
-    ) -> Deployment:
-        """Apply a split and wait until this node serves it (failed: raised)."""
-        traffic = tuple(Revision(v, w) for v, w in weights.items())
+        self, actor: Actor, deployment_id: str, weights: dict[int, int], timeout_s: float,
+        configs: dict[int, DeploymentConfig] | None = None,
+    ) -> Deployment:  # fmt: skip
+        """Apply a split (revisions keep their own configs, `configs` gives new ones) and wait
+        until this node serves it (failed: raised)."""
+        configs = configs or {}
+        traffic = tuple(Revision(v, w, configs.get(v), config_given=v in configs)
+                        for v, w in weights.items())  # fmt: skip
         dep = await self.deployments.update(actor, deployment_id, None, None, traffic)
         deadline = self._clock() + timeout_s
         while True:

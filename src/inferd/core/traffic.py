@@ -8,12 +8,15 @@ holds it on the served model (`Split`), and the data plane picks a revision per 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferd.core.errors import InvalidField
 from inferd.core.spec import version_key
+
+if TYPE_CHECKING:
+    from inferd.core.records import DeploymentConfig
 
 #: Weights are whole percentages.
 TOTAL = 100
@@ -21,10 +24,15 @@ TOTAL = 100
 
 @dataclass(frozen=True, slots=True)
 class Revision:
-    """One revision of a deployment: a model version and its share of the traffic (%)."""
+    """One revision of a deployment: a model version, its share of the traffic (%), and the
+    runtime config it runs with (None: the deployment's). `config_given` marks a revision
+    parsed from a request that said what its config is (`"config": {...}` or `null`); one
+    that did not keeps the config the revision has (see `Deployments.update`)."""
 
     version: int
     weight: int
+    config: DeploymentConfig | None = None
+    config_given: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +75,16 @@ class Split:
         return out
 
 
-def parse_traffic(raw: Any, field: str = "traffic") -> tuple[Revision, ...]:
+def parse_traffic(
+    raw: Any,
+    field: str = "traffic",
+    config: Callable[[Any, str], DeploymentConfig] | None = None,
+) -> tuple[Revision, ...]:
     """A deployment's revisions from JSON: `[{"version": 1, "weight": 90}, ...]` or the short
     form `{"1": 90, "2": 10}`. Weights are integers from 0 to 100 that sum to 100; versions are
-    distinct positive integers. Raises `InvalidField` naming the bad field."""
+    distinct positive integers. With `config` (a parser naming its field), an entry may carry
+    its own runtime `config` (`null`: the deployment's). Raises `InvalidField` naming the bad
+    field."""
     if isinstance(raw, Mapping):
         items: list[Any] = [{"version": k, "weight": v} for k, v in raw.items()]
     elif isinstance(raw, list):
@@ -87,7 +101,7 @@ def parse_traffic(raw: Any, field: str = "traffic") -> tuple[Revision, ...]:
         where = f"{field}[{i}]"
         if not isinstance(item, Mapping):
             raise InvalidField(where, "must be an object with 'version' and 'weight'")
-        unknown = set(item) - {"version", "weight"}
+        unknown = set(item) - ({"version", "weight", "config"} if config else {"version", "weight"})
         if unknown:
             raise InvalidField(f"{where}.{sorted(unknown)[0]}", "unknown field")
         version = _whole(item.get("version"))
@@ -99,7 +113,12 @@ def parse_traffic(raw: Any, field: str = "traffic") -> tuple[Revision, ...]:
         weight = _whole(item.get("weight"))
         if weight is None or not 0 <= weight <= TOTAL:
             raise InvalidField(f"{where}.weight", "must be an integer from 0 to 100")
-        out.append(Revision(version, weight))
+        if config is not None and "config" in item:
+            raw_config = item["config"]
+            own = None if raw_config is None else config(raw_config, f"{where}.config")
+            out.append(Revision(version, weight, own, config_given=True))
+        else:
+            out.append(Revision(version, weight))
     total = sum(r.weight for r in out)
     if total != TOTAL:
         raise InvalidField(field, f"weights must sum to 100 (they sum to {total})")

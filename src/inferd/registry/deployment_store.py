@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -165,5 +167,12 @@ class DeploymentStore(Repository):
             raise NotFound("version not found")
 
 
-def _traffic_json(traffic: tuple[Revision, ...]) -> list[dict[str, int]]:
-    return [{"version": r.version, "weight": r.weight} for r in traffic]
+def _traffic_json(traffic: tuple[Revision, ...]) -> list[dict[str, Any]]:
+    """Each revision: version, weight and, when it has its own, its runtime config."""
+    out: list[dict[str, Any]] = []
+    for r in traffic:
+        doc: dict[str, Any] = {"version": r.version, "weight": r.weight}
+        if r.config is not None:
+            doc["config"] = config_to_json(r.config)
+        out.append(doc)
+    return out

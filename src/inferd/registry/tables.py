@@ -279,8 +279,9 @@ class DeploymentRow(Base):
     created_by: Mapped[str | None] = mapped_column(ID, nullable=True)
     generation: Mapped[int] = mapped_column(Integer(), nullable=False, default=1)
     observed_generation: Mapped[int] = mapped_column(Integer(), nullable=False, default=0)
-    #: The traffic split: [{"version", "weight"}]; empty: `version` takes all of it.
-    traffic: Mapped[list[dict[str, int]]] = mapped_column(JSON(), nullable=False, default=list)
+    #: The traffic split: [{"version", "weight", "config"?}] (a revision's own runtime config,
+    #: when it has one); empty: `version` takes all of it.
+    traffic: Mapped[list[dict[str, Any]]] = mapped_column(JSON(), nullable=False, default=list)
     #: The routing policy (`core.routing`): rules, fallbacks, circuit_breaker; {}: none.
     routing: Mapped[dict[str, Any]] = mapped_column(JSON(), nullable=False, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
@@ -299,7 +300,7 @@ class DeploymentRow(Base):
             created_by=self.created_by,
             generation=self.generation,
             observed_generation=self.observed_generation,
-            traffic=tuple(Revision(int(r["version"]), int(r["weight"])) for r in self.traffic),
+            traffic=tuple(_revision(r) for r in self.traffic),
             routing=parse_routing(self.routing or None),
         )
 
@@ -392,6 +393,12 @@ _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(DeploymentConfig))
 
 def config_to_json(config: DeploymentConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def _revision(doc: dict[str, Any]) -> Revision:
+    own = doc.get("config")
+    return Revision(int(doc["version"]), int(doc["weight"]),
+                    config_from_json(own) if own is not None else None)  # fmt: skip
 
 
 def config_from_json(data: dict[str, Any]) -> DeploymentConfig:

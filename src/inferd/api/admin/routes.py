@@ -139,7 +139,8 @@ class VersionPatch(_Body):
 
 
 #: A traffic split: `[{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]` or the short
-#: form `{"1": 90, "2": 10}`; whole percentages that sum to 100.
+#: form `{"1": 90, "2": 10}`; whole percentages that sum to 100. An entry of the list form may
+#: carry the revision's own runtime `config` (`null`: the deployment's; absent: unchanged).
 Traffic = list[dict[str, Any]] | dict[str, Any] | None
 
 
@@ -172,7 +173,7 @@ class DeploymentPatch(_Body):
 
 
 def _traffic(raw: Traffic) -> tuple[Revision, ...] | None:
-    return None if raw is None else parse_traffic(raw)
+    return None if raw is None else parse_traffic(raw, config=parse_config)
 
 
 def _routing(raw: Routing) -> RoutingPolicy | None:
@@ -454,6 +455,11 @@ class RolloutBody(_Body):
     keep_previous_s: float = Field(
         300.0, ge=0, le=86_400, description="Blue-green: how long the previous version stays warm"
     )
+    config: dict[str, Any] | None = Field(
+        None,
+        description="Canary: the new revision's own runtime config (default: the "
+        "deployment's); it keeps it when promoted",
+    )
     canary: dict[str, Any] | None = Field(
         None,
         description="Canary: `steps` (percentages, e.g. [5, 25, 50, 100]), `dwell_s`, "
@@ -479,10 +485,12 @@ async def rollout_deployment(
     cp = control(request)
     if body.strategy == "canary":
         plan = parse_canary(body.canary)
-        d, ro = await cp.rollouts.canary(actor, deployment_id, body.version, plan)
+        own = parse_config(body.config) if body.config is not None else None
+        d, ro = await cp.rollouts.canary(actor, deployment_id, body.version, plan, own)
     else:
-        if body.canary is not None:
-            raise InvalidField("canary", "is for strategy 'canary'")
+        for given in ("canary", "config"):
+            if getattr(body, given) is not None:
+                raise InvalidField(given, "is for strategy 'canary'")
         d, ro = await cp.rollouts.blue_green(actor, deployment_id, body.version, body.test,
                                              body.keep_previous_s)  # fmt: skip
     _, m = await cp.deployments.get(actor, d.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ from pydantic import BaseModel
 
 from inferd.core.records import ApiKey, Deployment, Model, ModelVersion, User
 from inferd.core.routing import ShadowStats
+from inferd.core.traffic import Revision
 
 
 class Error(BaseModel):
@@ -81,9 +83,17 @@ def deployment(
         },
         "created_at": _ts(d.created_at), "updated_at": _ts(d.updated_at),
         "created_by": d.created_by,
-        "traffic": [{"version": r.version, "weight": r.weight} for r in d.revisions()],
+        "traffic": [_revision(r) for r in d.revisions()],
         "routing": d.routing.doc(),
         **({"shadow": shadow.doc()} if shadow is not None else {}),
         **({"rollout": rollout.doc()} if rollout is not None else {}),
         "endpoint": f"/v2/models/{model_name}/infer",
     }  # fmt: skip
+
+
+def _revision(r: Revision) -> dict[str, Any]:
+    """A revision: version, weight and its own runtime config when it has one."""
+    doc: dict[str, Any] = {"version": r.version, "weight": r.weight}
+    if r.config is not None:
+        doc["config"] = dataclasses.asdict(r.config)
+    return doc
