@@ -117,7 +117,7 @@ def _wait_phase(world: dict[str, Any], phases: set[str], timeout: float = 60) ->
         d = _dep(world)
         if d["rollout"]["phase"] in phases and d["status"] == "ready":
             return d
-        assert time.monotonic() < deadline, d
+        assert time.monotonic() < deadline, (d["traffic"], d["rollout"])
         time.sleep(0.1)
 
 

@@ -146,7 +146,8 @@ class Rollouts:
         except BaseException as e:
             ro.phase = "failed"
             ro.event("failed", reason=getattr(e, "message", str(e)) or type(e).__name__)
-            await self._drop(actor, deployment_id, keep=ro.previous)
+            with contextlib.suppress(InferdError):  # _drop logs it; the first failure stands
+                await self._drop(actor, deployment_id, keep=ro.previous)
             raise
         ro.phase = "switched"
         ro.event("switched", version=version, previous_warm_for_s=keep_previous_s)
@@ -197,7 +198,8 @@ class Rollouts:
             ro.phase = "failed"
             ro.event("failed", reason=getattr(e, "message", str(e)) or type(e).__name__)
             self._unwatch(model.name)
-            await self._drop(actor, deployment_id, keep=ro.previous)
+            with contextlib.suppress(InferdError):  # _drop logs it; the first failure stands
+                await self._drop(actor, deployment_id, keep=ro.previous)
             raise
         ro.phase = "progressing"
         await self.audit.record(actor, "deployment.canary.start", "deployment", dep.id,
@@ -256,7 +258,8 @@ class Rollouts:
             ro.phase = "failed"
             ro.event("failed", reason=getattr(e, "message", str(e)) or type(e).__name__)
             self._unwatch(name)
-            await self._drop(actor, deployment_id, keep=ro.previous)
+            with contextlib.suppress(InferdError):  # _drop logs it; the first failure stands
+                await self._drop(actor, deployment_id, keep=ro.previous)
 
     async def _dwell(
         self, deployment_id: str, ro: Rollout, name: str, hold: bool = False
@@ -388,10 +391,14 @@ class Rollouts:
 
     async def _drop(self, actor: Actor, deployment_id: str, keep: int) -> None:
         """Serve `keep` alone again (the other revision unloads)."""
-        with contextlib.suppress(InferdError):
+        try:
             dep = await self.deployments.store.get_deployment(deployment_id)
             if dep.traffic:
                 await self.deployments.update(actor, deployment_id, keep, None, None)
+        except InferdError as e:
+            log.warning("deployment %s: serving version %s alone failed: %s", deployment_id,
+                        keep, e.message)  # fmt: skip
+            raise
 
     async def _expire(self, actor: Actor, deployment_id: str, ro: Rollout) -> None:
         """Once the previous version's warm time is over, drop it."""

@@ -391,9 +391,12 @@ async def get_deployment(
     deployment_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
 ) -> Any:
     deps = control(request).deployments
+    # the rollout as it was before the deployment is read: a phase shown is never ahead of the
+    # deployment shown with it (a rollback's new traffic is stored before its phase is set)
+    ro = control(request).rollouts.latest.get(deployment_id)
+    rollout = ro.doc() if ro is not None else None
     d, m = await deps.get(actor, deployment_id)
-    return views.deployment(d, m.name, deps.routes.shadows.get(m.name),
-                            control(request).rollouts.latest.get(d.id))  # fmt: skip
+    return views.deployment(d, m.name, deps.routes.shadows.get(m.name), rollout)
 
 
 @router.patch("/deployments/{deployment_id}", tags=["deployments"])
@@ -494,7 +497,7 @@ async def rollout_deployment(
         d, ro = await cp.rollouts.blue_green(actor, deployment_id, body.version, body.test,
                                              body.keep_previous_s)  # fmt: skip
     _, m = await cp.deployments.get(actor, d.id)
-    return views.deployment(d, m.name, rollout=ro)
+    return views.deployment(d, m.name, rollout=ro.doc())
 
 
 @router.post("/deployments/{deployment_id}/promote", tags=["deployments"])
@@ -505,7 +508,7 @@ async def promote_deployment(
     cp = control(request)
     d, ro = await cp.rollouts.promote(actor, deployment_id)
     _, m = await cp.deployments.get(actor, d.id)
-    return views.deployment(d, m.name, rollout=ro)
+    return views.deployment(d, m.name, rollout=ro.doc())
 
 
 @router.post("/deployments/{deployment_id}/rollback", tags=["deployments"])
@@ -517,7 +520,7 @@ async def rollback_deployment(
     cp = control(request)
     d, ro = await cp.rollouts.rollback(actor, deployment_id)
     _, m = await cp.deployments.get(actor, d.id)
-    return views.deployment(d, m.name, rollout=ro)
+    return views.deployment(d, m.name, rollout=ro.doc())
 
 
 # ---- audit -------------------------------------------------------------------------------

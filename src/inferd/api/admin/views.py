@@ -65,10 +65,11 @@ def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
 
 
 def deployment(
-    d: Deployment, model_name: str, shadow: ShadowStats | None = None, rollout: Any = None
-) -> dict[str, Any]:
+    d: Deployment, model_name: str, shadow: ShadowStats | None = None,
+    rollout: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """A deployment as the API shows it; `shadow`: how its shadow compares, `rollout`: its
-    latest rollout (both as this node saw them)."""
+    latest rollout's document (both as this node saw them)."""
     c = d.config
     return {
         "id": d.id, "model": model_name, "version": d.version, "status": str(d.status),
@@ -86,7 +87,7 @@ def deployment(
         "traffic": [_revision(r) for r in d.revisions()],
         "routing": d.routing.doc(),
         **({"shadow": shadow.doc()} if shadow is not None else {}),
-        **({"rollout": rollout.doc()} if rollout is not None else {}),
+        **({"rollout": rollout} if rollout is not None else {}),
         "endpoint": f"/v2/models/{model_name}/infer",
     }  # fmt: skip
 
