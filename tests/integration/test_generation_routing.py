@@ -51,7 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = p.wait_deployment(owner, r.json()["id"], timeout=180)
     assert d["status"] == "ready", d
     try:
-        yield {"p": p}
+        yield {"p": p, "owner": owner, "dep": d}
     finally:
         p.stop()
 
@@ -133,3 +133,31 @@ def test_grpc_stream_follows_the_call_metadata(world: dict[str, Any]) -> None:
         finally:
             client.close()
         assert versions == {want}
+
+
+def test_a_canary_of_an_llm_is_analysed_on_generation_requests(world: dict[str, Any]) -> None:
+    """OpenAI completions alone reach the canary's analysis: its outcomes (time to the first
+    token as latency) are counted, and the healthy canary is promoted."""
+    p = world["p"]
+    headers = world["owner"]
+    dep = world["dep"]
+    r = p.http.patch(f"/api/v1/deployments/{dep['id']}", headers=headers,
+                     json={"version": 1, "routing": {}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert p.wait_deployment(headers, dep["id"], timeout=120)["status"] == "ready"
+    plan = {"steps": [50], "dwell_s": 0, "interval_s": 0.05,
+            "analysis": {"min_requests": 4, "latency_tolerance_ms": 60_000}}  # fmt: skip
+    r = p.http.post(f"/api/v1/deployments/{dep['id']}/rollout", headers=headers,
+                    json={"strategy": "canary", "version": 2, "canary": plan},
+                    timeout=300)  # fmt: skip
+    assert r.status_code == 200, r.text
+    with openai.OpenAI(base_url=f"{_url(world)}/v1", api_key="EMPTY", max_retries=0) as client:
+        for _ in range(200):
+            d = p.http.get(f"/api/v1/deployments/{dep['id']}", headers=headers).json()
+            if d["rollout"]["phase"] != "progressing":
+                break
+            client.completions.create(model="chat", prompt="hi", **LLM)
+    assert d["rollout"]["phase"] == "promoted", d["rollout"]
+    passed = [e for e in d["rollout"]["events"] if e["event"] == "step_passed"]
+    assert passed and passed[0]["canary"]["requests"] >= 4, passed
+    assert passed[0]["canary"]["latency_ms"]["p50"] > 0, passed

@@ -30,6 +30,7 @@ from inferd.auth.policy import can_see
 from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.control.gate import Gate
 from inferd.control.identity import looks_like_credential
+from inferd.core.canary import Window
 from inferd.core.errors import InferdError, Unauthenticated
 from inferd.core.generate import GenerateRequest, TokenEvent
 from inferd.core.routing import (
@@ -440,8 +441,32 @@ class DataPlane:
     def generate(self, sv: ServedVersion, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
         """Token events of one generation on the version `generator` chose; a failure raises
         (`ModelExecutionError`), and closing the iterator early aborts the generation (its slot
-        frees at the next step)."""
-        return self.generation.stream(sv.name, sv.version, request)
+        frees at the next step). Under a canary analysis the revision's outcome is recorded,
+        with the time to its first token as its latency."""
+        events = self.generation.stream(sv.name, sv.version, request)
+        watched = self.routes.watched.get(sv.name) if self.routes.watched else None
+        window = watched.get(sv.version) if watched is not None else None
+        if window is None:
+            return events
+        return self._observed(events, window)
+
+    async def _observed(
+        self, events: AsyncIterator[TokenEvent], window: Window
+    ) -> AsyncIterator[TokenEvent]:
+        """`events`, recording the generation's outcome in `window` (a caller that leaves
+        early records nothing: that says nothing of the revision)."""
+        start = self._clock()
+        first: float | None = None
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            try:
+                async for ev in events:
+                    if first is None:
+                        first = self._clock() - start
+                    yield ev
+            except FAILURES:
+                window.add(self._clock(), True, 0.0)
+                raise
+        window.add(self._clock(), False, first if first is not None else self._clock() - start)
 
     async def chat_prompt(self, sv: ServedVersion, messages: list[dict[str, Any]]) -> str:
         return await self.generation.chat_prompt(sv.name, messages, sv.version)
