@@ -4,12 +4,18 @@ classifier, called point by point in turn:
 
 - `plain`: one revision (version 1);
 - `split`: 90/10 over versions 1 and 2 (the routing step: one draw and a bisection);
+- `split100`: 100/0 over versions 1 and 2: the same routing step, with the answering done by one
+  revision's worker as in `plain` (so the difference is the routing, not a second process);
 - `guarded`: version 1 with a routing policy (a header rule that never matches, a fallback, a
   circuit breaker): the path every request of a deployment with a policy takes;
 - `shadowed`: version 1 answering, version 2 (weight 0) shadowing 100 % of the requests.
 
-Each point is `--duration` seconds of wrk at each concurrency; the table gives the medians over
-`--rounds` rounds and each deployment's difference from `plain`.
+Each point is `--duration` seconds of wrk at each concurrency (after its own discarded warm-up
+run); the table gives the medians over `--rounds` rounds and each deployment's difference from
+`plain`: infer/s, p50 latency, and the CPU time of the server process per request (its threads,
+not its workers: where a routing step's cost lands, far less noisy than latency on a shared
+core). A second table times the routing step alone, in process: `DataPlane.version` for each
+deployment, the call every protocol makes once per request.
 
     .venv/bin/python bench/traffic.py --rounds 5 --duration 4
 """
@@ -47,6 +53,7 @@ def _artifact() -> tuple[bytes, dict[str, Any]]:
 DEPLOYMENTS: dict[str, dict[str, Any]] = {
     "plain": {"version": 1},
     "split": {"traffic": {"1": 90, "2": 10}},
+    "split100": {"traffic": {"1": 100, "2": 0}},
     "guarded": {"traffic": {"1": 100, "2": 0},
                 "routing": {"rules": [{"header": "x-never", "value": "x", "version": 2}],
                             "fallbacks": [{"version": 2}], "circuit_breaker": {"failures": 5}}},
@@ -102,25 +109,55 @@ def main() -> None:
         concs = [int(x) for x in args.concurrency.split(",")]
         p50: dict[tuple[str, int], list[float]] = {}
         rate: dict[tuple[str, int], list[float]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}
         for i in range(args.rounds):
             for c in concs:
                 for name in DEPLOYMENTS:
                     url = f"{server.url}/v2/models/{name}/infer"
-                    warm = 2.0 if i == 0 else 0.5
-                    r = loadgen.run_load(url, body, c, args.duration, warm, "wrk", 1)
+                    loadgen.run_load(url, body, c, 2.0 if i == 0 else 0.5, 0, "wrk", 1)
+                    before = os.times()
+                    r = loadgen.run_load(url, body, c, args.duration, 0, "wrk", 1)
+                    after = os.times()
                     assert r.errors == 0, r
+                    used = (after.user - before.user) + (after.system - before.system)
                     p50.setdefault((name, c), []).append(r.p50_ms * 1000)
                     rate.setdefault((name, c), []).append(r.infer_per_s)
-        print("| deployment | c | infer/s | p50 µs | p50 vs plain (µs) |")
-        print("|---|---|---|---|---|")
+                    cpu.setdefault((name, c), []).append(used / max(r.requests, 1) * 1e6)
+        print("| deployment | c | infer/s | p50 µs | p50 vs plain (µs) | server CPU µs/req "
+              "| CPU vs plain (µs) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
         for c in concs:
             base = statistics.median(p50[("plain", c)])
+            base_cpu = statistics.median(cpu[("plain", c)])
             for name in DEPLOYMENTS:
                 mid = statistics.median(p50[(name, c)])
+                mid_cpu = statistics.median(cpu[(name, c)])
                 print(f"| {name} | {c} | {statistics.median(rate[(name, c)]):,.0f} | "
-                      f"{mid:.0f} | {mid - base:+.0f} |")  # fmt: skip
+                      f"{mid:.0f} | {mid - base:+.0f} | {mid_cpu:.0f} | "
+                      f"{mid_cpu - base_cpu:+.1f} |")  # fmt: skip
+        _routing_step(server.server.asgi.plane, args.rounds)
     finally:
         server.stop()
+
+
+def _routing_step(plane: Any, rounds: int, calls: int = 200_000) -> None:
+    """Time `DataPlane.version` (the routing step) per deployment, interleaved, in process."""
+    header = {"x-user": "someone"}.get
+    ns: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name in DEPLOYMENTS:
+            version = plane.version
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                version(name, None, header)
+            ns.setdefault(name, []).append((time.perf_counter_ns() - start) / calls)
+    base = statistics.median(ns["plain"])
+    print()
+    print("| deployment | routing step ns/call | vs plain (ns) |")
+    print("|---|---|---|")
+    for name in DEPLOYMENTS:
+        mid = statistics.median(ns[name])
+        print(f"| {name} | {mid:.0f} | {mid - base:+.0f} |")
 
 
 if __name__ == "__main__":
