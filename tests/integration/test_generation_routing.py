@@ -135,6 +135,40 @@ def test_grpc_stream_follows_the_call_metadata(world: dict[str, Any]) -> None:
         assert versions == {want}
 
 
+def test_a_generation_in_flight_ends_normally_when_its_revision_is_removed(
+    world: dict[str, Any],
+) -> None:
+    """A stream running on version 2 while the deployment moves to version 1 alone: version 2
+    unloads only once the stream has ended, and the stream ends as asked (no error event)."""
+    p, headers, dep = world["p"], world["owner"], world["dep"]
+    body = {"text_input": "hi", "parameters": {"max_tokens": 240, "temperature": 0,
+                                               "ignore_eos": True}}  # fmt: skip
+    events = []
+    with (
+        httpx.Client(base_url=_url(world), timeout=120) as http,
+        http.stream("POST", "/v2/models/chat/generate_stream", json=body, headers=TENANT) as r,
+    ):
+        assert r.status_code == 200 and r.headers["x-inferd-model-version"] == "2"
+        lines = r.iter_lines()
+        for line in lines:  # the first token: the stream runs on version 2
+            if line.startswith("data:"):
+                events.append(orjson.loads(line[5:]))
+                break
+        moved = p.http.patch(f"/api/v1/deployments/{dep['id']}", headers=headers,
+                             json={"version": 1, "routing": {}})  # fmt: skip
+        assert moved.status_code == 200, moved.text
+        for line in lines:
+            if line.startswith("data:"):
+                events.append(orjson.loads(line[5:]))
+    assert all("error" not in e for e in events), [e for e in events if "error" in e]
+    assert events[-1].get("finish_reason") == "length", events[-1]
+    assert {e["model_version"] for e in events} == {"2"}
+    d = p.wait_deployment(headers, dep["id"], timeout=120)
+    assert d["status"] == "ready" and d["traffic"] == [{"version": 1, "weight": 100}], d
+    r = p.http.post("/v2/models/chat/versions/2/generate", json={"text_input": "hi"})
+    assert r.status_code == 404, r.text
+
+
 def test_a_canary_of_an_llm_is_analysed_on_generation_requests(world: dict[str, Any]) -> None:
     """OpenAI completions alone reach the canary's analysis: its outcomes (time to the first
     token as latency) are counted, and the healthy canary is promoted."""

@@ -61,6 +61,7 @@ class Generation:
         first = True
         prompt_counted = False
         self.engine.inflight += 1
+        sv.inflight += 1  # a revision that stops being served unloads once its streams end
         try:
             async for ev in gen.generate(request):
                 now = self.clock()
@@ -84,6 +85,7 @@ class Generation:
                 yield ev
         finally:
             self.engine.inflight -= 1
+            sv.inflight -= 1
             self._gauges(sv, gen)
 
     def _gauges(self, sv: ServedVersion, gen: LLMBackend) -> None:

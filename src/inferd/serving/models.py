@@ -41,6 +41,11 @@ from inferd.workers.isolation import WorkerIsolation
 log = logging.getLogger("inferd.engine")
 
 
+#: How long a generative revision that stops being served waits, idle, before it unloads: the
+#: longest a generation routed to it may take to start its stream.
+ROUTED_GRACE_S = 0.5
+
+
 class ModelState(StrEnum):
     LOADING = "LOADING"
     READY = "READY"
@@ -142,8 +147,8 @@ class ServedVersion(InFlight):
 
     @property
     def pinned(self) -> bool:
-        """Never unloaded to make room: `pinned: true`, or an LLM (its streams are not counted
-        as requests in flight, and a generation cannot wait for a load)."""
+        """Never unloaded to make room: `pinned: true`, or an LLM (a generation cannot wait
+        for a load)."""
         return self.spec.pinned or self.runtime_name == "llm"
 
     @property
@@ -370,7 +375,9 @@ class ModelManager:
                 continue  # kept: still serving
             if v not in loaded:
                 self.metrics.forget(model.name, v)
-            await self.retire(sv)
+            # a generation routed to it just before the change may not have started its stream
+            # yet (an OpenAI chat call asks the worker for its prompt first): give it a moment
+            await self.retire(sv, ROUTED_GRACE_S if sv.runtime_name == "llm" else 0.0)
         log.info("model %s ready, versions %s", model.name, ",".join(sorted(loaded)))
         return model
 
@@ -493,10 +500,14 @@ class ModelManager:
             # an operator's explicit unload takes the model out of the readiness set
             model.state, model.reason, model.required = ModelState.UNAVAILABLE, "unloaded", False
 
-    async def retire(self, sv: ServedVersion) -> None:
-        """Unload once in-flight requests are done (bounded by the drain timeout)."""
+    async def retire(self, sv: ServedVersion, settle_s: float = 0.0) -> None:
+        """Unload once in-flight requests (and generations) are done, bounded by the drain
+        timeout; with `settle_s`, once it stayed idle that long too."""
         sv.retired = True
         await sv.idle(self.drain_timeout_s)
+        if settle_s:
+            await asyncio.sleep(settle_s)
+            await sv.idle(self.drain_timeout_s)
         for pending in (sv.activation, sv.unloading):
             if pending is not None:
                 with contextlib.suppress(BaseException):
