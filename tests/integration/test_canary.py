@@ -251,3 +251,19 @@ def test_a_fixed_canary_waits_for_a_promotion_by_hand(world: dict[str, Any]) -> 
     assert d["traffic"] == [{"version": 4, "weight": 100}], d
     res = runner.invoke(cli, ["rollout", "rollback", "cn"], env=env)
     assert res.exit_code != 0 and "no switched rollout" in res.output, res.output
+
+
+def test_a_canary_whose_split_is_changed_by_hand_stops_where_it_is(world: dict[str, Any]) -> None:
+    p, carol, dep = world["p"], world["carol"], world["dep"]
+    served = _dep(world)["version"]
+    plan = {"steps": [10, 100], "dwell_s": 60, "interval_s": 0.05, "analysis": ANALYSIS}
+    r = _rollout(world, {"strategy": "canary", "version": 3, "canary": plan})
+    assert r.status_code == 200 and r.json()["rollout"]["weight"] == 10, r.text
+    r = p.http.patch(f"/api/v1/deployments/{dep['id']}", headers=carol,
+                     json={"traffic": {str(served): 50, "3": 50}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    d = _wait_phase(world, {"interrupted", "rolled_back", "promoted", "failed"})
+    assert d["rollout"]["phase"] == "interrupted", d["rollout"]
+    assert d["rollout"]["events"][-1]["event"] == "interrupted"
+    weights = {t["version"]: t["weight"] for t in d["traffic"]}
+    assert weights == {served: 50, 3: 50}, d["traffic"]  # left as the operator set it

@@ -291,10 +291,11 @@ class Rollouts:
                     ro.event("waiting_for_traffic", weight=ro.weight, **verdict.doc())
 
     async def _still_ours(self, deployment_id: str, ro: Rollout) -> bool:
-        """Is the deployment still split between the rollout's two revisions? (Someone may have
-        changed it by hand: the rollout then stops where it is.)"""
+        """Is the deployment still split as the rollout left it? (Someone may have changed it
+        by hand: the rollout then stops where it is.)"""
         dep = await self.deployments.store.get_deployment(deployment_id)
-        if {r.version for r in dep.traffic} == {ro.previous, ro.version}:
+        split = {(r.version, r.weight) for r in dep.traffic}
+        if split == {(ro.previous, 100 - ro.weight), (ro.version, ro.weight)}:
             return True
         ro.phase = "interrupted"
         ro.event("interrupted", reason="the deployment's traffic was changed by hand")
