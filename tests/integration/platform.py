@@ -78,6 +78,26 @@ class Platform:
         return self.http.post(f"/api/v1/models/{name}/versions", headers=headers, files=files,
                               data=form)  # fmt: skip
 
+    def public_model(
+        self, headers: dict[str, str], name: str, data: bytes, meta: dict[str, Any],
+        versions: int = 1, filename: str = "model.bin",
+    ) -> None:  # fmt: skip
+        """Create the public model `name` with `versions` ready versions of `data`."""
+        r = self.http.post("/api/v1/models", headers=headers,
+                           json={"name": name, "visibility": "public"})  # fmt: skip
+        assert r.status_code == 201, r.text
+        for _ in range(versions):
+            r = self.upload(headers, name, data, meta, filename)
+            assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+
+    def deploy(self, headers: dict[str, str], body: dict[str, Any], timeout: float = 60) -> dict:
+        """POST a deployment and wait until it is ready."""
+        r = self.http.post("/api/v1/deployments", headers=headers, json=body)
+        assert r.status_code == 201, r.text
+        d = self.wait_deployment(headers, r.json()["id"], timeout)
+        assert d["status"] == "ready", d
+        return d
+
     def wait_deployment(self, headers: dict[str, str], dep_id: str, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
         while True:

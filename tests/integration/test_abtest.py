@@ -19,16 +19,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     p = Platform(tmp_path_factory.mktemp("abtest") / "data").start()
     alice = p.user("alice")
     artifact, sample = iris_skops()
-    r = p.http.post("/api/v1/models", headers=alice, json={"name": "ab", "visibility": "public"})
-    assert r.status_code == 201, r.text
-    for _ in range(2):
-        r = p.upload(alice, "ab", artifact, {"sample_input": sample})
-        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
-    r = p.http.post("/api/v1/deployments", headers=alice,
-                    json={"model": "ab", "traffic": {"1": 50, "2": 50}})  # fmt: skip
-    assert r.status_code == 201, r.text
-    dep = p.wait_deployment(alice, r.json()["id"])
-    assert dep["status"] == "ready", dep
+    p.public_model(alice, "ab", artifact, {"sample_input": sample}, versions=2)
+    dep = p.deploy(alice, {"model": "ab", "traffic": {"1": 50, "2": 50}})
     try:
         yield {"p": p, "alice": alice, "sample": sample, "dep": dep}
     finally:

@@ -69,10 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for code in (HEALTHY, FAILING, HEALTHY, HEALTHY):
         r = p.upload(carol, "cn", _zip(code), META, "code.zip")
         assert r.status_code == 201 and r.json()["status"] == "ready", r.text
-    r = p.http.post("/api/v1/deployments", headers=carol, json={"model": "cn", "version": 1})
-    assert r.status_code == 201, r.text
-    dep = p.wait_deployment(carol, r.json()["id"])
-    assert dep["status"] == "ready", dep
+    dep = p.deploy(carol, {"model": "cn", "version": 1})
     try:
         yield {"p": p, "carol": carol, "dep": dep}
     finally:

@@ -38,18 +38,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             z.write(f, f.name)
     p = Platform(root / "data").start()
     owner = p.user("gen")
-    r = p.http.post("/api/v1/models", headers=owner, json={"name": "chat", "visibility": "public"})
-    assert r.status_code == 201, r.text
-    for _ in range(2):
-        r = p.upload(owner, "chat", buf.getvalue(), {"runtime": "llm"}, "model.zip")
-        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+    p.public_model(owner, "chat", buf.getvalue(), {"runtime": "llm"}, 2, "model.zip")
     routing = {"rules": [{"header": "X-Tenant", "value": "beta", "version": 2}]}
-    r = p.http.post("/api/v1/deployments", headers=owner,
-                    json={"model": "chat", "traffic": {"1": 100, "2": 0},
-                          "routing": routing})  # fmt: skip
-    assert r.status_code == 201, r.text
-    d = p.wait_deployment(owner, r.json()["id"], timeout=180)
-    assert d["status"] == "ready", d
+    d = p.deploy(owner, {"model": "chat", "traffic": {"1": 100, "2": 0}, "routing": routing},
+                 timeout=180)  # fmt: skip
     try:
         yield {"p": p, "owner": owner, "dep": d}
     finally:

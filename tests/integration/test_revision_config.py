@@ -26,16 +26,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     p = Platform(tmp_path_factory.mktemp("revcfg") / "data").start()
     alice = p.user("alice")
     artifact, sample = iris_skops()
-    r = p.http.post("/api/v1/models", headers=alice, json={"name": "rc", "visibility": "public"})
-    assert r.status_code == 201, r.text
-    for _ in range(3):
-        r = p.upload(alice, "rc", artifact, {"sample_input": sample})
-        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+    p.public_model(alice, "rc", artifact, {"sample_input": sample}, versions=3)
     traffic = [{"version": 1, "weight": 50, "config": TWO}, {"version": 2, "weight": 50}]
-    r = p.http.post("/api/v1/deployments", headers=alice, json={"model": "rc", "traffic": traffic})
-    assert r.status_code == 201, r.text
-    dep = p.wait_deployment(alice, r.json()["id"])
-    assert dep["status"] == "ready", dep
+    dep = p.deploy(alice, {"model": "rc", "traffic": traffic})
     try:
         yield {"p": p, "alice": alice, "sample": sample, "dep": dep}
     finally:

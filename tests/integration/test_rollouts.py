@@ -24,15 +24,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     p = Platform(tmp_path_factory.mktemp("rollouts") / "data").start()
     alice = p.user("alice")
     artifact, sample = iris_skops()
-    r = p.http.post("/api/v1/models", headers=alice, json={"name": "bg", "visibility": "public"})
-    assert r.status_code == 201, r.text
-    for _ in range(3):
-        r = p.upload(alice, "bg", artifact, {"sample_input": sample})
-        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
-    r = p.http.post("/api/v1/deployments", headers=alice, json={"model": "bg", "version": 1})
-    assert r.status_code == 201, r.text
-    dep = p.wait_deployment(alice, r.json()["id"])
-    assert dep["status"] == "ready", dep
+    p.public_model(alice, "bg", artifact, {"sample_input": sample}, versions=3)
+    dep = p.deploy(alice, {"model": "bg", "version": 1})
     try:
         yield {"p": p, "alice": alice, "sample": sample, "dep": dep}
     finally:

@@ -25,12 +25,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     p = Platform(tmp_path_factory.mktemp("traffic") / "data").start()
     alice = p.user("alice")
     artifact, sample = iris_skops()
-    r = p.http.post("/api/v1/models", headers=alice,
-                    json={"name": "split", "visibility": "public"})  # fmt: skip
-    assert r.status_code == 201, r.text
-    for _ in range(3):
-        r = p.upload(alice, "split", artifact, {"sample_input": sample})
-        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+    p.public_model(alice, "split", artifact, {"sample_input": sample}, versions=3)
     try:
         yield {"p": p, "alice": alice, "sample": sample}
     finally:

@@ -24,6 +24,7 @@ from inferd.cli.common import (
     server_option,
     v2_body,
 )
+from inferd.client import Client
 
 
 def _deploy_config(
@@ -91,8 +92,7 @@ def deploy(
             dep = c.deploy(name, version, config, wait=False)
         else:
             if version is None:  # "deploy NAME" means its newest ready version
-                ready = [v["version"] for v in c.versions(name) if v["status"] == "ready"]
-                version = max(ready, default=None)
+                version = _newest_ready(c, name)
             dep = c.update_deployment(existing["id"], version, config, wait=False)
         if not no_wait:
             with Console(stderr=True).status(f"deploying {name} version {dep['version']}"):
@@ -100,13 +100,16 @@ def deploy(
     _deployed(dep, c.base_url, as_json)
 
 
+def _newest_ready(c: Client, name: str) -> int | None:
+    return max((v["version"] for v in c.versions(name) if v["status"] == "ready"), default=None)
+
+
 def _deploy_canary(
     name: str, version: int | None, share: int, server: str | None, as_json: bool
 ) -> None:
     with client_for(server) as c:
         if version is None:
-            ready = [v["version"] for v in c.versions(name) if v["status"] == "ready"]
-            version = max(ready, default=None)
+            version = _newest_ready(c, name)
             if version is None:
                 raise CliError(f"model '{name}' has no ready version")
         dep = c.canary(name, version, [share], dwell_s=0, auto_promote=False)

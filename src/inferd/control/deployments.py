@@ -118,12 +118,14 @@ def deployment_spec(
     cfg: DeploymentConfig,
     trusted: bool,
     operator_types: list[str] | None = None,
+    field: str = "config",
 ) -> ModelSpec:
-    """The data plane's ModelSpec for a deployed version (validated; errors name the field)."""
+    """The data plane's ModelSpec for a deployed version (validated; errors name the field,
+    under `field`: where `cfg` came from)."""
     b = dict(cfg.batching)
     mbs = b.pop("max_batch_size", 0)
     if not isinstance(mbs, int) or isinstance(mbs, bool) or mbs < 0:
-        raise InvalidInput("config.batching.max_batch_size: must be an integer >= 0")
+        raise InvalidInput(f"{field}.batching.max_batch_size: must be an integer >= 0")
 
     def io(specs: tuple[dict[str, Any], ...], what: str) -> list[dict[str, Any]]:
         out = []
@@ -132,7 +134,7 @@ def deployment_spec(
             if mbs > 0:
                 if not shape or shape[0] != -1:
                     raise InvalidInput(
-                        f"config.batching.max_batch_size: {what} '{t['name']}' has no variable "
+                        f"{field}.batching.max_batch_size: {what} '{t['name']}' has no variable "
                         "first dimension to batch on"
                     )
                 shape = shape[1:]
@@ -144,7 +146,7 @@ def deployment_spec(
         version.artifact_format in CODE_FORMATS or runtime in CODE_RUNTIMES
     ):
         raise Unprocessable(
-            "config.instance_kind: 'thread' runs the model inside the server process, outside "
+            f"{field}.instance_kind: 'thread' runs the model inside the server process, outside "
             f"a worker's isolation; a model whose files can run code ('{version.artifact_format}'"
             f" with runtime '{runtime}') runs in worker processes only ('process')"
         )
@@ -180,18 +182,18 @@ def deployment_spec(
             # an idle time shorter than the default downscale delay is meant literally
             raw["autoscaling"]["downscale_delay_s"] = min(30.0, cfg.scale_to_zero_after_s)
     elif cfg.scale_to_zero_after_s is not None:
-        raise InvalidInput("config.scale_to_zero_after_s: needs min_replicas 0")
+        raise InvalidInput(f"{field}.scale_to_zero_after_s: needs min_replicas 0")
     if "max_queue_size" in b:
         raw["max_queue_size"] = b.pop("max_queue_size")
     if mbs > 0:
         raw["dynamic_batching"] = b
     elif b:
-        raise InvalidInput("config.batching: queue delay and sizes need max_batch_size > 0")
+        raise InvalidInput(f"{field}.batching: queue delay and sizes need max_batch_size > 0")
     raw = {k: v for k, v in raw.items() if v is not None}
     try:
         return parse_model_config(model.name, raw)
     except InvalidInput as e:
-        raise InvalidInput(f"config: {e.message}") from None
+        raise InvalidInput(f"{field}: {e.message}") from None
 
 
 class Deployments:
@@ -295,13 +297,8 @@ class Deployments:
             if r.config_given and own is not None:
                 check_config_trust(actor, owner, own, had.get(r.version),
                                    f"traffic[{i}].config")  # fmt: skip
-            try:
-                deployment_spec(model, rv, own or cfg, owner.trusted)
-            except (InvalidInput, Unprocessable) as e:  # named after the revision's config
-                if own is None or not e.message.startswith("config"):
-                    raise
-                kind = Unprocessable if isinstance(e, Unprocessable) else InvalidInput
-                raise kind(f"traffic[{i}].{e.message}") from None
+            deployment_spec(model, rv, own or cfg, owner.trusted,
+                            field="config" if own is None else f"traffic[{i}].config")  # fmt: skip
             resolved.append(Revision(r.version, r.weight, own))
         if len(resolved) == 1 and resolved[0].config is not None:
             raise InvalidField("traffic[0].config", "one revision alone runs with the "

@@ -39,7 +39,7 @@ from inferd.control.audit import Actor, Audit
 from inferd.control.deployments import Deployments
 from inferd.core.canary import FAIL, PASS, CanaryPlan, Verdict, Window, judge
 from inferd.core.errors import Conflict, InferdError, InvalidField, Unprocessable
-from inferd.core.records import Deployment, DeploymentConfig, DeploymentStatus
+from inferd.core.records import Deployment, DeploymentConfig, DeploymentStatus, Model
 from inferd.core.traffic import Revision
 
 log = logging.getLogger("inferd.rollouts")
@@ -120,13 +120,7 @@ class Rollouts:
         at once, keep the previous one warm for `keep_previous_s` (for `rollback`)."""
         if isinstance(keep_previous_s, bool) or not 0 <= keep_previous_s <= MAX_KEEP_S:
             raise InvalidField("keep_previous_s", f"must be from 0 to {MAX_KEEP_S:g} seconds")
-        dep, model = await self.deployments.get(actor, deployment_id)
-        if dep.traffic:
-            raise Conflict("the deployment splits its traffic among revisions; a blue-green "
-                           "rollout starts from one served version")  # fmt: skip
-        if version == dep.version:
-            raise InvalidField("version", f"version {version} is the one served already")
-        self._replace(dep.id)
+        dep, model = await self._begin(actor, deployment_id, version, "a blue-green")
         ro = Rollout("blue_green", dep.version, version, keep_previous_s)
         self.latest[dep.id] = ro
         ro.event("started", version=version, previous=dep.version)
@@ -157,6 +151,20 @@ class Rollouts:
         ro._expiry = asyncio.create_task(self._expire(actor, dep.id, ro))
         return dep, ro
 
+    async def _begin(
+        self, actor: Actor, deployment_id: str, version: int, what: str
+    ) -> tuple[Deployment, Model]:
+        """The checks every rollout starts with: the deployment serves one version, not
+        `version`, and no other rollout of it moves (one that is warm is cancelled)."""
+        dep, model = await self.deployments.get(actor, deployment_id)
+        if dep.traffic:
+            raise Conflict("the deployment splits its traffic among revisions; "
+                           f"{what} rollout starts from one served version")  # fmt: skip
+        if version == dep.version:
+            raise InvalidField("version", f"version {version} is the one served already")
+        self._replace(dep.id)
+        return dep, model
+
     def _replace(self, deployment_id: str) -> None:
         """Make way for a new rollout of the deployment (refused while one is moving)."""
         old = self.latest.get(deployment_id)
@@ -179,13 +187,7 @@ class Rollouts:
         deployment's), then hand it the plan's steps of the traffic in the background,
         analysed as it goes (see the module's docstring). Returns once the canary is loaded
         and its first step applied."""
-        dep, model = await self.deployments.get(actor, deployment_id)
-        if dep.traffic:
-            raise Conflict("the deployment splits its traffic among revisions; a canary "
-                           "rollout starts from one served version")  # fmt: skip
-        if version == dep.version:
-            raise InvalidField("version", f"version {version} is the one served already")
-        self._replace(dep.id)
+        dep, model = await self._begin(actor, deployment_id, version, "a canary")
         ro = Rollout("canary", dep.version, version, 0.0, plan=plan)
         self.latest[dep.id] = ro
         ro.event("started", version=version, previous=dep.version, plan=plan.doc())

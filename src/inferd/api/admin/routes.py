@@ -19,9 +19,11 @@ from inferd.api.admin.upload import receive_upload
 from inferd.control.audit import Actor
 from inferd.control.catalog import VersionMeta
 from inferd.control.deployments import parse_config
+from inferd.control.plane import ControlPlane
+from inferd.control.rollouts import Rollout
 from inferd.core.canary import parse_canary
 from inferd.core.errors import InvalidField, InvalidInput
-from inferd.core.records import Role, Scope
+from inferd.core.records import Deployment, Role, Scope
 from inferd.core.routing import NO_ROUTING, RoutingPolicy, parse_routing
 from inferd.core.traffic import Revision, parse_traffic
 
@@ -496,6 +498,11 @@ async def rollout_deployment(
                 raise InvalidField(given, "is for strategy 'canary'")
         d, ro = await cp.rollouts.blue_green(actor, deployment_id, body.version, body.test,
                                              body.keep_previous_s)  # fmt: skip
+    return await _with_rollout(cp, actor, d, ro)
+
+
+async def _with_rollout(cp: ControlPlane, actor: Actor, d: Deployment, ro: Rollout) -> Any:
+    """A deployment as a rollout endpoint answers it: with the rollout's document."""
     _, m = await cp.deployments.get(actor, d.id)
     return views.deployment(d, m.name, rollout=ro.doc())
 
@@ -507,8 +514,7 @@ async def promote_deployment(
     """End a canary in progress now: the canary version serves all traffic alone."""
     cp = control(request)
     d, ro = await cp.rollouts.promote(actor, deployment_id)
-    _, m = await cp.deployments.get(actor, d.id)
-    return views.deployment(d, m.name, rollout=ro.doc())
+    return await _with_rollout(cp, actor, d, ro)
 
 
 @router.post("/deployments/{deployment_id}/rollback", tags=["deployments"])
@@ -519,8 +525,7 @@ async def rollback_deployment(
     version while the canary progresses, a blue-green one's while it is warm."""
     cp = control(request)
     d, ro = await cp.rollouts.rollback(actor, deployment_id)
-    _, m = await cp.deployments.get(actor, d.id)
-    return views.deployment(d, m.name, rollout=ro.doc())
+    return await _with_rollout(cp, actor, d, ro)
 
 
 # ---- audit -------------------------------------------------------------------------------

@@ -70,18 +70,11 @@ def deployment(
 ) -> dict[str, Any]:  # fmt: skip
     """A deployment as the API shows it; `shadow`: how its shadow compares, `rollout`: its
     latest rollout's document (both as this node saw them)."""
-    c = d.config
     return {
         "id": d.id, "model": model_name, "version": d.version, "status": str(d.status),
         "reason": d.reason, "generation": d.generation,
         "observed_generation": d.observed_generation,
-        "config": {
-            "runtime": c.runtime, "min_replicas": c.min_replicas, "max_replicas": c.max_replicas,
-            "target_concurrency": c.target_concurrency,
-            "scale_to_zero_after_s": c.scale_to_zero_after_s, "batching": c.batching,
-            "resources": c.resources, "parameters": c.parameters,
-            "instance_kind": c.instance_kind, "response_cache": c.response_cache,
-        },
+        "config": dataclasses.asdict(d.config),
         "created_at": _ts(d.created_at), "updated_at": _ts(d.updated_at),
         "created_by": d.created_by,
         "traffic": [_revision(r) for r in d.revisions()],
