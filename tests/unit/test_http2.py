@@ -351,7 +351,7 @@ async def test_message_over_the_limit_is_refused_before_it_arrives() -> None:
 async def test_deadline_ends_the_call_and_cancels_the_handler() -> None:
     c = Client(router())
     c.call(1, request(""), path="/t.S/Slow", grpc_timeout="50m")
-    await asyncio.wait_for(c.conn.idle.wait(), 5)  # the deadline ends the call, not a sleep
+    await asyncio.wait_for(c.conn.wait_idle(), 5)  # the deadline ends the call, not a sleep
     answer = c.answers()[1]
     assert status_of(answer) == ("4", "Deadline Exceeded")
     await settle()

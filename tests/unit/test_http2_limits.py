@@ -59,7 +59,7 @@ def goaway_debug(c: Client) -> bytes:
 
 async def idle(c: Client, seconds: float = 5.0) -> None:
     """Wait until the connection has no open stream (work handed to threads included)."""
-    await asyncio.wait_for(c.conn.idle.wait(), seconds)
+    await asyncio.wait_for(c.conn.wait_idle(), seconds)
 
 
 def prefix(length: int) -> bytes:

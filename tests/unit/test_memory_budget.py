@@ -283,13 +283,13 @@ async def test_a_load_waits_for_a_busy_model_instead_of_failing(tmp_path: Path) 
     try:
         await engine.infer("a", None, request())
         sv = engine.version("a")
-        sv.inflight += 1  # a request of `a` still running
+        sv.enter()  # a request of `a` still running
         waiting = asyncio.ensure_future(engine.infer("b", None, request()))
         for _ in range(20):
             await asyncio.sleep(0)
         assert not waiting.done() and loaded(engine) == ["a"]
         clock.advance(1)
-        sv.inflight -= 1  # done: `a` is idle and may go
+        sv.leave()  # done: `a` is idle and may go
         assert (await waiting).outputs[0].data.tolist() == [2.0]
         assert loaded(engine) == ["b"]
     finally:

@@ -248,8 +248,8 @@ class InferenceEngine(InFlight):
         m = sv.metrics
         m.requests.inc()
         m.pending.inc()
-        sv.inflight += 1
-        self.inflight += 1
+        sv.enter()
+        self.enter()
         try:
             if not sv.resident:  # memory budget: not loaded yet, or unloaded to make room
                 await self._manager.activate(sv)
@@ -292,8 +292,8 @@ class InferenceEngine(InFlight):
             m.failure(_reason(e))
             raise
         finally:
-            sv.inflight -= 1
-            self.inflight -= 1
+            sv.leave()
+            self.leave()
             m.pending.dec()
         t3 = time.perf_counter_ns()
         total = t3 - t0

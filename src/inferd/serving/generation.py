@@ -60,8 +60,8 @@ class Generation:
         start = last = self.clock()
         first = True
         prompt_counted = False
-        self.engine.inflight += 1
-        sv.inflight += 1  # a revision that stops being served unloads once its streams end
+        self.engine.enter()
+        sv.enter()  # a revision that stops being served unloads once its streams end
         try:
             async for ev in gen.generate(request):
                 now = self.clock()
@@ -84,8 +84,8 @@ class Generation:
                     raise ModelExecutionError(f"generation failed: {ev.error}")
                 yield ev
         finally:
-            self.engine.inflight -= 1
-            sv.inflight -= 1
+            self.engine.leave()
+            sv.leave()
             self._gauges(sv, gen)
 
     def _gauges(self, sv: ServedVersion, gen: LLMBackend) -> None:

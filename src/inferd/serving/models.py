@@ -54,32 +54,46 @@ class ModelState(StrEnum):
 
 
 class InFlight:
-    """A count of requests in flight (`inflight`, an int to add to and take from) and an event
-    set whenever it is zero, so that unloading and draining await idleness, never poll it."""
+    """A count of requests in flight (`inflight`; `enter()` and `leave()` change it) that
+    unloading and draining await reaching zero (`idle()`), never poll. A request pays two integer
+    updates: the future that waiters await exists only while someone waits."""
 
     _inflight: int
-    _idle: asyncio.Event
+    _drained: asyncio.Future[None] | None
 
     def _init_inflight(self) -> None:
         self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._drained = None
 
     @property
     def inflight(self) -> int:
         return self._inflight
 
-    @inflight.setter
-    def inflight(self, n: int) -> None:
-        self._inflight = n
-        if n:
-            self._idle.clear()
-        else:
-            self._idle.set()
+    def enter(self) -> None:
+        self._inflight += 1
+
+    def leave(self) -> None:
+        self._inflight -= 1
+        if not self._inflight and self._drained is not None:
+            self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     async def idle(self, timeout_s: float) -> bool:
         """Wait until nothing is in flight (True) or `timeout_s` passed (False)."""
-        return await wait_set(self._idle, timeout_s)
+        if not self._inflight:
+            return True
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._drained)  # shared: one waiter leaving keeps it
+        except TimeoutError:
+            return False
+        return True
 
 
 @dataclass(eq=False)
@@ -131,19 +145,9 @@ class ServedVersion(InFlight):
         self.output_map = {t.name: t for t in outputs}
         self.output_names = [t.name for t in outputs]
 
-    @property
-    def inflight(self) -> int:
-        return self._inflight
-
-    @inflight.setter
-    def inflight(self, n: int) -> None:
-        if n > self._inflight:
-            self.used_at = self.clock()
-        self._inflight = n
-        if n:
-            self._idle.clear()
-        else:
-            self._idle.set()
+    def enter(self) -> None:
+        self.used_at = self.clock()
+        self._inflight += 1
 
     @property
     def pinned(self) -> bool:
@@ -545,15 +549,3 @@ class ModelManager:
                 raise ModelNotFound(name, version)
             raise ModelNotReady(f"model '{name}' version {version} is not ready")
         return sv
-
-
-async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
-    """Wait until `event` is set (True) or `timeout_s` passed (False)."""
-    if event.is_set():
-        return True
-    try:
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True

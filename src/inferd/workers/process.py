@@ -104,8 +104,7 @@ class ProcessReplica:
     async def _call(
         self, kind: Kind, body: dict[str, Any], buffers: Sequence[Buffer], timeout: float, what: str
     ) -> Any:
-        if not self.alive:
-            raise ReplicaFailed(f"replica {self.label} is not running")
+        # a replica that is not running: `send` raises ReplicaFailed ("... is not running")
         return await self._conn.call(kind, body, buffers, timeout=timeout, what=what, serial=True,
                                      on_progress=self._progress)  # fmt: skip
 

@@ -430,7 +430,7 @@ class NativeServer:
         conns = list(self.connections)
         for conn in conns:
             conn.goaway()
-        waits = [asyncio.ensure_future(c.idle.wait()) for c in conns if not c.idle.is_set()]
+        waits = [asyncio.ensure_future(c.wait_idle()) for c in conns if c.streams]
         if waits and grace_s:
             await asyncio.wait(waits, timeout=grace_s)
         for w in waits:

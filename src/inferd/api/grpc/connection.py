@@ -63,8 +63,8 @@ class BaseConnection(asyncio.Protocol):
         self.max_buffered = limits.max_buffered_bytes_per_connection
         self.draining = False  # GOAWAY sent or received: no new streams
         self.closed = False
-        self.idle = asyncio.Event()
-        self.idle.set()
+        #: Resolved once no stream is open; exists only while someone waits (`wait_idle`).
+        self._idle_waiter: asyncio.Future[None] | None = None
         # timeouts: timestamps from `clock`, flags set by the read path and read by `tick`
         self._clock = clock
         self._tick = limits.tick_s()
@@ -112,7 +112,7 @@ class BaseConnection(asyncio.Protocol):
                 stream.call.reset()
         self.blocked.clear()
         self._lost()
-        self.idle.set()
+        self._now_idle()
         if self.on_close is not None:
             self.on_close(self)
 
@@ -208,9 +208,23 @@ class BaseConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    async def wait_idle(self) -> None:
+        """Return once no stream is open on this connection."""
+        if not self.streams:
+            return
+        if self._idle_waiter is None:
+            self._idle_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._idle_waiter)
+
+    def _now_idle(self) -> None:
+        waiter, self._idle_waiter = self._idle_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _check_idle(self) -> None:
         if not self.streams:
-            self.idle.set()
+            if self._idle_waiter is not None:
+                self._now_idle()
             if self.draining and self.transport is not None:
                 self.transport.close()
 

@@ -383,7 +383,6 @@ class Connection(BaseConnection):
             )
             return
         self.streams[sid] = stream
-        self.idle.clear()
         self._opened = True
         try:
             if decoded.head is None:  # the dispatcher could not read it (logged)
