@@ -37,6 +37,8 @@ from inferd.registry.db import Database, sqlite_url
 from inferd.registry.store import RegistryStore
 from inferd.serving.engine import InferenceEngine
 from inferd.serving.generation import Generation
+from inferd.serving.gpus import Gpus
+from inferd.serving.gpus import detect as gpus_found
 from inferd.serving.memory import MemoryBudget
 from inferd.serving.objects import add_objects
 from inferd.serving.repository import ModelRepository
@@ -93,6 +95,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     g = settings.grpc
     plane = DataPlane(engine, Generation(engine, metrics.llm), control.gate,
                       routes=routes_in_force, metrics=RoutingMetrics(metrics.registry))  # fmt: skip
+    engine.step_runner = plane.run_step  # ensembles' steps are routed like requests
     grpc = None
     if g.enabled:
         grpc = GrpcServer(plane, g.host, g.port, g.max_message_bytes, http.server_name,
@@ -122,11 +125,15 @@ def _worker_isolation(settings: Settings) -> WorkerIsolation:
 
 
 def _memory_budget(settings: Settings, metrics: ServingMetrics) -> MemoryBudget | None:
-    """The memory budget of the loaded models (None: every model loads at start and stays)."""
+    """The memory budget of the loaded models, host and per GPU (None: every model loads at
+    start and stays)."""
     s = settings.serving
-    if s.memory_budget_bytes is None:
+    gpus = None
+    if s.gpu_memory_budget is not None:
+        gpus = Gpus.from_settings(s.gpu_memory_budget, s.gpus, gpus_found())
+    if s.memory_budget_bytes is None and gpus is None:
         return None
-    return MemoryBudget(s.memory_budget_bytes, metrics.memory, s.load_wait_s)
+    return MemoryBudget(s.memory_budget_bytes, metrics.memory, s.load_wait_s, gpus=gpus)
 
 
 def _response_cache(settings: Settings, metrics: ServingMetrics) -> ResponseCache | None:

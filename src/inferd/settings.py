@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inferd.core.errors import InvalidInput
-from inferd.core.scaling import parse_bytes
+from inferd.core.scaling import parse_bytes, parse_gpu_budget
 
 
 class HttpSettings(BaseModel):
@@ -312,6 +312,38 @@ class ServingSettings(BaseModel):
         description="With a memory budget: how long a load waits for room that busy models "
         "(requests in flight, loading) hold before its request is refused with 503",
     )
+
+    gpu_memory_budget: int | float | None = Field(
+        None,
+        gt=0,
+        description="Memory the loaded models may hold on each GPU: bytes, a size like "
+        "'20GiB', or a fraction of the GPU's memory like 0.9 or '90%'. Set, a model with "
+        "'resources.gpu' is placed on the GPUs with room, and idle models are unloaded to make "
+        "room there as under memory_budget_bytes; unset, models see every GPU",
+    )
+
+    gpus: list[int] | None = Field(
+        None,
+        description="With gpu_memory_budget: the GPUs (NVML / PCI bus indices) models are "
+        "placed on; unset, every GPU the NVIDIA driver reports",
+    )
+
+    @field_validator("gpu_memory_budget", mode="before")
+    @classmethod
+    def _gpu_budget(cls, value: object) -> object:
+        if value is None:
+            return None
+        try:
+            return parse_gpu_budget(value, "serving.gpu_memory_budget")
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(i < 0 for i in value):
+            raise ValueError("GPU indices must be >= 0")
+        return value
 
     @field_validator("memory_budget_bytes", mode="before")
     @classmethod

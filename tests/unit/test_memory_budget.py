@@ -16,8 +16,9 @@ from inferd.core.errors import InvalidInput, ModelNotReady, Overloaded
 from inferd.core.spec import parse_model_config, spec_to_config
 from inferd.core.tensors import InferenceRequest, Tensor
 from inferd.observability.metrics import ServingMetrics
-from inferd.serving.budget import Holder, plan_room
+from inferd.serving.budget import GpuNeed, Holder, plan_room
 from inferd.serving.engine import InferenceEngine
+from inferd.serving.gpus import Gpus, detect, nvml_usage
 from inferd.serving.memory import MemoryBudget
 from inferd.serving.repository import ModelRepository
 from inferd.settings import Settings
@@ -108,6 +109,61 @@ def test_ties_in_last_use_are_broken_by_key() -> None:
     assert plan_room(20, holders, 10).evict == ("a",)
 
 
+# ---- the pure policy, with GPUs ------------------------------------------------------------
+
+TWO_GPUS = {0: 1000, 1: 1000}
+
+
+def test_a_gpu_version_goes_where_it_fits_without_unloading() -> None:
+    holders = [Holder("a", 10, 1.0, gpu={0: 700}), Holder("b", 10, 2.0, gpu={1: 200})]
+    room = plan_room(None, holders, 10, GpuNeed(500, 1, TWO_GPUS))
+    assert room.fits and room.evict == () and room.devices == (1,)
+    # two GPUs asked: both, GPU 0 short by 200, so a (the only one there) goes
+    room = plan_room(None, holders, 10, GpuNeed(500, 2, TWO_GPUS))
+    assert room.fits and room.evict == ("a",) and room.devices == (0, 1)
+
+
+def test_only_versions_on_the_short_gpu_are_unloaded() -> None:
+    # cpu-only (oldest) and a model on GPU 1 are not in the way of a load short on GPU 0
+    holders = [
+        Holder("cpu", 100, 1.0),
+        Holder("g1", 10, 2.0, gpu={1: 900}),
+        Holder("g0-old", 10, 3.0, gpu={0: 400}),
+        Holder("g0-new", 10, 4.0, gpu={0: 400}),
+    ]
+    room = plan_room(10_000, holders, 10, GpuNeed(500, 1, TWO_GPUS))
+    assert room.fits and room.devices == (0,) and room.evict == ("g0-old",)
+
+
+def test_host_and_gpu_both_short_unload_for_both() -> None:
+    holders = [Holder("cpu", 300, 1.0), Holder("g0", 50, 2.0, gpu={0: 900})]
+    room = plan_room(400, holders, 200, GpuNeed(500, 1, {0: 1000}))
+    assert room.fits and room.evict == ("cpu", "g0")
+
+
+def test_a_gpu_held_by_pinned_or_busy_versions_waits_or_is_refused() -> None:
+    busy = [Holder("busy", 10, 1.0, busy=True, gpu={0: 800})]
+    room = plan_room(None, busy, 10, GpuNeed(500, 1, {0: 1000}))
+    assert not room.fits and room.wait and "busy: busy" in room.refusal
+    assert "budget of GPU 0" in room.refusal
+    pinned = [Holder("p", 10, 1.0, pinned=True, gpu={0: 800}, label="p:1")]
+    room = plan_room(None, pinned, 10, GpuNeed(500, 1, {0: 1000}))
+    assert not room.fits and not room.wait and "pinned: p:1" in room.refusal
+    room = plan_room(None, [], 10, GpuNeed(2000, 1, {0: 1000}))
+    assert not room.fits and not room.wait
+    assert "more than the whole budget of GPU 0" in room.refusal
+    room = plan_room(None, [], 10, GpuNeed(1, 3, TWO_GPUS))
+    assert not room.fits and "needs 3 GPU(s)" in room.refusal
+
+
+def test_over_a_gpu_after_a_load_unloads_idle_versions_there() -> None:
+    # what `loaded` asks once a version came out larger than reserved: need 0 on every GPU
+    holders = [Holder("old", 10, 1.0, gpu={1: 600}), Holder("new", 10, 2.0, busy=True,
+                                                           gpu={1: 600})]  # fmt: skip
+    room = plan_room(None, holders, 0, GpuNeed(0, 2, TWO_GPUS))
+    assert room.fits and room.evict == ("old",)
+
+
 # ---- configuration -------------------------------------------------------------------------
 
 
@@ -125,6 +181,46 @@ def test_budget_setting_takes_bytes_or_a_size() -> None:
     assert Settings(serving={"memory_budget_bytes": 1000}).serving.memory_budget_bytes == 1000
     with pytest.raises(ValueError, match="memory_budget_bytes"):
         Settings(serving={"memory_budget_bytes": "lots"})
+
+
+def test_gpu_budget_setting_takes_a_size_or_a_fraction() -> None:
+    def budget(v: object) -> object:
+        return Settings(serving={"gpu_memory_budget": v}).serving.gpu_memory_budget
+
+    assert Settings().serving.gpu_memory_budget is None
+    assert budget("20GiB") == 20 * 2**30 and budget(1000) == 1000
+    assert budget(0.9) == 0.9 and budget("90%") == 0.9 and budget("0.5") == 0.5
+    for bad in ("lots", 1.5, "150%", "0%"):
+        with pytest.raises(ValueError, match="gpu_memory_budget"):
+            budget(bad)
+    assert Settings(serving={"gpus": [0, 2]}).serving.gpus == [0, 2]
+    with pytest.raises(ValueError, match="GPU indices"):
+        Settings(serving={"gpus": [-1]})
+
+
+def test_per_gpu_budgets_from_the_settings_and_what_the_driver_reports() -> None:
+    found = {0: 80 * 2**30, 1: 40 * 2**30}
+    assert Gpus.from_settings(0.5, None, found).budgets == {0: 40 * 2**30, 1: 20 * 2**30}
+    assert Gpus.from_settings(2**30, [1], found).budgets == {1: 2**30}
+    # no NVML here: a size still works on GPUs named by hand, a fraction cannot be worked out
+    assert Gpus.from_settings(2**30, [0, 1], {}).budgets == {0: 2**30, 1: 2**30}
+    with pytest.raises(InvalidInput, match="fraction"):
+        Gpus.from_settings(0.9, [0], {})
+
+
+def test_without_an_nvidia_driver_no_gpu_is_found_and_nothing_measured() -> None:
+    # this machine has no GPU: NVML (nvidia-ml-py, installed) cannot initialise
+    assert detect() == {} and nvml_usage([0]) == {}
+
+
+def test_gpu_fields_of_resources_parse_and_round_trip() -> None:
+    spec = parse_model_config("m", {"resources": {"gpu": 1, "gpu_memory": "4GiB"}})
+    assert spec.resources.gpu == 1 and spec.resources.gpu_memory_bytes == 4 * 2**30
+    assert parse_model_config("m", spec_to_config(spec)) == spec
+    with pytest.raises(InvalidInput, match=r"'resources\.gpu_memory' needs 'resources\.gpu'"):
+        parse_model_config("m", {"resources": {"gpu_memory": "4GiB"}})
+    with pytest.raises(InvalidInput, match=r"resources\.gpu_memory"):
+        parse_model_config("m", {"resources": {"gpu": 1, "gpu_memory": "much"}})
 
 
 # ---- the engine under a budget (thread replicas; sizes are the model files') ----------------

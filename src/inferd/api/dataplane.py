@@ -258,6 +258,13 @@ class DataPlane:
                     version = split.pick(self._draw() if u is None else u)
         return self.engine.version(name, version)
 
+    async def run_step(
+        self, name: str, version: str | None, request: InferenceRequest
+    ) -> InferenceResponse:
+        """One step of an ensemble (`serving/ensemble.py`), routed as a request that names
+        `name` is: traffic split, circuit breaker and fallbacks, canary analysis."""
+        return await self.infer(self.version(name, version), request)
+
     @staticmethod
     def _sticky(policy: RoutingPolicy | None, header: Header | None
                 ) -> float | None:  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from inferd.core.datatypes import config_type
+from inferd.core.ensemble import ensemble_to_config
 from inferd.core.errors import InferdError, InvalidInput, ModelNotFound
 from inferd.core.spec import TensorSpec, version_key
 from inferd.serving.engine import InferenceEngine, ServedModel, ServedVersion
@@ -75,7 +76,7 @@ def model_config(model: ServedModel, sv: ServedVersion) -> dict[str, Any]:
         "parameters": {k: {"string_value": str(v)} for k, v in spec.parameters.items()},
         "model_transaction_policy": {"decoupled": False},
         "response_cache": {"enable": spec.response_cache},
-    }
+    } | ({"ensemble_scheduling": ensemble_to_config(spec.ensemble)} if spec.ensemble else {})
 
 
 def load_config(name: str, raw: Any) -> dict[str, Any] | None:

@@ -43,11 +43,17 @@ class Resources:
 
     cpu: float | None = None
     memory_bytes: int | None = None
+    #: GPUs each replica uses (0: none, every GPU hidden from it).
     gpu: int | None = None
+    #: GPU memory one replica holds on each of its GPUs (the per-GPU budget reserves it).
+    gpu_memory_bytes: int | None = None
+    #: The GPUs the per-GPU budget placed the version on (never declared: chosen at each load).
+    devices: tuple[int, ...] | None = None
 
     @property
     def any(self) -> bool:
-        return self.cpu is not None or self.memory_bytes is not None or self.gpu is not None
+        return (self.cpu is not None or self.memory_bytes is not None or self.gpu is not None
+                or self.gpu_memory_bytes is not None)  # fmt: skip
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -67,6 +73,35 @@ def parse_bytes(value: Any, field: str) -> int:
             if n >= 1:
                 return int(n)
     raise InvalidInput(f"'{field}' must be a positive size like 1073741824, '512MiB' or '2GB'")
+
+
+def parse_gpu_budget(value: object, field_name: str) -> int | float:
+    """`"20GiB"` or 21474836480 (bytes per GPU), `0.9` or `"90%"` (a fraction of each GPU)."""
+    fraction: float | None = None
+    if isinstance(value, float):
+        fraction = value
+    elif isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            fraction = float(value.strip()[:-1]) / 100
+        except ValueError:
+            fraction = -1.0
+    elif isinstance(value, str):
+        try:
+            fraction = float(value) if "." in value else None
+        except ValueError:
+            fraction = None
+    if fraction is not None:
+        if 0 < fraction <= 1:
+            return fraction
+    else:
+        try:
+            return parse_bytes(value, field_name)
+        except InvalidInput:
+            pass
+    raise InvalidInput(
+        f"'{field_name}' must be a size like '20GiB' or a fraction of the GPU's memory like "
+        "0.9 or '90%'"
+    )
 
 
 def _number(raw: dict[str, Any], key: str, field: str, minimum: float, default: Any) -> Any:
@@ -116,7 +151,7 @@ def parse_resources(raw: Any) -> Resources:
         return Resources()
     if not isinstance(raw, dict):
         raise InvalidInput("'resources' must be a mapping")
-    unknown = sorted(set(raw) - {"cpu", "memory", "gpu"})
+    unknown = sorted(set(raw) - {"cpu", "memory", "gpu", "gpu_memory"})
     if unknown:
         raise InvalidInput(f"unknown field(s) in 'resources': {', '.join(unknown)}")
     cpu = _number(raw, "cpu", "resources", 0.01, None)
@@ -124,10 +159,16 @@ def parse_resources(raw: Any) -> Resources:
     if gpu is not None and (not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0):
         raise InvalidInput("'resources.gpu' must be an integer >= 0")
     memory = raw.get("memory")
+    gpu_memory = raw.get("gpu_memory")
+    if gpu_memory is not None and not gpu:
+        raise InvalidInput("'resources.gpu_memory' needs 'resources.gpu' of 1 or more")
     return Resources(
         cpu=None if cpu is None else float(cpu),
         memory_bytes=None if memory is None else parse_bytes(memory, "resources.memory"),
         gpu=gpu,
+        gpu_memory_bytes=(
+            None if gpu_memory is None else parse_bytes(gpu_memory, "resources.gpu_memory")
+        ),
     )
 
 
@@ -141,6 +182,8 @@ def resources_to_config(r: Resources) -> dict[str, Any] | None:
         out["memory"] = r.memory_bytes
     if r.gpu is not None:
         out["gpu"] = r.gpu
+    if r.gpu_memory_bytes is not None:
+        out["gpu_memory"] = r.gpu_memory_bytes
     return out
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inferd.core.datatypes import from_config_type
+from inferd.core.ensemble import Ensemble, ensemble_to_config, parse_ensemble
 from inferd.core.errors import InvalidInput
 from inferd.core.scaling import (
     AutoscalingPolicy,
@@ -118,6 +119,8 @@ class ModelSpec:
     #: Never unloaded to make room under the server's memory budget (loaded at start, like
     #: every model when there is no budget); `required` is about readiness, not memory.
     pinned: bool = False
+    #: `platform: ensemble`: the steps that answer for it (Triton's `ensemble_scheduling`).
+    ensemble: Ensemble | None = None
 
     def batched(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         """Declared shapes as full shapes: the batch dimension (-1) in front when batching."""
@@ -157,6 +160,7 @@ _KNOWN_KEYS = {
     "network",
     "untrusted_files",
     "response_cache",
+    "ensemble_scheduling",
 }
 INSTANCE_KINDS = ("process", "thread")
 
@@ -334,14 +338,19 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     liveness = raw.get("liveness_timeout_s", 5.0)
     if not isinstance(liveness, int | float) or isinstance(liveness, bool) or liveness <= 0:
         raise InvalidInput("'liveness_timeout_s' must be a positive number of seconds")
+    inputs = _tensor_specs(raw.get("inputs", raw.get("input")), "inputs")
+    outputs = _tensor_specs(raw.get("outputs", raw.get("output")), "outputs")
+    ensemble = _ensemble(name, raw, inputs, outputs)
+    if ensemble is not None:
+        runtime = "ensemble"
     return ModelSpec(
         name=name,
         runtime=runtime,
         task=raw.get("task"),
         platform=raw.get("platform"),
         max_batch_size=mbs,
-        inputs=_tensor_specs(raw.get("inputs", raw.get("input")), "inputs"),
-        outputs=_tensor_specs(raw.get("outputs", raw.get("output")), "outputs"),
+        inputs=inputs,
+        outputs=outputs,
         version_policy=_version_policy(raw.get("version_policy")),
         parameters=dict(params),
         trusted=bool(raw.get("trusted", False)),
@@ -359,7 +368,32 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         network=bool(raw.get("network", False)),
         untrusted_files=bool(raw.get("untrusted_files", False)),
         response_cache=_response_cache(raw.get("response_cache")),
+        ensemble=ensemble,
     )
+
+
+def _ensemble(
+    name: str, raw: dict[str, Any], inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> Ensemble | None:
+    """`platform: ensemble` with its `ensemble_scheduling`, or None for any other model."""
+    scheduling = raw.get("ensemble_scheduling")
+    if raw.get("platform") != "ensemble":
+        if scheduling is not None:
+            raise InvalidInput("'ensemble_scheduling' needs 'platform: ensemble'")
+        return None
+    if scheduling is None:
+        raise InvalidInput("'platform: ensemble' needs 'ensemble_scheduling' with its steps")
+    if raw.get("runtime", raw.get("backend")) not in (None, "ensemble"):
+        raise InvalidInput("an ensemble has no 'runtime': its steps' models run")
+    ensemble = parse_ensemble(scheduling, name, [t.name for t in inputs],
+                              [t.name for t in outputs])  # fmt: skip
+    for i, step in enumerate(ensemble.steps):
+        try:
+            check_name(step.model)
+        except InvalidInput as e:
+            field = f"ensemble_scheduling.step[{i}].model_name"
+            raise InvalidInput(f"'{field}': {e.message}") from None
+    return ensemble
 
 
 def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
@@ -394,6 +428,9 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
     }
     out["autoscaling"] = autoscaling_to_config(spec.autoscaling)
     out["resources"] = resources_to_config(spec.resources)
+    if spec.ensemble is not None:
+        out["ensemble_scheduling"] = ensemble_to_config(spec.ensemble)
+        out["runtime"] = None
     if spec.batching is not None:
         out["dynamic_batching"] = {
             "max_queue_delay_microseconds": spec.batching.max_queue_delay_us,

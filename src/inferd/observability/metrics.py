@@ -262,6 +262,15 @@ class MemoryMetrics:
         self.refusals = Counter("inferd_model_budget_refusals",
                                 "Loads refused because the model cannot fit in the memory budget "
                                 "(503)", ["model"], registry=registry)  # fmt: skip
+        self.gpu_budget = Gauge("inferd_gpu_memory_budget_bytes",
+                                "The per-GPU memory budget of each GPU models are placed on",
+                                ["gpu"], registry=registry)  # fmt: skip
+        self.gpu_used = Gauge("inferd_gpu_memory_used_bytes",
+                              "Bytes the loaded (and loading) models hold on each GPU, as the "
+                              "per-GPU budget counts them", ["gpu"], registry=registry)  # fmt: skip
+        self.gpu_models = Gauge("inferd_gpu_models_loaded",
+                                "Model versions loaded (or loading) on each GPU",
+                                ["gpu"], registry=registry)  # fmt: skip
 
 
 #: vLLM's bucket lists (seconds), so dashboards built for it read these the same way.

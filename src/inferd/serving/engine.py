@@ -27,6 +27,7 @@ from inferd.core.validation import check_inputs, check_outputs
 from inferd.observability.metrics import ServingMetrics
 from inferd.runtimes.base import Runtime
 from inferd.serving.classification import classify
+from inferd.serving.ensemble import StepRunner
 from inferd.serving.memory import MemoryBudget
 from inferd.serving.models import InFlight, ModelManager, ModelState, ServedModel, ServedVersion
 from inferd.serving.repository import ModelRepository, ModelSource
@@ -65,9 +66,25 @@ class InferenceEngine(InFlight):
         self._manager = ModelManager(metrics, repository, isolation or WorkerIsolation(),
                                      health_interval_s, drain_timeout_s, supervisor,
                                      budget)  # fmt: skip
+        self._manager.steps = self.run_step  # ensembles' steps, until the data plane routes them
         self._init_inflight()  # requests (and generations) running now, on every model
         self.started = False
         self.stopping = False
+
+    @property
+    def step_runner(self) -> StepRunner:
+        """How ensembles run their steps (`serving/ensemble.py`)."""
+        return self._manager.steps
+
+    @step_runner.setter
+    def step_runner(self, run: StepRunner) -> None:
+        self._manager.steps = run
+
+    async def run_step(
+        self, name: str, version: str | None, request: InferenceRequest
+    ) -> InferenceResponse:
+        """One step of an ensemble, on the model's default version (no routing)."""
+        return await self.infer_version(self.version(name, version), request)
 
     @property
     def repository(self) -> ModelRepository | None:

@@ -9,7 +9,7 @@ one more row, not one more branch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from inferd.core.spec import ModelSpec
@@ -112,6 +112,19 @@ def replica_maker(v: ReplicaPlan) -> ReplicaMaker:
     kinds = BY_RUNTIME.get(v.runtime_name, MODEL_REPLICAS)
     build = kinds.get(v.spec.instance_kind, kinds["process"])
     return build(v)
+
+
+def placed_replica_maker(v: ReplicaPlan) -> Callable[[tuple[int, ...]], ReplicaMaker] | None:
+    """How to build the version's replicas on given GPUs (the per-GPU budget's placement), or
+    None where they cannot be placed: replicas on threads share the server's GPUs."""
+    if v.spec.instance_kind == "thread":
+        return None
+
+    def on(devices: tuple[int, ...]) -> ReplicaMaker:
+        placed = replace(v.spec.resources, devices=devices)
+        return replica_maker(replace(v, spec=replace(v.spec, resources=placed)))
+
+    return on
 
 
 def runtime_replicas(runtime: Runtime, label: str, execution_timeout_s: float) -> ReplicaMaker:

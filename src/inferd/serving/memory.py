@@ -14,6 +14,13 @@ A version about to load reserves `instances` times (1), or (2) from its previous
 and is measured again once loaded; when it came out larger than reserved and the total is now
 over the budget, idle versions are unloaded until it is not.
 
+With a per-GPU budget (`gpus.py`) a version that asks for GPUs (`resources.gpu`) is placed on
+the GPUs with room, and holds on each of them, per replica: `resources.gpu_memory` when set;
+otherwise, once loaded, what its worker processes hold there (NVML), averaged over its replicas;
+otherwise the size of its files. A version that asks for no GPU but whose workers use one anyway
+(a runtime's default device) is counted where NVML sees it, so the budget stays true; it is
+never placed.
+
 The mechanics of loading and unloading stay in `models.py`; this module only decides and counts.
 """
 
@@ -27,7 +34,8 @@ from typing import TYPE_CHECKING
 
 from inferd.core.errors import Overloaded
 from inferd.observability.metrics import MemoryMetrics
-from inferd.serving.budget import Holder, plan_room
+from inferd.serving.budget import GpuNeed, Holder, plan_room
+from inferd.serving.gpus import Gpus, Usage
 from inferd.workers.limits import resident_bytes
 
 if TYPE_CHECKING:
@@ -57,12 +65,15 @@ class MemoryBudget:
 
     def __init__(
         self,
-        budget_bytes: int,
+        budget_bytes: int | None,
         metrics: MemoryMetrics,
         wait_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        gpus: Gpus | None = None,
     ) -> None:
+        #: The host memory budget (None: only GPUs are budgeted).
         self.budget_bytes = budget_bytes
+        self.gpus = gpus
         self.metrics = metrics
         #: How long a load waits for room that busy versions hold before it is refused.
         self.wait_s = wait_s
@@ -75,7 +86,14 @@ class MemoryBudget:
         self._loading: set[ServedVersion] = set()
         #: The last per-replica size measured of each version (kept across its unloads).
         self._measured: dict[ServedVersion, int] = {}
-        metrics.budget.set(budget_bytes)
+        #: What each version holds on each GPU (by index), as `_held` for host memory.
+        self._held_gpu: dict[ServedVersion, dict[int, int]] = {}
+        #: The last per-replica, per-GPU size measured of each version.
+        self._measured_gpu: dict[ServedVersion, int] = {}
+        if budget_bytes is not None:
+            metrics.budget.set(budget_bytes)
+        for index, size in (gpus.budgets if gpus is not None else {}).items():
+            metrics.gpu_budget.labels(str(index)).set(size)
 
     # ---- sizes: the one place that decides them ----------------------------------------------
 
@@ -104,16 +122,47 @@ class MemoryBudget:
         one = declared if declared is not None else self._measured.get(sv) or sv.files_bytes
         return one * max(1, sv.spec.instances)
 
+    def gpu_need(self, sv: ServedVersion) -> GpuNeed | None:
+        """What loading `sv` asks of the GPUs: None when it is not placed (no per-GPU budget,
+        no `resources.gpu`, or replicas on threads)."""
+        r = sv.spec.resources
+        if self.gpus is None or not r.gpu or sv.make_on is None:
+            return None
+        one = r.gpu_memory_bytes or self._measured_gpu.get(sv) or sv.files_bytes
+        return GpuNeed(one * max(1, sv.spec.instances), r.gpu, self.gpus.budgets)
+
+    def held_gpu(self, sv: ServedVersion, usage: Usage) -> dict[int, int]:
+        """What a loaded version holds on each GPU now (see the module docstring)."""
+        replicas = max(1, len(sv.scheduler.live()))
+        declared = sv.spec.resources.gpu_memory_bytes
+        if sv.devices and declared is not None:
+            return {d: declared * replicas for d in sv.devices}
+        seen: dict[int, int] = {}
+        for slot in sv.scheduler.live():
+            pid = getattr(slot.replica, "pid", None)
+            for d, n in usage.get(pid, {}).items() if pid is not None else ():
+                seen[d] = seen.get(d, 0) + n
+        if seen:
+            if sv.devices:
+                self._measured_gpu[sv] = max(seen.values()) // replicas
+            return seen
+        return self._held_gpu.get(sv, {})
+
     # ---- decisions ---------------------------------------------------------------------------
 
     def _holders(self, keep: ServedVersion | None = None) -> list[Holder]:
+        usage = self.gpus.usage(list(self.gpus.budgets)) if self.gpus is not None else {}
         out = []
         for sv, size in self._held.items():
+            gpu = self._held_gpu.get(sv, {})
             if sv not in self._loading:
                 size = self._held[sv] = self.held_bytes(sv)
+                if self.gpus is not None:
+                    gpu = self._held_gpu[sv] = self.held_gpu(sv, usage)
             busy = (sv is keep or sv in self._loading or sv.inflight > 0
                     or sv.scheduler.active > 0)  # fmt: skip
-            out.append(Holder(sv, size, sv.used_at, sv.pinned, busy, f"{sv.name}:{sv.version}"))
+            out.append(Holder(sv, size, sv.used_at, sv.pinned, busy, f"{sv.name}:{sv.version}",
+                              gpu))  # fmt: skip
         return out
 
     def reserve(self, sv: ServedVersion) -> list[ServedVersion] | None:
@@ -125,7 +174,8 @@ class MemoryBudget:
         Synchronous on purpose: the decision and the reservation happen with no request or
         other load in between."""
         need = self.need_bytes(sv)
-        room = plan_room(self.budget_bytes, self._holders(), need)
+        gpu = self.gpu_need(sv)
+        room = plan_room(self.budget_bytes, self._holders(), need, gpu)
         if not room.fits:
             self._why[sv] = f"model '{sv.name}' cannot be loaded: {room.refusal}"
             if room.wait:
@@ -134,6 +184,9 @@ class MemoryBudget:
         self._why.pop(sv, None)
         victims = self._evict(room.evict)
         self._held[sv] = need
+        if gpu is not None:
+            sv.devices = room.devices
+            self._held_gpu[sv] = {d: gpu.per_gpu for d in room.devices}
         self._loading.add(sv)
         self._publish()
         return victims
@@ -159,13 +212,18 @@ class MemoryBudget:
         self._loading.discard(sv)
         self._held[sv] = self.held_bytes(sv)
         self.metrics.model_bytes.labels(sv.name, sv.version).set(self._held[sv])
-        room = plan_room(self.budget_bytes, self._holders(keep=sv), 0)
+        room = plan_room(self.budget_bytes, self._holders(keep=sv), 0, self._over_gpus())
         victims = self._evict(room.evict)
         if not room.fits:
-            log.warning("memory budget exceeded: %d bytes in use, budget %d", room.used,
-                        self.budget_bytes)  # fmt: skip
+            log.warning("memory budget exceeded: %s", room.refusal)
         self._publish()
         return victims
+
+    def _over_gpus(self) -> GpuNeed | None:
+        """After a load: every GPU is checked (nothing more to place: need 0 on each)."""
+        if self.gpus is None or not self.gpus.budgets:
+            return None
+        return GpuNeed(0, len(self.gpus.budgets), self.gpus.budgets)
 
     def released(self, sv: ServedVersion) -> None:
         """`sv` failed to load, was unloaded or retired: it holds nothing any more."""
@@ -176,6 +234,7 @@ class MemoryBudget:
         """`sv` is gone for good (its model reloaded or removed)."""
         self.released(sv)
         self._measured.pop(sv, None)
+        self._measured_gpu.pop(sv, None)
         self._why.pop(sv, None)
 
     def _evict(self, keys: tuple[object, ...]) -> list[ServedVersion]:
@@ -187,6 +246,7 @@ class MemoryBudget:
 
     def _drop(self, sv: ServedVersion) -> None:
         self._held.pop(sv, None)
+        self._held_gpu.pop(sv, None)
         self._loading.discard(sv)
         try:
             self.metrics.model_bytes.remove(sv.name, sv.version)
@@ -202,6 +262,24 @@ class MemoryBudget:
     def loaded_versions(self) -> list[ServedVersion]:
         return [sv for sv in self._held if sv not in self._loading]
 
+    def gpu_used_bytes(self) -> dict[int, int]:
+        """Bytes held on each GPU of the per-GPU budget, as it counts them."""
+        out = dict.fromkeys(self.gpus.budgets if self.gpus is not None else (), 0)
+        for held in self._held_gpu.values():
+            for d, n in held.items():
+                if d in out:
+                    out[d] += n
+        return out
+
     def _publish(self) -> None:
         self.metrics.used.set(self.used_bytes)
         self.metrics.loaded.set(len(self._held) - len(self._loading))
+        if self.gpus is not None:
+            on: dict[int, int] = dict.fromkeys(self.gpus.budgets, 0)
+            for held in self._held_gpu.values():
+                for d in held:
+                    if d in on:
+                        on[d] += 1
+            for d, n in self.gpu_used_bytes().items():
+                self.metrics.gpu_used.labels(str(d)).set(n)
+                self.metrics.gpu_models.labels(str(d)).set(on[d])

@@ -29,7 +29,13 @@ from inferd.core.traffic import Split
 from inferd.observability.metrics import ServingMetrics, VersionMetrics
 from inferd.runtimes import detect_runtime
 from inferd.runtimes.base import Runtime
-from inferd.serving.factory import ReplicaPlan, replica_maker, runtime_replicas
+from inferd.serving.ensemble import EnsembleScheduler, StepRunner
+from inferd.serving.factory import (
+    ReplicaPlan,
+    placed_replica_maker,
+    replica_maker,
+    runtime_replicas,
+)
 from inferd.serving.memory import MemoryBudget, files_bytes
 from inferd.serving.repository import ModelRepository, ModelSource
 from inferd.serving.residency import Residency, start_replicas
@@ -112,6 +118,10 @@ class ServedVersion(InFlight):
     stats: VersionStats = field(default_factory=VersionStats)
     #: Builds its replicas again when it is loaded anew (memory budget); None: never is.
     make: ReplicaMaker | None = None
+    #: Builds them on given GPUs (per-GPU budget); None: they cannot be placed (threads).
+    make_on: Callable[[tuple[int, ...]], ReplicaMaker] | None = None
+    #: The GPUs its current (or last) load was placed on; () when not placed.
+    devices: tuple[int, ...] = ()
     #: Its files (the memory budget's estimate before a load).
     path: Path | None = None
     #: Loaded and serving. False only under a memory budget: not loaded yet, or unloaded to
@@ -196,6 +206,11 @@ class ServedModel:
 Run = Callable[[ServedVersion, InferenceRequest], Awaitable[InferenceResponse]]
 
 
+async def _no_steps(name: str, version: str | None, request: InferenceRequest
+                    ) -> InferenceResponse:  # fmt: skip
+    raise ModelNotReady("this server runs no ensemble steps")
+
+
 class ModelManager:
     """Owns the served models: their lifecycle and versions, one lock per model name."""
 
@@ -214,6 +229,8 @@ class ModelManager:
         self.supervisor = supervisor
         self._models: dict[str, ServedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: How ensembles run their steps (set by the engine; the data plane routes them).
+        self.steps: StepRunner = _no_steps
 
     async def load_repository(self) -> None:
         """Load every model of the repository concurrently; failures are kept with reasons.
@@ -236,7 +253,7 @@ class ModelManager:
         except InferdError:
             return False
         spec = source.spec
-        if spec.pinned or spec.runtime == "llm":
+        if spec.pinned or spec.runtime == "llm" or spec.ensemble is not None:
             return False
         wanted = spec.version_policy.select(list(source.versions))
         if not wanted:
@@ -396,6 +413,8 @@ class ModelManager:
     async def _load_version(
         self, spec: ModelSpec, version: str, source: ModelSource, budgeted: bool = True
     ) -> ServedVersion:
+        if spec.ensemble is not None:  # holds no memory of its own: outside the budget
+            return self._ensemble_version(spec, version)
         if budgeted and self.budget is not None:
             sv = await self._dormant(spec, version, source)
             assert self.residency is not None
@@ -428,6 +447,25 @@ class ModelManager:
             scheduler=scheduler,
             inputs=inputs,
             outputs=outputs,
+            metrics=metrics,
+            stats=stats,
+        )
+
+    def _ensemble_version(self, spec: ModelSpec, version: str) -> ServedVersion:
+        """An ensemble: its declared signature, a scheduler that runs its steps."""
+        metrics = self.metrics.for_version(spec.name, version)
+        stats = VersionStats()
+        label = f"{spec.name}-{version}"
+        scheduler = EnsembleScheduler(spec, label, stats, metrics, lambda: self.steps)
+        return ServedVersion(
+            name=spec.name,
+            version=version,
+            spec=spec,
+            runtime_name="ensemble",
+            platform="ensemble",
+            scheduler=scheduler,
+            inputs=spec.batched(spec.inputs),
+            outputs=spec.batched(spec.outputs),
             metrics=metrics,
             stats=stats,
         )
@@ -470,6 +508,7 @@ class ModelManager:
             metrics=metrics,
             stats=stats,
             make=make,
+            make_on=placed_replica_maker(plan),
             path=path,
             resident=False,
             clock=self.budget.clock,

@@ -81,6 +81,8 @@ class Residency:
             if left <= 0:
                 raise budget.refuse(sv)
             await _any_idle(budget.busy(), left)
+        if sv.devices and sv.make_on is not None:  # placed on GPUs by the per-GPU budget
+            make = sv.make_on(sv.devices)
         try:
             await self.evict_all(victims)
             replicas, loaded, inputs, outputs = await start_replicas(sv.spec, make)

@@ -2,9 +2,10 @@
 
 CPU: a worker with `cpu: N` is pinned to ceil(N) of the CPUs this server may use (replicas take
 turns over them) and its math libraries size their thread pools to match. GPU: `gpu: 0` hides
-every GPU from the worker. Memory: the worker's resident set is checked after loading, after each
-request and at each idle health check; over the limit the worker is replaced and the reason is
-reported. (A hard kernel limit would need cgroups, which need privileges inferd does not assume.)
+every GPU from the worker; a version the per-GPU budget placed sees only its GPUs. Memory: the
+worker's resident set is checked after loading, after each request and at each idle health
+check; over the limit the worker is replaced and the reason is reported. (A hard kernel limit
+would need cgroups, which need privileges inferd does not assume.)
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ def cpu_set(resources: Resources, index: int) -> list[int] | None:
 
 def resource_env(resources: Resources, cpus: list[int] | None) -> dict[str, str]:
     """Environment variables that apply a version's resources: thread pools sized to its CPUs,
-    GPUs hidden with `gpu: 0`."""
+    GPUs hidden with `gpu: 0`, only the GPUs it was placed on visible."""
     env: dict[str, str] = {}
     if cpus is not None:
         for var in _THREAD_VARS:
             env[var] = str(len(cpus))
     if resources.gpu == 0:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    elif resources.devices is not None:  # placed by the per-GPU budget: these GPUs, in order
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # the numbering NVML (and the budget) uses
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in resources.devices)
     return env
 
 
