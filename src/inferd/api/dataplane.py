@@ -261,8 +261,9 @@ class DataPlane:
     async def run_step(
         self, name: str, version: str | None, request: InferenceRequest
     ) -> InferenceResponse:
-        """One step of an ensemble (`serving/ensemble.py`), routed as a request that names
-        `name` is: traffic split, circuit breaker and fallbacks, canary analysis."""
+        """One model step of an ensemble or pipeline (`serving/composite.py`), routed as a
+        request that names `name` is: traffic split, circuit breaker and fallbacks, canary
+        analysis."""
         return await self.infer(self.version(name, version), request)
 
     @staticmethod

@@ -9,6 +9,8 @@ from typing import Any
 from inferd.core.datatypes import from_config_type
 from inferd.core.ensemble import Ensemble, ensemble_to_config, parse_ensemble
 from inferd.core.errors import InvalidInput
+from inferd.core.pipeline import Pipeline, parse_pipeline
+from inferd.core.processors import build as build_processor
 from inferd.core.scaling import (
     AutoscalingPolicy,
     Resources,
@@ -121,6 +123,8 @@ class ModelSpec:
     pinned: bool = False
     #: `platform: ensemble`: the steps that answer for it (Triton's `ensemble_scheduling`).
     ensemble: Ensemble | None = None
+    #: `platform: pipeline`: the inference graph that answers for it (`core/pipeline.py`).
+    pipeline: Pipeline | None = None
 
     def batched(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         """Declared shapes as full shapes: the batch dimension (-1) in front when batching."""
@@ -161,6 +165,7 @@ _KNOWN_KEYS = {
     "untrusted_files",
     "response_cache",
     "ensemble_scheduling",
+    "pipeline",
 }
 INSTANCE_KINDS = ("process", "thread")
 
@@ -343,6 +348,14 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     ensemble = _ensemble(name, raw, inputs, outputs)
     if ensemble is not None:
         runtime = "ensemble"
+    pipeline = _pipeline(raw)
+    if pipeline is not None:
+        runtime = "pipeline"
+        doc = pipeline.document
+        inputs = inputs or _tensor_specs(doc.get("inputs"), "pipeline.inputs")
+        outputs = outputs or _tensor_specs(doc.get("outputs"), "pipeline.outputs")
+        if not inputs or not outputs:
+            raise InvalidInput("a pipeline must declare its 'inputs' and 'outputs'")
     return ModelSpec(
         name=name,
         runtime=runtime,
@@ -369,7 +382,28 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
         untrusted_files=bool(raw.get("untrusted_files", False)),
         response_cache=_response_cache(raw.get("response_cache")),
         ensemble=ensemble,
+        pipeline=pipeline,
     )
+
+
+def _pipeline(raw: dict[str, Any]) -> Pipeline | None:
+    """`platform: pipeline` with its `pipeline` document, or None for any other model."""
+    doc = raw.get("pipeline")
+    if raw.get("platform") != "pipeline":
+        if doc is not None:
+            raise InvalidInput("'pipeline' needs 'platform: pipeline'")
+        return None
+    if doc is None:
+        raise InvalidInput("'platform: pipeline' needs 'pipeline', the graph document")
+    if raw.get("runtime", raw.get("backend")) not in (None, "pipeline"):
+        raise InvalidInput("a pipeline has no 'runtime': its steps' models run")
+    try:
+        pipeline = parse_pipeline(doc)
+        for where, step in pipeline.processors():
+            build_processor(step.target, step.config, where)
+    except InvalidInput as e:
+        raise InvalidInput(f"pipeline.{e.message}") from None
+    return pipeline
 
 
 def _ensemble(
@@ -430,6 +464,9 @@ def spec_to_config(spec: ModelSpec) -> dict[str, Any]:
     out["resources"] = resources_to_config(spec.resources)
     if spec.ensemble is not None:
         out["ensemble_scheduling"] = ensemble_to_config(spec.ensemble)
+        out["runtime"] = None
+    if spec.pipeline is not None:
+        out["pipeline"] = dict(spec.pipeline.document)
         out["runtime"] = None
     if spec.batching is not None:
         out["dynamic_batching"] = {

@@ -61,6 +61,7 @@ class ServingMetrics:
         self.registry = registry
         self.llm = LLMMetrics(registry)
         self.memory = MemoryMetrics(registry)
+        self.pipeline = PipelineMetrics(registry)
         mv = ["model", "version"]
         self.requests = Counter(
             "inferd_inference_requests", "Inference requests received", mv, registry=registry
@@ -237,6 +238,21 @@ class _ModelFilter:
             kept = Metric(family.name, family.documentation, family.type, family.unit)
             kept.samples = samples
             yield kept
+
+
+class PipelineMetrics:
+    """Inference graphs (`serving/pipeline.py`): each step's time, failures and fallbacks."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram("inferd_pipeline_step_seconds",
+                                 "Time of one pipeline step (model call, node or processor)",
+                                 ["model", "step"], registry=registry)  # fmt: skip
+        self.failures = Counter("inferd_pipeline_step_failures",
+                                "Pipeline steps that failed", ["model", "step"],
+                                registry=registry)  # fmt: skip
+        self.fallbacks = Counter("inferd_pipeline_fallbacks",
+                                 "Failed pipeline steps answered by their fallback",
+                                 ["model", "step"], registry=registry)  # fmt: skip
 
 
 class MemoryMetrics:

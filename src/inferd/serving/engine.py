@@ -27,7 +27,7 @@ from inferd.core.validation import check_inputs, check_outputs
 from inferd.observability.metrics import ServingMetrics
 from inferd.runtimes.base import Runtime
 from inferd.serving.classification import classify
-from inferd.serving.ensemble import StepRunner
+from inferd.serving.composite import StepRunner
 from inferd.serving.memory import MemoryBudget
 from inferd.serving.models import InFlight, ModelManager, ModelState, ServedModel, ServedVersion
 from inferd.serving.repository import ModelRepository, ModelSource
@@ -73,7 +73,7 @@ class InferenceEngine(InFlight):
 
     @property
     def step_runner(self) -> StepRunner:
-        """How ensembles run their steps (`serving/ensemble.py`)."""
+        """How ensembles run their steps (`serving/composite.py`)."""
         return self._manager.steps
 
     @step_runner.setter
@@ -283,7 +283,13 @@ class InferenceEngine(InFlight):
                 t1 = time.perf_counter_ns()
                 timeout_s = request_timeout(request)
                 result = await sv.scheduler.submit(
-                    arrays, wanted, request.parameters, rows, timeout_s, request.on_queued
+                    arrays,
+                    wanted,
+                    request.parameters,
+                    rows,
+                    timeout_s,
+                    request.on_queued,
+                    request.id,
                 )
                 t2 = time.perf_counter_ns()
                 outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)
@@ -300,6 +306,7 @@ class InferenceEngine(InFlight):
                     rows,
                     request_timeout(request),
                     request.on_queued,
+                    request.id,
                 )
                 t2 = time.perf_counter_ns()
                 outputs = self._outputs(sv, result.outputs, wanted or sv.output_names, request)

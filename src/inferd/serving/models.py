@@ -29,7 +29,7 @@ from inferd.core.traffic import Split
 from inferd.observability.metrics import ServingMetrics, VersionMetrics
 from inferd.runtimes import detect_runtime
 from inferd.runtimes.base import Runtime
-from inferd.serving.ensemble import EnsembleScheduler, StepRunner
+from inferd.serving.composite import CompositeScheduler, EnsembleScheduler, StepRunner
 from inferd.serving.factory import (
     ReplicaPlan,
     placed_replica_maker,
@@ -37,6 +37,7 @@ from inferd.serving.factory import (
     runtime_replicas,
 )
 from inferd.serving.memory import MemoryBudget, files_bytes
+from inferd.serving.pipeline import PipelineScheduler
 from inferd.serving.repository import ModelRepository, ModelSource
 from inferd.serving.residency import Residency, start_replicas
 from inferd.serving.scheduler import ReplicaMaker, Scheduler, Supervisor
@@ -253,7 +254,7 @@ class ModelManager:
         except InferdError:
             return False
         spec = source.spec
-        if spec.pinned or spec.runtime == "llm" or spec.ensemble is not None:
+        if spec.pinned or spec.runtime == "llm" or spec.ensemble or spec.pipeline:
             return False
         wanted = spec.version_policy.select(list(source.versions))
         if not wanted:
@@ -413,8 +414,8 @@ class ModelManager:
     async def _load_version(
         self, spec: ModelSpec, version: str, source: ModelSource, budgeted: bool = True
     ) -> ServedVersion:
-        if spec.ensemble is not None:  # holds no memory of its own: outside the budget
-            return self._ensemble_version(spec, version)
+        if spec.ensemble is not None or spec.pipeline is not None:
+            return self._composite_version(spec, version)  # no memory of its own: no budget
         if budgeted and self.budget is not None:
             sv = await self._dormant(spec, version, source)
             assert self.residency is not None
@@ -451,24 +452,41 @@ class ModelManager:
             stats=stats,
         )
 
-    def _ensemble_version(self, spec: ModelSpec, version: str) -> ServedVersion:
-        """An ensemble: its declared signature, a scheduler that runs its steps."""
+    def _composite_version(self, spec: ModelSpec, version: str) -> ServedVersion:
+        """An ensemble or a pipeline: its declared signature, a scheduler that runs its
+        steps."""
         metrics = self.metrics.for_version(spec.name, version)
         stats = VersionStats()
         label = f"{spec.name}-{version}"
-        scheduler = EnsembleScheduler(spec, label, stats, metrics, lambda: self.steps)
+        scheduler: CompositeScheduler
+        if spec.ensemble is not None:
+            kind = "ensemble"
+            scheduler = EnsembleScheduler(spec, label, stats, metrics, lambda: self.steps)
+        else:
+            kind = "pipeline"
+            scheduler = PipelineScheduler(spec, label, stats, metrics, lambda: self.steps,
+                                          self._input_names, self.metrics.pipeline)  # fmt: skip
         return ServedVersion(
             name=spec.name,
             version=version,
             spec=spec,
-            runtime_name="ensemble",
-            platform="ensemble",
+            runtime_name=kind,
+            platform=kind,
             scheduler=scheduler,
             inputs=spec.batched(spec.inputs),
             outputs=spec.batched(spec.outputs),
             metrics=metrics,
             stats=stats,
         )
+
+    def _input_names(self, name: str, version: str | None) -> list[str] | None:
+        """A served model's input names (a pipeline wires its steps by them); None when it
+        is not served (the step's call then says so)."""
+        try:
+            sv = self.version(name, version)
+        except InferdError:
+            return None
+        return [t.name for t in sv.inputs]
 
     def _scheduler(self, spec: ModelSpec, version: str, replicas: list[Replica],
                    make: ReplicaMaker, stats: VersionStats,

@@ -106,7 +106,10 @@ class Scheduler:
         rows: int,
         timeout_s: float | None,
         on_queued: Callable[[], None] | None = None,
+        request_id: str | None = None,
     ) -> ReplicaResult:
+        """Queue (or run at once) one request; `request_id` is for composite versions, which
+        pass it on to their steps."""
         return await self.queue.submit(inputs, outputs, parameters, rows, timeout_s, on_queued)
 
     async def revive(self, slot: Slot) -> None:
