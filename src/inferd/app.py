@@ -25,6 +25,7 @@ from inferd.control.catalog import Catalog, SampleCodec
 from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
+from inferd.control.pipelines import Pipelines
 from inferd.control.plane import ControlPlane
 from inferd.control.rollouts import Rollouts
 from inferd.control.supervisor import ReplicaSupervisor
@@ -206,4 +207,4 @@ def _control_plane(
     gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
     rollouts, abtests = Rollouts(deployments, audit), ABTests(deployments)
     return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
-                        concurrency, rollouts, abtests)  # fmt: skip
+                        concurrency, rollouts, abtests, Pipelines(catalog))  # fmt: skip

@@ -1,7 +1,8 @@
-"""Platform commands of `inferd`: login, keys, models, deploy, deployments, traffic, routing,
-rollout, abtest, predict.
+"""Platform commands of `inferd`: login, keys, models, pipelines, deploy, deployments, traffic,
+routing, rollout, abtest, predict.
 
-One module per command group: `account` (login, logout, whoami, keys), `models`, `deployments`
+One module per command group: `account` (login, logout, whoami, keys), `models`, `pipelines`,
+`deployments`
 (deploy, deployments, predict); what they share (errors, options, the client, output) is in
 `common`. Every command speaks to a server through the SDK (`inferd.client`), never to the
 server's code; failures print `error: <message>` on stderr and exit with status 1.
@@ -22,9 +23,10 @@ from inferd.cli.deployments import (
     traffic,
 )
 from inferd.cli.models import models
+from inferd.cli.pipelines import pipelines
 
-COMMANDS = (login, logout, whoami, keys, models, deploy, deployments, traffic, routing, rollout,
-            abtest, predict)  # fmt: skip
+COMMANDS = (login, logout, whoami, keys, models, pipelines, deploy, deployments, traffic, routing,
+            rollout, abtest, predict)  # fmt: skip
 
 
 def register(group: click.Group) -> None:

@@ -223,6 +223,40 @@ class Client:
         """Delete a model with its versions, artifacts and deployment."""
         return self.request("DELETE", f"/api/v1/models/{_seg(name)}")
 
+    # ---- pipelines ---------------------------------------------------------------------
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/pipelines")
+
+    def create_pipeline(
+        self, name: str, document: Mapping[str, Any], visibility: str = "private",
+        description: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        """Create a pipeline (docs/pipelines.md) with `document` as its version 1; deploy it
+        with `deploy(name)`. A bad document raises InferdApiError (422) naming the field."""
+        return self.request("POST", "/api/v1/pipelines", json={
+            "name": name, "document": dict(document), "visibility": visibility,
+            "description": description})  # fmt: skip
+
+    def update_pipeline(self, name: str, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Store `document` as the pipeline's next version."""
+        return self.request("PUT", f"/api/v1/pipelines/{_seg(name)}",
+                            json={"document": dict(document)})  # fmt: skip
+
+    def pipeline(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The pipeline with its newest (or `version`'s) document."""
+        if version is None:
+            return self.request("GET", f"/api/v1/pipelines/{_seg(name)}")
+        return self.request("GET", f"/api/v1/pipelines/{_seg(name)}/versions/{int(version)}")
+
+    def validate_pipeline(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a document as saving it would, storing nothing."""
+        return self.request("POST", "/api/v1/pipelines/validate",
+                            json={"document": dict(document)})  # fmt: skip
+
+    def delete_pipeline(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/pipelines/{_seg(name)}")
+
     # ---- versions ----------------------------------------------------------------------
 
     def versions(self, name: str) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from inferd.auth.policy import require
 from inferd.control.audit import Actor, Audit
 from inferd.control.catalog import Catalog, compare_outputs
@@ -119,9 +121,10 @@ def deployment_spec(
     trusted: bool,
     operator_types: list[str] | None = None,
     field: str = "config",
+    document: dict[str, Any] | None = None,
 ) -> ModelSpec:
     """The data plane's ModelSpec for a deployed version (validated; errors name the field,
-    under `field`: where `cfg` came from)."""
+    under `field`: where `cfg` came from). `document`: a pipeline version's graph."""
     b = dict(cfg.batching)
     mbs = b.pop("max_batch_size", 0)
     if not isinstance(mbs, int) or isinstance(mbs, bool) or mbs < 0:
@@ -189,6 +192,8 @@ def deployment_spec(
         raw["dynamic_batching"] = b
     elif b:
         raise InvalidInput(f"{field}.batching: queue delay and sizes need max_batch_size > 0")
+    if document is not None:  # a pipeline: its steps' models run, it has no runtime of its own
+        raw.update(platform="pipeline", pipeline=document, runtime=None)
     raw = {k: v for k, v in raw.items() if v is not None}
     try:
         return parse_model_config(model.name, raw)
@@ -507,11 +512,15 @@ class Deployments:
             root: Path | None = None
             for r in dep.revisions():  # each with its version's signature and its own config
                 mv = await self.store.get_version(model.id, r.version)
+                path = await self.catalog.materialize(model, mv.version)
+                document = None
+                if mv.runtime == "pipeline":
+                    document = orjson.loads((path / "pipeline.json").read_bytes())
                 specs[str(mv.version)] = deployment_spec(
                     model, mv, r.config or dep.config, owner.trusted,
-                    self.catalog.settings.skops_trusted_types,
+                    self.catalog.settings.skops_trusted_types, document=document,
                 )  # fmt: skip
-                root = (await self.catalog.materialize(model, mv.version)).parent
+                root = path.parent
             assert root is not None
             versions = tuple(specs)
             spec = dataclasses.replace(

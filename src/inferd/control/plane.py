@@ -13,6 +13,7 @@ from inferd.control.catalog import Catalog
 from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
+from inferd.control.pipelines import Pipelines
 from inferd.control.rollouts import Rollouts
 from inferd.registry.artifacts import ArtifactStore
 from inferd.registry.db import Database
@@ -37,6 +38,7 @@ class ControlPlane:
     concurrency: ConcurrencyLimiter
     rollouts: Rollouts
     abtests: ABTests
+    pipelines: Pipelines
 
     async def start(self) -> None:
         await self.db.migrate()

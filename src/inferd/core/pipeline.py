@@ -172,8 +172,10 @@ class Pipeline:
         return out
 
     def processors(self) -> list[tuple[str, Step]]:
-        """(where, step) of every processor step (the caller checks the name and config)."""
-        return [(s.label, s) for n in self.nodes.values() for s in n.steps if s.kind == "processor"]
+        """(field, step) of every processor step, `nodes.<node>.steps[<i>]` (the caller checks
+        the name and config: errors name the field)."""
+        return [(f"nodes.{n.name}.steps[{i}]", s) for n in self.nodes.values()
+                for i, s in enumerate(n.steps) if s.kind == "processor"]  # fmt: skip
 
 
 def _err(where: str, message: str) -> InvalidInput:

@@ -170,7 +170,7 @@ _KNOWN_KEYS = {
 INSTANCE_KINDS = ("process", "thread")
 
 
-def _tensor_specs(raw: Any, field_name: str) -> tuple[TensorSpec, ...]:
+def tensor_specs(raw: Any, field_name: str) -> tuple[TensorSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -343,8 +343,8 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     liveness = raw.get("liveness_timeout_s", 5.0)
     if not isinstance(liveness, int | float) or isinstance(liveness, bool) or liveness <= 0:
         raise InvalidInput("'liveness_timeout_s' must be a positive number of seconds")
-    inputs = _tensor_specs(raw.get("inputs", raw.get("input")), "inputs")
-    outputs = _tensor_specs(raw.get("outputs", raw.get("output")), "outputs")
+    inputs = tensor_specs(raw.get("inputs", raw.get("input")), "inputs")
+    outputs = tensor_specs(raw.get("outputs", raw.get("output")), "outputs")
     ensemble = _ensemble(name, raw, inputs, outputs)
     if ensemble is not None:
         runtime = "ensemble"
@@ -352,8 +352,8 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     if pipeline is not None:
         runtime = "pipeline"
         doc = pipeline.document
-        inputs = inputs or _tensor_specs(doc.get("inputs"), "pipeline.inputs")
-        outputs = outputs or _tensor_specs(doc.get("outputs"), "pipeline.outputs")
+        inputs = inputs or tensor_specs(doc.get("inputs"), "pipeline.inputs")
+        outputs = outputs or tensor_specs(doc.get("outputs"), "pipeline.outputs")
         if not inputs or not outputs:
             raise InvalidInput("a pipeline must declare its 'inputs' and 'outputs'")
     return ModelSpec(

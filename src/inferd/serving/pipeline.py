@@ -46,8 +46,9 @@ class PipelineScheduler(CompositeScheduler):
         self._signature = signature
         self._metrics = pipeline_metrics
         self._draw = draw
-        self._processors: dict[str, Processor] = {
-            where: build(step.target, step.config, where)
+        #: Each processor step's function, by the step's identity.
+        self._processors: dict[int, Processor] = {
+            id(step): build(step.target, step.config, where)
             for where, step in self.pipeline.processors()
         }
 
@@ -113,7 +114,7 @@ class _Run:
             return await self.node(owner.pipeline.nodes[step.target], current)
         if step.kind == "processor":
             try:
-                return owner._processors[step.label](current)
+                return owner._processors[id(step)](current)
             except InferdError as e:
                 e.message = (f"pipeline '{owner.spec.name}' step '{step.label}' (processor "
                              f"'{step.target}'): {e.message}")  # fmt: skip

@@ -157,6 +157,20 @@ ROUTING_DOC = (
 )
 
 
+class PipelineBody(_Body):
+    name: Text = Field(max_length=256)
+    description: Text = Field("", max_length=10_000)
+    visibility: Literal["private", "public"] = "private"
+    document: dict[str, Any] = Field(
+        description="The pipeline document (docs/pipelines.md): format, inputs, outputs, root, "
+        "nodes, layout"
+    )
+
+
+class PipelineDocument(_Body):
+    document: dict[str, Any] = Field(description="The pipeline document (docs/pipelines.md)")
+
+
 class DeployBody(_Body):
     model: Text = Field(max_length=256)
     version: StrictInt | None = Field(None, ge=1, le=INT32)
@@ -363,6 +377,67 @@ async def delete_version(
 ) -> Any:
     mv = await control(request).catalog.delete_version(actor, name, version)
     return views.version(mv, name)
+
+
+# ---- pipelines ---------------------------------------------------------------------------
+
+
+@router.get("/pipelines", tags=["pipelines"])
+async def list_pipelines(request: Request, actor: Actor = Depends(OPTIONAL)) -> Any:
+    """Pipelines the caller may see: their own, public ones, the repository's."""
+    return [views.model(m) for m in await control(request).pipelines.list(actor)]
+
+
+@router.post("/pipelines", status_code=201, tags=["pipelines"])
+async def create_pipeline(
+    body: PipelineBody, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Create a pipeline with its first version. The document is checked first (422 naming the
+    node and field; nothing is stored): structure, processors, the models its steps name (ones
+    the caller may use), datatypes and ranks between connected steps. Deploy it as a model."""
+    stored = await control(request).pipelines.create(actor, body.model_dump())
+    return views.pipeline(stored)
+
+
+@router.post("/pipelines/validate", tags=["pipelines"])
+async def validate_pipeline(
+    body: PipelineDocument, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Check a document as saving it would, without saving anything (the editor's check)."""
+    pipeline = await control(request).pipelines.check(actor, body.document)
+    return {"valid": True, "nodes": sorted(pipeline.nodes),
+            "models": sorted({m for m, _ in pipeline.models()})}  # fmt: skip
+
+
+@router.get("/pipelines/{name}", tags=["pipelines"])
+async def get_pipeline(name: str, request: Request, actor: Actor = Depends(OPTIONAL)) -> Any:
+    """The pipeline with its newest version's document."""
+    return views.pipeline(await control(request).pipelines.get(actor, name))
+
+
+@router.put("/pipelines/{name}", tags=["pipelines"])
+async def update_pipeline(
+    name: str, body: PipelineDocument, request: Request, actor: Actor = Depends(MANAGE)
+) -> Any:
+    """Store a new version of the pipeline with this document (checked as on create). A
+    deployment serving it moves to the new version when it is redeployed with it."""
+    return views.pipeline(await control(request).pipelines.update(actor, name, body.document))
+
+
+@router.get("/pipelines/{name}/versions/{version}", tags=["pipelines"])
+async def get_pipeline_version(
+    name: str, version: VersionNumber, request: Request, actor: Actor = Depends(OPTIONAL)
+) -> Any:
+    return views.pipeline(await control(request).pipelines.get(actor, name, version))
+
+
+@router.delete("/pipelines/{name}", tags=["pipelines"])
+async def delete_pipeline(name: str, request: Request, actor: Actor = Depends(MANAGE)) -> Any:
+    """Delete a pipeline with its versions and deployment."""
+    cp = control(request)
+    m = await cp.pipelines.delete(actor, name)
+    cp.deployments.wake()
+    return views.model(m)
 
 
 # ---- deployments -------------------------------------------------------------------------

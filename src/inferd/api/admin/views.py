@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from inferd.control.pipelines import StoredPipeline
 from inferd.core.records import ApiKey, Deployment, Model, ModelVersion, User
 from inferd.core.routing import ShadowStats
 from inferd.core.traffic import Revision
@@ -62,6 +63,13 @@ def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
         "sample_output": v.sample_output, "created_at": _ts(v.created_at),
         "created_by": v.created_by,
     }  # fmt: skip
+
+
+def pipeline(p: StoredPipeline) -> dict[str, Any]:
+    """A pipeline with one version's document (the version: null for a repository pipeline)."""
+    return {**model(p.model), "version": p.version.version if p.version else None,
+            "created_by": p.version.created_by if p.version else None,
+            "document": p.document}  # fmt: skip
 
 
 def deployment(
