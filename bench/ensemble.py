@@ -1,16 +1,21 @@
-"""What an ensemble costs over calling its models directly.
+"""What an ensemble or a pipeline costs over calling its models directly.
 
-A repository of two small ONNX models in worker processes, `scale` (FP32 [N,4] times 1) and
-`dense` (FP32 [N,4] -> Gemm -> [N,3]), and ensembles over them: `ens1` (dense), `ens2`
-(scale -> dense, in sequence). Two measurements, interleaved round by round:
+A repository of small ONNX models in worker processes, `scale` (FP32 [N,4] times 1), `dense`
+(FP32 [N,4] -> Gemm -> [N,3]) and `mlp` (bench/models.py's reference MLP, [N,32] -> 4 x Gemm 512
+-> [N,10]), the ensembles `ens1` (dense) and `ens2` (scale -> dense, in sequence), and the
+pipeline `pipe`: validate -> standardize -> mlp -> softmax -> top_k, the shape of a real
+serving graph (cheap processing around one model). Two measurements, interleaved round by round:
 
 1. In process, at concurrency 1, on the server's own event loop: `ens2` through
    `DataPlane.infer` against its two steps called directly one after the other
    (`DataPlane.infer(scale)` then `DataPlane.infer(dense)`): the difference over the number
    of steps is the ensemble's own cost per step (validation, wiring, the step requests), with no
-   HTTP around either. Same for `ens1` against `dense`.
+   HTTP around either. Same for `ens1` against `dense`, and `pipe` against `mlp`.
 2. Over HTTP with wrk from the other core (the server and its workers on CPU 0), c=1 and c=8,
-   V2 JSON: `dense` alone, `ens1`, `ens2`: infer/s, p50 and server CPU per request.
+   V2 JSON: `dense` alone, `ens1`, `ens2`, `mlp` alone, `pipe`: infer/s, p50 and server CPU
+   per request.
+
+`bench/models.py` must have built bench/out/models (bench/setup.sh does).
 
     .venv/bin/python bench/ensemble.py --rounds 5 --duration 4
 """
@@ -62,9 +67,33 @@ ENSEMBLES = {
 }
 
 
+PIPE = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 32]}],
+    "outputs": [{"name": "output_labels", "datatype": "BYTES", "shape": [-1, 3]}],
+    "root": "main",
+    "nodes": {"main": {"kind": "sequence", "steps": [
+        {"processor": "validate", "config": {"rules": {"input": {"min": -10, "max": 10}}}},
+        {"processor": "standardize", "config": {"mean": 0.0, "std": 1.0}},
+        {"model": "mlp"},
+        {"processor": "softmax"},
+        {"processor": "top_k", "config": {"k": 3, "labels": [f"c{i}" for i in range(10)]}},
+    ]}},
+}  # fmt: skip
+
+
 def _repository(root: Path) -> None:
+    import shutil
+
+    import yaml
+
     _onnx(root, "scale")
     _onnx(root, "dense")
+    mlp = Path(__file__).resolve().parent / "out" / "models" / "inferd" / "mlp"
+    shutil.copytree(mlp, root / "mlp")
+    (root / "pipe" / "1").mkdir(parents=True)
+    (root / "pipe" / "model.yaml").write_text(
+        yaml.safe_dump({"platform": "pipeline", "pipeline": PIPE})
+    )
     for name, steps in ENSEMBLES.items():
         lines, src = [], "IN"
         for model, step_in, step_out, tensor in steps:
@@ -93,7 +122,9 @@ def _in_process(models: Path, data: Path, rounds: int, calls: int) -> None:
     points = {
         "ens1": [("ens1", "IN")], "dense": [("dense", "X")],
         "ens2": [("ens2", "IN")], "scale+dense": [("scale", "X"), ("dense", "X")],
+        "pipe": [("pipe", "input")], "mlp": [("mlp", "input")],
     }  # fmt: skip
+    x32 = np.random.default_rng(2).random((1, 32), dtype=np.float32)
 
     async def measure() -> dict[str, list[float]]:
         server = build(Settings(model_repository=models, data_dir=data, grpc={"enabled": False},
@@ -105,13 +136,14 @@ def _in_process(models: Path, data: Path, rounds: int, calls: int) -> None:
             for r in range(rounds):
                 for name, names in points.items():
                     svs = [(plane.version(model), inp) for model, inp in names]
+                    row = x32 if name in ("pipe", "mlp") else x
                     for _ in range(calls if r == 0 else calls // 10):  # warm-up
                         for sv, inp in svs:
-                            await plane.infer(sv, InferenceRequest([Tensor(inp, "FP32", x)]))
+                            await plane.infer(sv, InferenceRequest([Tensor(inp, "FP32", row)]))
                     t0 = time.perf_counter_ns()
                     for _ in range(calls):
                         for sv, inp in svs:
-                            await plane.infer(sv, InferenceRequest([Tensor(inp, "FP32", x)]))
+                            await plane.infer(sv, InferenceRequest([Tensor(inp, "FP32", row)]))
                     us.setdefault(name, []).append((time.perf_counter_ns() - t0) / calls / 1000)
             return us
         finally:
@@ -121,7 +153,8 @@ def _in_process(models: Path, data: Path, rounds: int, calls: int) -> None:
     print("| in process, c=1 | µs per request | ensemble minus its steps called directly, "
           "per step (µs) |")  # fmt: skip
     print("|---|---|---|")
-    for name, steps, direct in (("ens1", 1, "dense"), ("ens2", 2, "scale+dense")):
+    for name, steps, direct in (("ens1", 1, "dense"), ("ens2", 2, "scale+dense"),
+                                ("pipe", 5, "mlp")):  # fmt: skip
         print(f"| {name} | {med[name]:.1f} | {(med[name] - med[direct]) / steps:+.1f} |")
         print(f"| {direct} (direct) | {med[direct]:.1f} | |")
 
@@ -148,12 +181,13 @@ def main() -> None:
                    http={"access_log": False})  # fmt: skip
     assert server is not None
     try:
-        row = [0.1, 0.2, 0.3, 0.4]
         bodies = {}
-        for name, inp in (("dense", "X"), ("ens1", "IN"), ("ens2", "IN")):
+        for name, inp, width in (("dense", "X", 4), ("ens1", "IN", 4), ("ens2", "IN", 4),
+                                 ("mlp", "input", 32), ("pipe", "input", 32)):  # fmt: skip
+            row = [round(0.1 * (i % 7), 2) for i in range(width)]
             path = scratch / f"{name}.json"
             path.write_bytes(orjson.dumps({"inputs": [
-                {"name": inp, "datatype": "FP32", "shape": [1, 4], "data": row}]}))  # fmt: skip
+                {"name": inp, "datatype": "FP32", "shape": [1, width], "data": row}]}))  # fmt: skip
             bodies[name] = path
         concs = [int(c) for c in args.concurrency.split(",")]
         p50: dict[tuple[str, int], list[float]] = {}
@@ -173,11 +207,12 @@ def main() -> None:
                     rate.setdefault((name, c), []).append(r.infer_per_s)
                     cpu.setdefault((name, c), []).append(used / max(r.requests, 1) * 1e6)
         print()
-        print("| model | c | infer/s | vs dense alone | p50 µs | server CPU µs/req |")
+        print("| model | c | infer/s | vs its model alone | p50 µs | server CPU µs/req |")
         print("|---|---|---|---|---|---|")
         for c in concs:
-            base = statistics.median(rate[("dense", c)])
             for name in bodies:
+                alone = "mlp" if name in ("mlp", "pipe") else "dense"
+                base = statistics.median(rate[(alone, c)])
                 r = statistics.median(rate[(name, c)])
                 print(f"| {name} | {c} | {r:,.0f} | {r / base:.2f} | "
                       f"{statistics.median(p50[(name, c)]):.0f} | "

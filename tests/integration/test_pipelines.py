@@ -97,6 +97,8 @@ PIPELINES: dict[str, dict[str, Any]] = {
             {"processor": "confidence", "config": {"tensors": ["SCORES"]}},
             {"processor": "top_k", "config": {"k": 2, "labels": ["cat", "dog", "fox"],
                                              "tensors": ["SCORES"]}}]}}},
+    "batched": {"root": "main", "nodes": {"main": {"kind": "sequence", "steps": [
+        {"model": "plus1b"}]}}},
     "guarded": {"root": "main", "nodes": {"main": {"kind": "sequence", "steps": [
         {"model": "fails", "name": "flaky", "fallback": {"model": "plus3"}}]}}},
     "valued": {**IO, "outputs": [{"name": "LABEL", "datatype": "INT64", "shape": [-1]}],
@@ -122,6 +124,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
     for k in (1, 2, 3):
         model(f"plus{k}", PLUS % (k, k), PLUS_YAML)
+    # the same model with dynamic batching: requests that arrive within 50 ms run together
+    model(
+        "plus1b",
+        PLUS % (1, 1),
+        PLUS_YAML.replace("shape: [-1, 2]", "shape: [2]").replace("shape: [-1]}]", "shape: []}]")
+        + "max_batch_size: 8\ndynamic_batching: {max_queue_delay_microseconds: 50000}\n",
+    )
     two = "inputs: [{name: X, datatype: FP32, shape: [-1, 2]}]\n"
     model("scale10", SCALE, "runtime: python\ntrusted: true\n" + two
           + "outputs: [{name: Y, datatype: FP32, shape: [-1, 2]}]\n")  # fmt: skip
@@ -223,3 +232,21 @@ def test_an_invalid_pipeline_is_unavailable_with_the_reason(client: httpx.Client
     assert index["cyclic"]["state"] == "UNAVAILABLE"
     assert "the nodes form a cycle: a -> b -> a" in index["cyclic"]["reason"]
     assert index["chain"]["state"] == "READY"
+
+
+def test_batching_still_applies_inside_a_step(server: RunningServer) -> None:
+    """Eight pipeline requests at once: the step's model runs them in fewer executions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> list[float]:
+        with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN) as c:
+            return outputs(infer(c, "batched", [[float(i), 0.0]]))["Y"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    assert answers == [[i + 1.0, 1.0] for i in range(8)]
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN) as c:
+        m = metrics(c)
+    runs = value(m, "inferd_inference_executions_total", model="plus1b", version="1")
+    rows = value(m, "inferd_inference_batch_size_sum", model="plus1b", version="1")
+    assert rows == 8 and runs < 8, (runs, rows)

@@ -177,6 +177,10 @@ def test_processors_compute_known_answers() -> None:
         {"a": np.ones(1), "c": np.ones(1)}
     )
     assert list(fmt) == ["b"]
+    nested = build("format", {"rename": {"p": "score"}, "nest": {"result": ["p", "k"]}}, "s")(
+        {"p": np.ones(1), "k": np.ones(1), "z": np.ones(1)}
+    )
+    assert list(nested) == ["result.score", "result.k", "z"]
 
 
 def test_validate_names_the_tensor_and_rule() -> None:

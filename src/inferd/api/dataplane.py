@@ -20,10 +20,13 @@ import dataclasses
 import hmac
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+import numpy as np
 
 from inferd.api.model_config import load_from_repository
 from inferd.auth.policy import can_see
@@ -31,8 +34,8 @@ from inferd.auth.principal import ANONYMOUS, Principal
 from inferd.control.gate import Gate
 from inferd.control.identity import looks_like_credential
 from inferd.core.canary import Window
-from inferd.core.errors import InferdError, Unauthenticated
-from inferd.core.generate import GenerateRequest, TokenEvent
+from inferd.core.errors import InferdError, InvalidInput, ModelExecutionError, Unauthenticated
+from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 from inferd.core.routing import (
     FAILURES,
     STATE_VALUE,
@@ -44,7 +47,7 @@ from inferd.core.routing import (
     compare,
     sticky_draw,
 )
-from inferd.core.tensors import InferenceRequest, InferenceResponse
+from inferd.core.tensors import InferenceRequest, InferenceResponse, Tensor
 from inferd.observability.routing import RoutingMetrics
 from inferd.serving.engine import InferenceEngine, ServedModel, ServedVersion
 from inferd.serving.generation import Generation
@@ -263,8 +266,45 @@ class DataPlane:
     ) -> InferenceResponse:
         """One model step of an ensemble or pipeline (`serving/composite.py`), routed as a
         request that names `name` is: traffic split, circuit breaker and fallbacks, canary
-        analysis."""
-        return await self.infer(self.version(name, version), request)
+        analysis. A model that generates text (`runtime: llm`) takes the step as Triton's
+        generate extension does: each string of its `text_input` tensor (or its only BYTES
+        tensor) is a prompt, sampled with the request's parameters, and the texts come back
+        as `text_output`, in the same shape."""
+        sv = self.version(name, version)
+        if sv.runtime_name == "llm":
+            return await self._generate_step(sv, request)
+        return await self.infer(sv, request)
+
+    async def _generate_step(
+        self, sv: ServedVersion, request: InferenceRequest
+    ) -> InferenceResponse:
+        texts = [t for t in request.inputs if t.name == "text_input"] or [
+            t for t in request.inputs if t.datatype == "BYTES"
+        ]
+        if len(texts) != 1:
+            raise InvalidInput(f"model '{sv.name}' generates text: give it one BYTES tensor "
+                               "'text_input' of prompts")  # fmt: skip
+        prompts = texts[0].data
+        params = parse_sampling(request.parameters or {})
+        base = request.id or uuid.uuid4().hex
+        sv = self.generator(sv.name, sv.version)
+
+        async def one(i: int, prompt: Any) -> bytes:
+            text = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
+            events = self.generate(sv, GenerateRequest(f"{base}-{i}", prompt=text, params=params))
+            parts = []
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for ev in events:
+                    if ev.error:
+                        raise ModelExecutionError(ev.error)
+                    parts.append(ev.text)
+            return "".join(parts).encode()
+
+        outs = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts.ravel().tolist())))
+        data = np.empty(len(outs), dtype=object)
+        data[:] = outs
+        out = Tensor("text_output", "BYTES", data.reshape(prompts.shape))
+        return InferenceResponse(sv.name, sv.version, [out], request.id)
 
     @staticmethod
     def _sticky(policy: RoutingPolicy | None, header: Header | None

@@ -301,7 +301,14 @@ def _confidence(config: Mapping[str, Any], where: str) -> Processor:
 
 
 def _format(config: Mapping[str, Any], where: str) -> Processor:
-    _known(config, {"select", "rename"}, where)
+    _known(config, {"select", "rename", "nest"}, where)
+    nest = config.get("nest", {})
+    if not isinstance(nest, dict) or not all(
+        isinstance(g, str) and isinstance(m, list) and all(isinstance(n, str) for n in m)
+        for g, m in nest.items()
+    ):
+        raise _bad(f"{where}.nest", "must map group names to lists of tensor names")
+    group_of = {n: g for g, members in nest.items() for n in members}
     select = config.get("select")
     if select is not None and (not isinstance(select, list) or not select):
         raise _bad(f"{where}.select", "must be a non-empty list of tensor names")
@@ -314,7 +321,11 @@ def _format(config: Mapping[str, Any], where: str) -> Processor:
         missing = [n for n in names if n not in tensors]
         if missing:
             raise InvalidInput(f"no tensor '{missing[0]}' to select")
-        return {rename.get(n, n): tensors[n] for n in names}
+        out = {}
+        for n in names:
+            new = rename.get(n, n)
+            out[f"{group_of[n]}.{new}" if n in group_of else new] = tensors[n]
+        return out
 
     return run
 
