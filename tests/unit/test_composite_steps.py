@@ -38,8 +38,9 @@ def scheduler(calls: list[tuple[str, str | None, InferenceRequest]]) -> Pipeline
         add = {"a": 1.0, "b": 10.0, "c": 20.0}[name]
         return InferenceResponse(name, version or "1", [Tensor("Y", "FP32", x + add)])
 
-    return PipelineScheduler(spec, "p-1", VersionStats(), metrics.for_version("p", "1"),
-                             lambda: run, lambda name, version: ["X"], metrics.pipeline)  # fmt: skip
+    version = metrics.for_version("p", "1")
+    return PipelineScheduler(spec, "p-1", VersionStats(), version, lambda: run,
+                             lambda name, version: ["X"], metrics.pipeline)  # fmt: skip
 
 
 async def test_every_step_gets_the_request_id_parameters_and_what_is_left_of_the_deadline(
