@@ -259,8 +259,11 @@ def _top_k(config: Mapping[str, Any], where: str) -> Processor:
     def one(name: str, arr: np.ndarray) -> Tensors:
         x = _float(arr, name)
         idx = np.argsort(-x, axis=-1, kind="stable")[..., :k]
-        out = {f"{name}_indices": idx.astype(np.int64),
-               f"{name}_scores": np.take_along_axis(x, idx, axis=-1)}  # fmt: skip
+        if x.ndim == 2:  # the usual [rows, classes]: plain indexing, not take_along_axis
+            scores = x[np.arange(x.shape[0])[:, None], idx]
+        else:
+            scores = np.take_along_axis(x, idx, axis=-1)
+        out = {f"{name}_indices": idx.astype(np.int64), f"{name}_scores": scores}
         if labels is not None:
             out[f"{name}_labels"] = _labelled(idx, labels)
         return out

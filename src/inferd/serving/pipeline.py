@@ -44,13 +44,23 @@ class PipelineScheduler(CompositeScheduler):
         assert spec.pipeline is not None
         self.pipeline: Pipeline = spec.pipeline
         self._signature = signature
-        self._metrics = pipeline_metrics
         self._draw = draw
         #: Each processor step's function, by the step's identity.
         self._processors: dict[int, Processor] = {
             id(step): build(step.target, step.config, where)
             for where, step in self.pipeline.processors()
         }
+        #: Each step's metric children, bound once (a label lookup per step per request costs
+        #: more than the observation).
+        name = spec.name
+        self._seconds: dict[int, Any] = {}
+        self._failures: dict[int, Any] = {}
+        self._fallbacks: dict[int, Any] = {}
+        for node in self.pipeline.nodes.values():
+            for step in node.steps:
+                self._seconds[id(step)] = pipeline_metrics.seconds.labels(name, step.label)
+                self._failures[id(step)] = pipeline_metrics.failures.labels(name, step.label)
+                self._fallbacks[id(step)] = pipeline_metrics.fallbacks.labels(name, step.label)
 
     async def run(self, call: StepRunner, tensors: Arrays, parameters: dict[str, Any] | None,
                   deadline: float | None, request_id: str | None) -> Arrays:  # fmt: skip
@@ -93,16 +103,16 @@ class _Run:
         try:
             out = await self._execute(step, current)
         except InferdError:
-            owner._metrics.failures.labels(owner.spec.name, step.label).inc()
+            owner._failures[id(step)].inc()
             if step.fallback_value is None and step.fallback is None:
                 raise
-            owner._metrics.fallbacks.labels(owner.spec.name, step.label).inc()
+            owner._fallbacks[id(step)].inc()
             if step.fallback_value is not None:
                 out = {k: np.asarray(v) for k, v in step.fallback_value.items()}
             else:
                 assert step.fallback is not None
                 out = await self._execute(step.fallback, current)
-        owner._metrics.seconds.labels(owner.spec.name, step.label).observe(time.perf_counter() - t0)
+        owner._seconds[id(step)].observe(time.perf_counter() - t0)
         if step.outputs:
             renames = dict(step.outputs)
             out = {renames.get(k, k): v for k, v in out.items()}
