@@ -110,5 +110,5 @@ def test_platform_and_scheduling_go_together() -> None:
         parse_model_config("e", {**raw, "platform": "onnxruntime_onnx"})
     with pytest.raises(InvalidInput, match="must declare its 'inputs' and 'outputs'"):
         parse_model_config("e", {k: v for k, v in raw.items() if k != "inputs"})
-    with pytest.raises(InvalidInput, match="an ensemble has no 'runtime'"):
+    with pytest.raises(InvalidInput, match="'runtime': a model with 'platform: ensemble' has none"):
         parse_model_config("e", {**raw, "runtime": "onnx"})

@@ -386,17 +386,28 @@ def parse_model_config(name: str, raw: Any) -> ModelSpec:
     )
 
 
+def _composed(raw: dict[str, Any], platform: str, key: str, what: str) -> Any:
+    """The `key` section of a model made of other models (`platform: <platform>`), or None for
+    any other model; the two go together, and such a model has no runtime of its own."""
+    section = raw.get(key)
+    if raw.get("platform") != platform:
+        if section is not None:
+            raise InvalidInput(f"'{key}' needs 'platform: {platform}'")
+        return None
+    if section is None:
+        raise InvalidInput(f"'platform: {platform}' needs '{key}', {what}")
+    if raw.get("runtime", raw.get("backend")) not in (None, platform):
+        raise InvalidInput(
+            f"'runtime': a model with 'platform: {platform}' has none; its steps' models run"
+        )
+    return section
+
+
 def _pipeline(raw: dict[str, Any]) -> Pipeline | None:
     """`platform: pipeline` with its `pipeline` document, or None for any other model."""
-    doc = raw.get("pipeline")
-    if raw.get("platform") != "pipeline":
-        if doc is not None:
-            raise InvalidInput("'pipeline' needs 'platform: pipeline'")
-        return None
+    doc = _composed(raw, "pipeline", "pipeline", "the graph document")
     if doc is None:
-        raise InvalidInput("'platform: pipeline' needs 'pipeline', the graph document")
-    if raw.get("runtime", raw.get("backend")) not in (None, "pipeline"):
-        raise InvalidInput("a pipeline has no 'runtime': its steps' models run")
+        return None
     try:
         pipeline = parse_pipeline(doc)
         for where, step in pipeline.processors():
@@ -410,15 +421,9 @@ def _ensemble(
     name: str, raw: dict[str, Any], inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
 ) -> Ensemble | None:
     """`platform: ensemble` with its `ensemble_scheduling`, or None for any other model."""
-    scheduling = raw.get("ensemble_scheduling")
-    if raw.get("platform") != "ensemble":
-        if scheduling is not None:
-            raise InvalidInput("'ensemble_scheduling' needs 'platform: ensemble'")
-        return None
+    scheduling = _composed(raw, "ensemble", "ensemble_scheduling", "with its steps")
     if scheduling is None:
-        raise InvalidInput("'platform: ensemble' needs 'ensemble_scheduling' with its steps")
-    if raw.get("runtime", raw.get("backend")) not in (None, "ensemble"):
-        raise InvalidInput("an ensemble has no 'runtime': its steps' models run")
+        return None
     ensemble = parse_ensemble(scheduling, name, [t.name for t in inputs],
                               [t.name for t in outputs])  # fmt: skip
     for i, step in enumerate(ensemble.steps):
