@@ -25,10 +25,12 @@ from inferd.control.catalog import Catalog, SampleCodec
 from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
+from inferd.control.jobs import Jobs
 from inferd.control.pipelines import Pipelines
 from inferd.control.plane import ControlPlane
 from inferd.control.rollouts import Rollouts
 from inferd.control.supervisor import ReplicaSupervisor
+from inferd.core.records import Job
 from inferd.core.routing import Routes
 from inferd.core.tensors import InferenceRequest, InferenceResponse
 from inferd.observability.metrics import ServingMetrics
@@ -70,6 +72,15 @@ def _encode_sample(response: InferenceResponse, request: InferenceRequest) -> di
     return doc
 
 
+async def _run_job(plane: DataPlane, job: Job) -> dict[str, Any]:
+    """An async prediction's request, run as the same synchronous V2 call would be (routed,
+    guarded, queued and batched), its response as the V2 JSON body."""
+    sv = plane.version(job.model, job.version)
+    request = decode_request(orjson.dumps(job.input), None)
+    request.id = request.id or job.id
+    return _encode_sample(await plane.infer(sv, request), request)
+
+
 def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server:
     """Build the engine, metrics and HTTP app from settings (no I/O until startup).
 
@@ -97,6 +108,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     plane = DataPlane(engine, Generation(engine, metrics.llm), control.gate,
                       routes=routes_in_force, metrics=RoutingMetrics(metrics.registry))  # fmt: skip
     engine.step_runner = plane.run_step  # ensembles' steps are routed like requests
+    control.jobs.execute = partial(_run_job, plane)  # async predictions: as a sync call runs
     grpc = None
     if g.enabled:
         grpc = GrpcServer(plane, g.host, g.port, g.max_message_bytes, http.server_name,
@@ -206,5 +218,6 @@ def _control_plane(
     deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s, routes)
     gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
     rollouts, abtests = Rollouts(deployments, audit), ABTests(deployments)
+    jobs = Jobs(store, catalog, audit, settings.jobs)
     return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
-                        concurrency, rollouts, abtests, Pipelines(catalog))  # fmt: skip
+                        concurrency, rollouts, abtests, Pipelines(catalog), jobs)  # fmt: skip

@@ -293,6 +293,30 @@ class ResponseCacheSettings(BaseModel):
     )
 
 
+class JobSettings(BaseModel):
+    """Async predictions (docs/control-plane.md, "Async predictions")."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    concurrency: int = Field(
+        2, ge=0, le=1024,
+        description="Jobs this server runs at once (0: it takes none; another node may)",
+    )  # fmt: skip
+    max_attempts: int = Field(
+        3, ge=1, le=100,
+        description="Tries of a job whose server stopped while it ran, before it is failed",
+    )  # fmt: skip
+    poll_interval_s: float = Field(
+        1.0, gt=0, le=3600,
+        description="How often an idle runner looks for jobs another node queued (jobs "
+        "submitted to this server wake it at once)",
+    )  # fmt: skip
+    max_input_bytes: int = Field(
+        16 * 2**20, gt=0,
+        description="Largest job input (JSON bytes) accepted; results are stored as returned",
+    )  # fmt: skip
+
+
 class ServingSettings(BaseModel):
     """How models share this server (docs/model-repository.md, "Memory budget")."""
 
@@ -381,4 +405,5 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)

@@ -34,6 +34,7 @@ TABLES = {
     "deployments",
     "audit_log",
     "server_secrets",
+    "jobs",
 }
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 DOWN_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
@@ -64,7 +65,7 @@ def _schema_diff(conn: Connection, target: MetaData) -> list[object]:
 
 async def test_head_is_the_newest_revision() -> None:
     # Update when a revision is added; the upgrade-path tests below then cover it.
-    assert HEAD == "0004"
+    assert HEAD == "0005"
 
 
 async def test_upgrade_0001_to_0002_keeps_versions_and_adds_their_runtime(db: Database) -> None:
@@ -115,7 +116,7 @@ async def test_upgrade_0002_to_0003_keeps_deployments_with_no_traffic_split(
             {"m": model.id, "at": at},
         )
     await db.migrate()
-    assert await db.current_revision() == "0004"
+    assert await db.current_revision() == "0005"
     dep = await store.get_deployment("d1")
     assert dep.traffic == () and dep.revisions() == (Revision(1, 100),)
     split = (Revision(1, 90), Revision(2, 10))

@@ -13,6 +13,7 @@ from inferd.control.catalog import Catalog
 from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
 from inferd.control.identity import Identity
+from inferd.control.jobs import Jobs
 from inferd.control.pipelines import Pipelines
 from inferd.control.rollouts import Rollouts
 from inferd.registry.artifacts import ArtifactStore
@@ -39,6 +40,7 @@ class ControlPlane:
     rollouts: Rollouts
     abtests: ABTests
     pipelines: Pipelines
+    jobs: Jobs
 
     async def start(self) -> None:
         await self.db.migrate()
@@ -52,8 +54,10 @@ class ControlPlane:
                 flush=True,
             )
         await self.deployments.start()
+        await self.jobs.start()  # after the first reconcile: deployed models are served
 
     async def stop(self) -> None:
+        await self.jobs.stop()
         await self.rollouts.stop()
         await self.deployments.stop()
         await self.catalog.stop()

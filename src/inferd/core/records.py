@@ -44,6 +44,43 @@ class DeploymentStatus(StrEnum):
     FAILED = "failed"
 
 
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: A job in one of these never changes again.
+JOB_DONE = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An async prediction: a request body for a model, run by the server when it can; the
+    result (or the error) is kept for its owner."""
+
+    id: str
+    owner_id: str
+    model: str
+    version: str | None
+    #: The request body as the caller sent it (a V2 inference request).
+    input: dict[str, Any]
+    status: JobStatus
+    created_at: datetime
+    priority: int = 0
+    attempts: int = 0
+    max_attempts: int = 3
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: str = ""
+    idempotency_key: str | None = None
+    #: Cancel asked while it ran: the node running it aborts it.
+    cancel_requested: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     """An account. `trusted` lets the user's models use code-executing formats (admin-set)."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from inferd.registry.audit_store import AuditStore
 from inferd.registry.deployment_store import DeploymentStore
+from inferd.registry.job_store import JobStore
 from inferd.registry.model_store import ModelStore
 from inferd.registry.user_store import UserStore
 
 
-class RegistryStore(UserStore, ModelStore, DeploymentStore, AuditStore):
+class RegistryStore(UserStore, ModelStore, DeploymentStore, AuditStore, JobStore):
     """The registry's persistence. One instance per process, shared by every use-case; each
     aggregate lives in its own module (`user_store`, `model_store`, `deployment_store`,
     `audit_store`) on the shared `Repository` base.

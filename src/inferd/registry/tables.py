@@ -36,6 +36,8 @@ from inferd.core.records import (
     Deployment,
     DeploymentConfig,
     DeploymentStatus,
+    Job,
+    JobStatus,
     Model,
     ModelVersion,
     Role,
@@ -404,3 +406,43 @@ def _revision(doc: dict[str, Any]) -> Revision:
 def config_from_json(data: dict[str, Any]) -> DeploymentConfig:
     # Unknown keys are dropped: a row written by a newer release must still load in an older one.
     return DeploymentConfig(**{k: v for k, v in data.items() if k in _CONFIG_FIELDS})
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # what a runner claims next: queued first by priority, then oldest
+        Index("ix_jobs_status_priority_created_at", "status", "priority", "created_at"),
+        Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),
+        # one job per (owner, key): a retried submission finds the first
+        UniqueConstraint("owner_id", "idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    #: No foreign key: a job's record outlives nothing it names, and is deleted with its owner
+    #: by the retention sweep, not by a cascade.
+    owner_id: Mapped[str] = mapped_column(ID, nullable=False)
+    model: Mapped[str] = mapped_column(String(), nullable=False)
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    input: Mapped[dict[str, Any]] = mapped_column(JSON(), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    priority: Mapped[int] = mapped_column(Integer(), nullable=False, default=0)
+    attempts: Mapped[int] = mapped_column(Integer(), nullable=False, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer(), nullable=False, default=3)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    error: Mapped[str] = mapped_column(Text(), nullable=False, default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean(), nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def to_core(self) -> Job:
+        return Job(
+            id=self.id, owner_id=self.owner_id, model=self.model, version=self.version,
+            input=dict(self.input), status=JobStatus(self.status), created_at=self.created_at,
+            priority=self.priority, attempts=self.attempts, max_attempts=self.max_attempts,
+            started_at=self.started_at, finished_at=self.finished_at,
+            result=None if self.result is None else dict(self.result), error=self.error,
+            idempotency_key=self.idempotency_key, cancel_requested=self.cancel_requested,
+        )  # fmt: skip

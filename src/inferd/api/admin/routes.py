@@ -23,7 +23,7 @@ from inferd.control.plane import ControlPlane
 from inferd.control.rollouts import Rollout
 from inferd.core.canary import parse_canary
 from inferd.core.errors import InvalidField, InvalidInput
-from inferd.core.records import Deployment, Role, Scope
+from inferd.core.records import Deployment, JobStatus, Role, Scope
 from inferd.core.routing import NO_ROUTING, RoutingPolicy, parse_routing
 from inferd.core.traffic import Revision, parse_traffic
 
@@ -169,6 +169,13 @@ class PipelineBody(_Body):
 
 class PipelineDocument(_Body):
     document: dict[str, Any] = Field(description="The pipeline document (docs/pipelines.md)")
+
+
+class PredictionBody(_Body):
+    model: Text = Field(max_length=256)
+    version: StrictInt | Text | None = Field(None, description="A version (default: as routed)")
+    input: dict[str, Any] = Field(description="A V2 inference request body")
+    priority: StrictInt = Field(0, ge=-1000, le=1000, description="Higher runs first")
 
 
 class DeployBody(_Body):
@@ -377,6 +384,55 @@ async def delete_version(
 ) -> Any:
     mv = await control(request).catalog.delete_version(actor, name, version)
     return views.version(mv, name)
+
+
+# ---- async predictions ---------------------------------------------------------------------
+
+
+@router.post("/predictions", status_code=202, tags=["predictions"])
+async def submit_prediction(
+    body: PredictionBody, request: Request, response: Response,
+    actor: Actor = Depends(AUTHENTICATED),
+) -> Any:  # fmt: skip
+    """Queue a prediction and answer at once (202, `Location`: where to poll it). An
+    `Idempotency-Key` header seen before from the same user gives back the first job (200)."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 256:
+        raise InvalidInput("Idempotency-Key: must be 1 to 256 characters")
+    job, created = await control(request).jobs.submit(actor, body.model_dump(), key)
+    response.headers["Location"] = f"/api/v1/predictions/{job.id}"
+    if not created:
+        response.status_code = 200
+    return views.job(job)
+
+
+@router.get("/predictions", tags=["predictions"])
+async def list_predictions(
+    request: Request,
+    status: Annotated[JobStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=INT32)] = 0,
+    actor: Actor = Depends(AUTHENTICATED),
+) -> Any:
+    """The caller's own predictions, newest first."""
+    jobs = await control(request).jobs.list(actor, status, limit, offset)
+    return [views.job(j) for j in jobs]
+
+
+@router.get("/predictions/{job_id}", tags=["predictions"])
+async def get_prediction(
+    job_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
+) -> Any:
+    """Status, attempts, timestamps, and the result (a V2 response body) or the error."""
+    return views.job(await control(request).jobs.get(actor, job_id))
+
+
+@router.post("/predictions/{job_id}/cancel", tags=["predictions"])
+async def cancel_prediction(
+    job_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
+) -> Any:
+    """A queued prediction never runs; a running one is aborted; an ended one is unchanged."""
+    return views.job(await control(request).jobs.cancel(actor, job_id))
 
 
 # ---- pipelines ---------------------------------------------------------------------------

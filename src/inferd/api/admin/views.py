@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from inferd.control.pipelines import StoredPipeline
-from inferd.core.records import ApiKey, Deployment, Model, ModelVersion, User
+from inferd.core.records import ApiKey, Deployment, Job, Model, ModelVersion, User
 from inferd.core.routing import ShadowStats
 from inferd.core.traffic import Revision
 
@@ -62,6 +62,19 @@ def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
         "outputs": list(v.outputs), "sample_input": v.sample_input,
         "sample_output": v.sample_output, "created_at": _ts(v.created_at),
         "created_by": v.created_by,
+    }  # fmt: skip
+
+
+def job(j: Job) -> dict[str, Any]:
+    """An async prediction as its owner sees it."""
+    return {
+        "id": j.id, "model": j.model, "version": j.version, "status": str(j.status),
+        "priority": j.priority, "attempts": j.attempts, "max_attempts": j.max_attempts,
+        "created_at": _ts(j.created_at),
+        "started_at": _ts(j.started_at) if j.started_at else None,
+        "finished_at": _ts(j.finished_at) if j.finished_at else None,
+        "result": j.result, "error": j.error or None, "idempotency_key": j.idempotency_key,
+        "cancel_requested": j.cancel_requested,
     }  # fmt: skip
 
 

@@ -1,0 +1,173 @@
+"""Async predictions on a real server with worker processes, on SQLite and on PostgreSQL: submit,
+poll, list, cancel (queued and running), Idempotency-Key, owner-only access, and jobs that
+outlive the server (queued ones run after a restart; one running when it stopped is tried
+again)."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.platform import Platform, iris_skops
+
+SLOW = textwrap.dedent(
+    """
+    import time
+
+    class Model:
+        def infer(self, inputs, parameters):
+            time.sleep(float(parameters.get("sleep", 0)))
+            return {"Y": inputs["X"] * 2}
+    """
+)
+SLOW_YAML = """
+runtime: python
+trusted: true
+inputs: [{name: X, datatype: FP32, shape: [-1]}]
+outputs: [{name: Y, datatype: FP32, shape: [-1]}]
+"""
+
+
+def repository(root: Path) -> Path:
+    (root / "slow" / "1").mkdir(parents=True)
+    (root / "slow" / "1" / "model.py").write_text(SLOW)
+    (root / "slow" / "model.yaml").write_text(SLOW_YAML)
+    return root
+
+
+def slow_input(x: float, sleep: float = 0.0) -> dict[str, Any]:
+    return {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1], "data": [x]}],
+            "parameters": {"sleep": sleep}}  # fmt: skip
+
+
+def wait(p: Platform, headers: dict[str, str], job_id: str, states: tuple[str, ...],
+         timeout: float = 60) -> dict[str, Any]:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        job = p.http.get(f"/api/v1/predictions/{job_id}", headers=headers).json()
+        if job["status"] in states or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
+def submit(p: Platform, headers: dict[str, str], body: dict[str, Any],
+           key: str | None = None) -> httpx.Response:  # fmt: skip
+    extra = {"Idempotency-Key": key} if key else {}
+    return p.http.post("/api/v1/predictions", headers={**headers, **extra}, json=body)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+
+
+def test_submit_poll_list_and_owner_only(tmp_path: Path, database: str | None) -> None:
+    p = Platform(tmp_path / "data", database, model_repository=repository(tmp_path / "repo"))
+    p.start()
+    try:
+        alice, bob = p.user("alice"), p.user("bob")
+        data, sample = iris_skops()
+        p.public_model(alice, "iris", data, {"sample_input": sample}, filename="m.skops")
+        p.deploy(alice, {"model": "iris"})
+        r = submit(p, alice, {"model": "iris", "input": sample})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["status"] in ("queued", "running", "succeeded")
+        assert r.headers["location"] == f"/api/v1/predictions/{job['id']}"
+        done = wait(p, alice, job["id"], ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done
+        sync = p.http.post("/v2/models/iris/infer", headers=alice, json=sample).json()
+        assert [o["data"] for o in done["result"]["outputs"]] == [
+            o["data"] for o in sync["outputs"]
+        ]
+        assert done["attempts"] == 1 and done["started_at"] and done["finished_at"]
+        # the same Idempotency-Key: the first job back, nothing new queued
+        first = submit(p, alice, {"model": "iris", "input": sample}, key="k-1")
+        again = submit(p, alice, {"model": "iris", "input": sample}, key="k-1")
+        assert first.status_code == 202 and again.status_code == 200
+        assert again.json()["id"] == first.json()["id"]
+        listed = p.http.get("/api/v1/predictions", headers=alice).json()
+        assert {j["id"] for j in listed} == {job["id"], first.json()["id"]}
+        # someone else's prediction does not exist for them
+        assert p.http.get(f"/api/v1/predictions/{job['id']}", headers=bob).status_code == 404
+        r = p.http.post(f"/api/v1/predictions/{job['id']}/cancel", headers=bob)
+        assert r.status_code == 404
+        assert p.http.get("/api/v1/predictions", headers=bob).json() == []
+        # nor may anyone queue work for a model they cannot see, or without signing in
+        p.http.post("/api/v1/models", headers=bob, json={"name": "bobs"})
+        r = submit(p, alice, {"model": "bobs", "input": sample})
+        assert r.status_code == 404
+        r = p.http.post("/api/v1/predictions", json={"model": "iris", "input": sample})
+        assert r.status_code == 401
+        r = submit(p, alice, {"model": "iris", "input": {"rows": []}})
+        assert r.status_code == 400 and "input" in r.json()["error"]
+        # a request the model refuses ends failed, with the model's reason
+        bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3],
+                           "data": [1, 2, 3]}]}  # fmt: skip
+        failed = wait(p, alice, submit(p, alice, {"model": "iris", "input": bad}).json()["id"],
+                      ("succeeded", "failed"))  # fmt: skip
+        assert failed["status"] == "failed" and "input" in failed["error"], failed
+    finally:
+        p.stop()
+
+
+def test_cancel_queued_and_running(tmp_path: Path) -> None:
+    p = Platform(tmp_path / "data", model_repository=repository(tmp_path / "repo"),
+                 jobs={"concurrency": 1})  # fmt: skip
+    p.start()
+    try:
+        alice = p.user("alice")
+        running = submit(p, alice, {"model": "slow", "input": slow_input(1, sleep=30)}).json()
+        queued = submit(p, alice, {"model": "slow", "input": slow_input(2)}).json()
+        assert wait(p, alice, running["id"], ("running",))["status"] == "running"
+        r = p.http.post(f"/api/v1/predictions/{queued['id']}/cancel", headers=alice)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        r = p.http.post(f"/api/v1/predictions/{running['id']}/cancel", headers=alice)
+        assert r.status_code == 200
+        stopped = wait(p, alice, running["id"], ("cancelled", "succeeded", "failed"))
+        assert stopped["status"] == "cancelled", stopped
+        # the slot is free again: a new job runs; the cancelled queued one never did
+        after = submit(p, alice, {"model": "slow", "input": slow_input(3)}).json()
+        done = wait(p, alice, after["id"], ("succeeded", "failed"))
+        assert done["status"] == "succeeded" and done["result"]["outputs"][0]["data"] == [6.0]
+        never = p.http.get(f"/api/v1/predictions/{queued['id']}", headers=alice).json()
+        assert never["status"] == "cancelled" and never["attempts"] == 0
+        assert never["started_at"] is None
+    finally:
+        p.stop()
+
+
+def test_jobs_outlive_the_server(tmp_path: Path, database: str | None) -> None:
+    repo = repository(tmp_path / "repo")
+    first = Platform(tmp_path / "data", database, model_repository=repo,
+                     jobs={"concurrency": 1})  # fmt: skip
+    first.start()
+    try:
+        alice = first.user("alice")
+        long = submit(first, alice, {"model": "slow", "input": slow_input(5, sleep=2)}).json()
+        assert wait(first, alice, long["id"], ("running",))["status"] == "running"
+        queued = [submit(first, alice, {"model": "slow", "input": slow_input(i)}).json()["id"]
+                  for i in range(10)]  # fmt: skip
+    finally:
+        first.stop()  # one job running, ten queued
+    second = Platform(tmp_path / "data", database, model_repository=repo,
+                      jobs={"concurrency": 2})  # fmt: skip
+    second.start()
+    try:
+        login = second.http.post("/api/v1/auth/login", json={
+            "username": "alice", "password": "correct horse battery"}).json()  # fmt: skip
+        alice = {"Authorization": f"Bearer {login['access_token']}"}
+        for i, job_id in enumerate(queued):
+            done = wait(second, alice, job_id, ("succeeded", "failed"))
+            assert done["status"] == "succeeded", done
+            assert done["result"]["outputs"][0]["data"] == [2.0 * i]
+            assert done["attempts"] == 1
+        retried = wait(second, alice, long["id"], ("succeeded", "failed"))
+        assert retried["status"] == "succeeded" and retried["attempts"] == 2, retried
+    finally:
+        second.stop()
