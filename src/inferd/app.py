@@ -218,6 +218,6 @@ def _control_plane(
     deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s, routes)
     gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
     rollouts, abtests = Rollouts(deployments, audit), ABTests(deployments)
-    jobs = Jobs(store, catalog, audit, settings.jobs)
+    jobs = Jobs(store, catalog, audit, settings.jobs, engine.metrics.jobs)
     return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
                         concurrency, rollouts, abtests, Pipelines(catalog), jobs)  # fmt: skip

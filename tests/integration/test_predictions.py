@@ -122,7 +122,7 @@ def test_cancel_queued_and_running(tmp_path: Path) -> None:
     p.start()
     try:
         alice = p.user("alice")
-        running = submit(p, alice, {"model": "slow", "input": slow_input(1, sleep=30)}).json()
+        running = submit(p, alice, {"model": "slow", "input": slow_input(1, sleep=5)}).json()
         queued = submit(p, alice, {"model": "slow", "input": slow_input(2)}).json()
         assert wait(p, alice, running["id"], ("running",))["status"] == "running"
         r = p.http.post(f"/api/v1/predictions/{queued['id']}/cancel", headers=alice)
@@ -171,3 +171,56 @@ def test_jobs_outlive_the_server(tmp_path: Path, database: str | None) -> None:
         assert retried["status"] == "succeeded" and retried["attempts"] == 2, retried
     finally:
         second.stop()
+
+
+def test_the_cli_the_sdk_and_the_metrics(tmp_path: Path) -> None:
+    """`inferd predict --async --wait`, `inferd jobs list|show|cancel|wait` and the SDK against
+    the real server; the job metrics count what happened."""
+    from click.testing import CliRunner
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from inferd.cli.main import cli
+    from inferd.client import Client
+
+    p = Platform(tmp_path / "data", model_repository=repository(tmp_path / "repo"),
+                 jobs={"concurrency": 1})  # fmt: skip
+    p.start()
+    try:
+        alice = p.user("alice")
+        r = p.http.post("/api/v1/keys", headers=alice,
+                        json={"name": "cli", "scopes": ["infer", "manage"]})  # fmt: skip
+        key = r.json()["key"]
+        assert p.server is not None
+        env = {"INFERD_URL": p.server.url, "INFERD_API_KEY": key}
+        runner = CliRunner()
+        res = runner.invoke(cli, ["predict", "slow", "--input", '{"X": [1.5, 2.5]}', "--async",
+                                  "--wait"], env=env)  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert '"status": "succeeded"' in res.output and "5.0" in res.output, res.output
+        with Client(p.server.url, api_key=key) as sdk:
+            long = sdk.submit_prediction("slow", slow_input(1, sleep=5), idempotency_key="a")
+            assert (
+                sdk.submit_prediction("slow", slow_input(1), idempotency_key="a")["id"]
+                == (long["id"])
+            )
+            res = runner.invoke(cli, ["jobs", "list", "--json"], env=env)
+            assert res.exit_code == 0 and long["id"] in res.output, res.output
+            res = runner.invoke(cli, ["jobs", "cancel", long["id"]], env=env)
+            assert res.exit_code == 0 and long["id"] in res.output, res.output
+            res = runner.invoke(cli, ["jobs", "wait", long["id"]], env=env)
+            assert res.exit_code == 1 and "cancelled" in res.output, res.output
+            quick = sdk.submit_prediction("slow", slow_input(4))
+            done = sdk.wait_prediction(quick["id"], timeout=60)
+            assert done["result"]["outputs"][0]["data"] == [8.0]
+            res = runner.invoke(cli, ["jobs", "show", quick["id"]], env=env)
+            assert res.exit_code == 0 and "succeeded" in res.output, res.output
+        families = text_string_to_metric_families(p.http.get("/metrics").text)
+        seen = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in families for s in f.samples}  # fmt: skip
+        assert seen[("inferd_jobs_submitted_total", ())] == 3
+        assert seen[("inferd_jobs_finished_total", (("status", "succeeded"),))] == 2
+        assert seen[("inferd_jobs_finished_total", (("status", "cancelled"),))] == 1
+        assert seen[("inferd_job_queue_wait_seconds_count", ())] == 3
+        assert seen[("inferd_jobs_running", ())] == 0
+    finally:
+        p.stop()

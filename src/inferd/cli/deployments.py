@@ -24,6 +24,7 @@ from inferd.cli.common import (
     server_option,
     v2_body,
 )
+from inferd.cli.jobs import wait_for_job
 from inferd.client import Client
 
 
@@ -189,12 +190,28 @@ def deployments_test(deployment_id: str, server: str | None, as_json: bool) -> N
               help='A V2 body {"inputs": [...]}, or {"INPUT": [[...]]} (floats FP32, ints INT64); '
                    "inline, a file, or - for stdin.")  # fmt: skip
 @click.option("--version", help="A model version (default: the deployed one).")
+@click.option(
+    "--async",
+    "async_",
+    is_flag=True,
+    help="Queue it as an async prediction and print the job (see `inferd jobs`).",
+)
+@click.option("--wait", is_flag=True, help="With --async: wait for the job and print it.")
+@click.option("--idempotency-key", default=None, help="With --async: the same key, the same job.")
 @server_option
-def predict(name: str, input_: str, version: str | None, server: str | None) -> None:
-    """Run a model once (V2 inference) and print the response JSON."""
+def predict(name: str, input_: str, version: str | None, async_: bool, wait: bool,
+            idempotency_key: str | None, server: str | None) -> None:  # fmt: skip
+    """Run a model once (V2 inference) and print the response JSON; with --async, queue it
+    and print the job."""
     body = v2_body(json_arg(input_, "--input"), "--input")
     with client_for(server) as c:
-        print_json(c.predict_raw(name, body, version))
+        if not async_:
+            print_json(c.predict_raw(name, body, version))
+            return
+        job = c.submit_prediction(name, body, version, idempotency_key=idempotency_key)
+        if wait:
+            job = wait_for_job(c, job["id"])
+    print_json(job)
 
 
 @click.group(cls=Group)

@@ -1,8 +1,8 @@
 """Platform commands of `inferd`: login, keys, models, pipelines, deploy, deployments, traffic,
-routing, rollout, abtest, predict.
+routing, rollout, abtest, predict, jobs.
 
 One module per command group: `account` (login, logout, whoami, keys), `models`, `pipelines`,
-`deployments`
+`jobs`, `deployments`
 (deploy, deployments, predict); what they share (errors, options, the client, output) is in
 `common`. Every command speaks to a server through the SDK (`inferd.client`), never to the
 server's code; failures print `error: <message>` on stderr and exit with status 1.
@@ -22,11 +22,12 @@ from inferd.cli.deployments import (
     routing,
     traffic,
 )
+from inferd.cli.jobs import jobs
 from inferd.cli.models import models
 from inferd.cli.pipelines import pipelines
 
 COMMANDS = (login, logout, whoami, keys, models, pipelines, deploy, deployments, traffic, routing,
-            rollout, abtest, predict)  # fmt: skip
+            rollout, abtest, predict, jobs)  # fmt: skip
 
 
 def register(group: click.Group) -> None:

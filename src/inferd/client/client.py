@@ -110,6 +110,9 @@ class Client:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {} if path in _AUTH_ROUTES else self._headers()
+        extra = kwargs.pop("headers", None)
+        if extra:
+            headers = {**headers, **extra}
         try:
             return self._http.request(method, path, headers=headers, **kwargs)
         except httpx.TimeoutException as e:
@@ -222,6 +225,54 @@ class Client:
     def delete_model(self, name: str) -> dict[str, Any]:
         """Delete a model with its versions, artifacts and deployment."""
         return self.request("DELETE", f"/api/v1/models/{_seg(name)}")
+
+    # ---- async predictions -------------------------------------------------------------
+
+    def submit_prediction(
+        self, model: str, body: Mapping[str, Any], version: int | str | None = None,
+        priority: int = 0, idempotency_key: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Queue a V2 inference body for `model`; returns the job (`id`, `status`, ...).
+        The same `idempotency_key` gives back the first job."""
+        doc: dict[str, Any] = {"model": model, "input": dict(body), "priority": priority}
+        if version is not None:
+            doc["version"] = version
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self.request("POST", "/api/v1/predictions", json=doc, headers=headers)
+
+    def prediction(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/predictions/{_seg(job_id)}")
+
+    def predictions(
+        self, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        return self.request("GET", "/api/v1/predictions", params=params)
+
+    def cancel_prediction(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/predictions/{_seg(job_id)}/cancel")
+
+    def wait_prediction(
+        self, job_id: str, timeout: float = 600,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Poll until the job ends (`succeeded`, `failed`, `cancelled`) and return it;
+        `on_status(job)` sees every poll. A wait that times out raises (status 0)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            job = self.prediction(job_id)
+            if on_status is not None:
+                on_status(job)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise InferdClientError(0, f"prediction {job_id} still {job['status']} after "
+                                        f"{timeout:g} s")  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     # ---- pipelines ---------------------------------------------------------------------
 

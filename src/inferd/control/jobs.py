@@ -37,6 +37,7 @@ from inferd.core.errors import (
     Unauthenticated,
 )
 from inferd.core.records import JOB_DONE, Job, JobStatus, Scope
+from inferd.observability.metrics import JobMetrics
 from inferd.registry.store import RegistryStore
 from inferd.settings import JobSettings
 
@@ -50,7 +51,8 @@ class Jobs:
     """Async prediction use-cases and this server's job runner."""
 
     def __init__(self, store: RegistryStore, catalog: Catalog, audit: Audit,
-                 settings: JobSettings) -> None:  # fmt: skip
+                 settings: JobSettings, metrics: JobMetrics) -> None:  # fmt: skip
+        self.metrics = metrics
         self.store = store
         self.catalog = catalog
         self.audit = audit
@@ -88,6 +90,7 @@ class Jobs:
             self.settings.max_attempts, idempotency_key,
         )  # fmt: skip
         if created:
+            self.metrics.submitted.inc()
             await self.audit.record(actor, "prediction.submit", "job", job.id, model=name)
             self._wake.set()
         return job, created
@@ -156,27 +159,35 @@ class Jobs:
                     await self._wake.wait()
 
     async def _run(self, job: Job) -> None:
+        m = self.metrics
+        m.running.inc()
+        if job.started_at is not None:
+            m.wait.observe(max(0.0, (job.started_at - job.created_at).total_seconds()))
         try:
             if self.execute is None:
                 raise InferdError("this server runs no jobs")
             result = await self.execute(job)
         except asyncio.CancelledError:
             if job.id in self._cancelled:
-                await self.store.finish_job(job.id, JobStatus.CANCELLED,
-                                            error="cancelled while it ran")  # fmt: skip
+                await self._finish(job, JobStatus.CANCELLED, error="cancelled while it ran")
                 return
             raise  # the server stops: the job is queued again at the next start
         except (ModelNotReady, Overloaded) as e:  # passing: later, while attempts remain
             await self.store.requeue_job(job.id, e.message)
         except InferdError as e:
-            await self.store.finish_job(job.id, JobStatus.FAILED, error=e.message)
+            await self._finish(job, JobStatus.FAILED, error=e.message)
         except Exception as e:
             log.exception("job %s failed", job.id)
-            await self.store.finish_job(job.id, JobStatus.FAILED,
-                                        error=f"{type(e).__name__}: {e}")  # fmt: skip
+            await self._finish(job, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
         else:
-            await self.store.finish_job(job.id, JobStatus.SUCCEEDED, result=result)
+            await self._finish(job, JobStatus.SUCCEEDED, result=result)
         finally:
+            m.running.dec()
             self._running.pop(job.id, None)
             self._cancelled.discard(job.id)
             self._wake.set()  # a slot is free
+
+    async def _finish(self, job: Job, status: JobStatus, result: dict[str, Any] | None = None,
+                      error: str = "") -> None:  # fmt: skip
+        ended = await self.store.finish_job(job.id, status, result, error)
+        self.metrics.finished.labels(str(ended.status)).inc()

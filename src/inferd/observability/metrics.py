@@ -62,6 +62,7 @@ class ServingMetrics:
         self.llm = LLMMetrics(registry)
         self.memory = MemoryMetrics(registry)
         self.pipeline = PipelineMetrics(registry)
+        self.jobs = JobMetrics(registry)
         mv = ["model", "version"]
         self.requests = Counter(
             "inferd_inference_requests", "Inference requests received", mv, registry=registry
@@ -238,6 +239,23 @@ class _ModelFilter:
             kept = Metric(family.name, family.documentation, family.type, family.unit)
             kept.samples = samples
             yield kept
+
+
+class JobMetrics:
+    """Async predictions (`control/jobs.py`), as this server sees them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.submitted = Counter("inferd_jobs_submitted", "Async predictions queued",
+                                 registry=registry)  # fmt: skip
+        self.finished = Counter("inferd_jobs_finished",
+                                "Async predictions that ended here, by how they ended",
+                                ["status"], registry=registry)  # fmt: skip
+        self.running = Gauge("inferd_jobs_running", "Async predictions running on this server",
+                             registry=registry)  # fmt: skip
+        buckets = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800, 3600)
+        self.wait = Histogram("inferd_job_queue_wait_seconds",
+                              "Time from an async prediction's submission to its start",
+                              registry=registry, buckets=buckets)  # fmt: skip
 
 
 class PipelineMetrics:
