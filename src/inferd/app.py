@@ -109,6 +109,7 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
                       routes=routes_in_force, metrics=RoutingMetrics(metrics.registry))  # fmt: skip
     engine.step_runner = plane.run_step  # ensembles' steps are routed like requests
     control.jobs.execute = partial(_run_job, plane)  # async predictions: as a sync call runs
+    plane.jobs = control.jobs  # and `Prefer: respond-async` queues them
     grpc = None
     if g.enabled:
         grpc = GrpcServer(plane, g.host, g.port, g.max_message_bytes, http.server_name,

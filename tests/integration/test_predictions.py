@@ -91,8 +91,16 @@ def test_submit_poll_list_and_owner_only(tmp_path: Path, database: str | None) -
         again = submit(p, alice, {"model": "iris", "input": sample}, key="k-1")
         assert first.status_code == 202 and again.status_code == 200
         assert again.json()["id"] == first.json()["id"]
+        # the inference route itself, asked to answer later
+        r = p.http.post("/v2/models/iris/infer", json=sample,
+                        headers={**alice, "Prefer": "respond-async"})  # fmt: skip
+        assert r.status_code == 202, r.text
+        assert r.headers["preference-applied"] == "respond-async"
+        assert r.headers["location"] == f"/api/v1/predictions/{r.json()['id']}"
+        later = wait(p, alice, r.json()["id"], ("succeeded", "failed"))
+        assert later["status"] == "succeeded" and later["result"]["model_name"] == "iris"
         listed = p.http.get("/api/v1/predictions", headers=alice).json()
-        assert {j["id"] for j in listed} == {job["id"], first.json()["id"]}
+        assert {j["id"] for j in listed} == {job["id"], first.json()["id"], later["id"]}
         # someone else's prediction does not exist for them
         assert p.http.get(f"/api/v1/predictions/{job['id']}", headers=bob).status_code == 404
         r = p.http.post(f"/api/v1/predictions/{job['id']}/cancel", headers=bob)

@@ -31,10 +31,18 @@ import numpy as np
 from inferd.api.model_config import load_from_repository
 from inferd.auth.policy import can_see
 from inferd.auth.principal import ANONYMOUS, Principal
+from inferd.control.audit import Actor
 from inferd.control.gate import Gate
 from inferd.control.identity import looks_like_credential
+from inferd.control.jobs import Jobs, job_view
 from inferd.core.canary import Window
-from inferd.core.errors import InferdError, InvalidInput, ModelExecutionError, Unauthenticated
+from inferd.core.errors import (
+    InferdError,
+    InvalidInput,
+    ModelExecutionError,
+    ServerNotReady,
+    Unauthenticated,
+)
 from inferd.core.generate import GenerateRequest, TokenEvent, parse_sampling
 from inferd.core.routing import (
     FAILURES,
@@ -141,6 +149,8 @@ class DataPlane:
         self.engine = engine
         self.generation = generation
         self.gate = gate
+        #: Async predictions (set by the composition root); None: the server takes none.
+        self.jobs: Jobs | None = None
         #: A uniform draw in [0, 1) per routed request (injected: tests fix the sequence).
         self._draw = draw
         #: Deployments' header rules, fallbacks and circuit breakers (set by the reconciler).
@@ -260,6 +270,20 @@ class DataPlane:
                     u = self._sticky(policy, header)
                     version = split.pick(self._draw() if u is None else u)
         return self.engine.version(name, version)
+
+    async def submit_async(
+        self, p: Principal, name: str, version: str | None, body: dict[str, Any],
+        idempotency_key: str | None, ip: str = "",
+    ) -> tuple[dict[str, Any], bool]:  # fmt: skip
+        """Queue a V2 body as an async prediction (`Prefer: respond-async`): the same job
+        `POST /api/v1/predictions` makes, as that route shows it (and whether it was created
+        now)."""
+        if self.jobs is None:
+            raise ServerNotReady("this server takes no async predictions")
+        fields = {"model": name, "version": version, "input": body}
+        job, created = await self.jobs.submit(Actor(p, ip, {"route": "infer"}), fields,
+                                              idempotency_key)  # fmt: skip
+        return job_view(job), created
 
     async def run_step(
         self, name: str, version: str | None, request: InferenceRequest

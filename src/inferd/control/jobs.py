@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -191,3 +192,20 @@ class Jobs:
                       error: str = "") -> None:  # fmt: skip
         ended = await self.store.finish_job(job.id, status, result, error)
         self.metrics.finished.labels(str(ended.status)).inc()
+
+
+def job_view(j: Job) -> dict[str, Any]:
+    """An async prediction as its owner sees it."""
+    return {
+        "id": j.id, "model": j.model, "version": j.version, "status": str(j.status),
+        "priority": j.priority, "attempts": j.attempts, "max_attempts": j.max_attempts,
+        "created_at": _iso(j.created_at),
+        "started_at": _iso(j.started_at) if j.started_at else None,
+        "finished_at": _iso(j.finished_at) if j.finished_at else None,
+        "result": j.result, "error": j.error or None, "idempotency_key": j.idempotency_key,
+        "cancel_requested": j.cancel_requested,
+    }  # fmt: skip
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat()

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from inferd.control.jobs import job_view
 from inferd.control.pipelines import StoredPipeline
 from inferd.core.records import ApiKey, Deployment, Job, Model, ModelVersion, User
 from inferd.core.routing import ShadowStats
@@ -66,16 +67,8 @@ def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
 
 
 def job(j: Job) -> dict[str, Any]:
-    """An async prediction as its owner sees it."""
-    return {
-        "id": j.id, "model": j.model, "version": j.version, "status": str(j.status),
-        "priority": j.priority, "attempts": j.attempts, "max_attempts": j.max_attempts,
-        "created_at": _ts(j.created_at),
-        "started_at": _ts(j.started_at) if j.started_at else None,
-        "finished_at": _ts(j.finished_at) if j.finished_at else None,
-        "result": j.result, "error": j.error or None, "idempotency_key": j.idempotency_key,
-        "cancel_requested": j.cancel_requested,
-    }  # fmt: skip
+    """An async prediction as its owner sees it (`control.jobs.job_view`)."""
+    return job_view(j)
 
 
 def pipeline(p: StoredPipeline) -> dict[str, Any]:

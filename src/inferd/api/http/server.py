@@ -33,7 +33,7 @@ from inferd.api.http.openai import REVISION_HEADER
 from inferd.api.http.request import ACCESS_STATUS, Request
 from inferd.api.http.routes import OPERATION
 from inferd.api.http.v2codec import decode_raw, decode_request, encode_response, parse_header_length
-from inferd.core.errors import InferdError, RateLimited
+from inferd.core.errors import InferdError, InvalidInput, RateLimited
 from inferd.observability.logs import ACCESS_LOGGER
 from inferd.observability.metrics import ServingMetrics
 
@@ -233,6 +233,9 @@ class DataPlaneApp:
         plane = self.plane
         sv = plane.version(name, version, req.header)
         body = await self._body(req)
+        prefer = req.header("prefer")
+        if prefer is not None and "respond-async" in prefer.lower():
+            return await self._infer_async(req, name, version, body)
         with plane.decoding(sv) as decoding:
             header_length = parse_header_length(req.header_length, len(body))
             if header_length == 0:
@@ -255,6 +258,27 @@ class DataPlaneApp:
             if enc:
                 headers.append((b"content-encoding", enc.encode()))
         return 200, out, headers
+
+    async def _infer_async(self, req: Request, name: str, version: str | None,
+                           body: bytes) -> Response:  # fmt: skip
+        """`Prefer: respond-async`: queue the body as an async prediction and answer 202 with
+        the job and its `Location` (200 and the first job for an `Idempotency-Key` seen
+        before); JSON bodies only."""
+        if req.header_length is not None:
+            raise InvalidInput("Prefer: respond-async takes a JSON body (no binary tensors)")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(f"request body is not valid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise InvalidInput("request body must be a JSON object")
+        job, created = await self.plane.submit_async(
+            req.principal, name, version, doc, req.header("idempotency-key")
+        )  # fmt: skip
+        status, out, headers = _json(202 if created else 200, job)
+        headers.append((b"location", f"/api/v1/predictions/{job['id']}".encode()))
+        headers.append((b"preference-applied", b"respond-async"))
+        return status, out, headers
 
     async def _cancellable(self, req: Request, call: Awaitable[T]) -> T:
         """Await an engine call; a client that disconnects while its request waits in a queue
