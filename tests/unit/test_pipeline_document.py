@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inferd.core.errors import InvalidInput
-from inferd.core.pipeline import parse_condition, parse_pipeline, step_inputs
+from inferd.core.pipeline import parse_condition, parse_pipeline, wire
 from inferd.core.processors import build
 
 
@@ -129,14 +129,14 @@ def test_conditions_select_parameters_and_input_values() -> None:
 def test_a_step_is_wired_by_name_or_by_its_only_tensor() -> None:
     p = parse_pipeline(doc({"main": seq({"model": "m"}, {"model": "n", "inputs": {"A": "Y"}})}))
     first, second = p.nodes["main"].steps
-    y = np.zeros(2)
-    assert list(step_inputs(first, {"X": y}, ["X"])) == ["X"]
-    assert list(step_inputs(first, {"Y": y}, ["X"])) == ["X"]  # the only tensor, the only input
-    assert list(step_inputs(second, {"Y": y}, ["A"])) == ["A"]
-    with pytest.raises(InvalidInput, match="no tensor for input 'B'"):
-        step_inputs(first, {"A": y, "Y": y}, ["A", "B"])
-    with pytest.raises(InvalidInput, match="no tensor 'Y' to read"):
-        step_inputs(second, {"X": y}, ["A"])
+    assert wire(first, {"X"}, ["X"]) == {"X": "X"}
+    assert wire(first, {"Y"}, ["X"]) == {"X": "Y"}  # the only tensor, to the only input
+    assert wire(second, {"Y"}, ["A"]) == {"A": "Y"}
+    assert wire(first, {"P", "Q"}, None) == {"P": "P", "Q": "Q"}  # unknown model: all by name
+    with pytest.raises(InvalidInput, match=r"^inputs: no tensor for input 'B'"):
+        wire(first, {"A", "Y"}, ["A", "B"])
+    with pytest.raises(InvalidInput, match=r"^inputs\.A: no tensor 'Y' here \(have: X\)"):
+        wire(second, {"X"}, ["A"])
 
 
 def test_processors_compute_known_answers() -> None:

@@ -273,7 +273,7 @@ class DataPlane:
 
     async def submit_async(
         self, p: Principal, name: str, version: str | None, body: dict[str, Any],
-        idempotency_key: str | None, ip: str = "",
+        idempotency_key: str | None,
     ) -> tuple[dict[str, Any], bool]:  # fmt: skip
         """Queue a V2 body as an async prediction (`Prefer: respond-async`): the same job
         `POST /api/v1/predictions` makes, as that route shows it (and whether it was created
@@ -281,7 +281,7 @@ class DataPlane:
         if self.jobs is None:
             raise ServerNotReady("this server takes no async predictions")
         fields = {"model": name, "version": version, "input": body}
-        job, created = await self.jobs.submit(Actor(p, ip, {"route": "infer"}), fields,
+        job, created = await self.jobs.submit(Actor(p, context={"route": "infer"}), fields,
                                               idempotency_key)  # fmt: skip
         return job_view(job), created
 

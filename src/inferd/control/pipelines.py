@@ -24,8 +24,15 @@ from typing import Any
 from inferd.auth.policy import require
 from inferd.control.audit import Actor
 from inferd.control.catalog import Catalog
-from inferd.core.errors import Conflict, InferdError, InvalidInput, NotFound, Unprocessable
-from inferd.core.pipeline import Node, Pipeline, Step, parse_pipeline
+from inferd.core.errors import (
+    Conflict,
+    InferdError,
+    InvalidField,
+    InvalidInput,
+    NotFound,
+    Unprocessable,
+)
+from inferd.core.pipeline import Node, Pipeline, Step, parse_pipeline, wire
 from inferd.core.processors import build as build_processor
 from inferd.core.records import Model, ModelVersion, Scope, VersionStatus
 from inferd.core.spec import TensorSpec, tensor_specs
@@ -245,39 +252,24 @@ class _Walk:
 
     def _model(self, where: str, step: Step, given: Known) -> Known:
         inputs, outputs = self.signatures[(step.target, step.version)]
-        if given is not None:
-            for name, spec in inputs.items():
-                tensor = self._source(where, step, name, given, list(inputs))
-                if tensor is None:
-                    continue
-                have = given[tensor]
-                if have[0] != spec[0] or have[1] != spec[1]:
-                    raise Unprocessable(
-                        f"{where}.inputs.{name}: model '{step.target}' takes {spec[0]} of rank "
-                        f"{spec[1]}, and '{tensor}' is {have[0]} of rank {have[1]}"
-                    )
+        if given is None:
+            return dict(outputs)
+        try:
+            wiring = wire(step, given, list(inputs))
+        except InvalidField as e:
+            raise Unprocessable(f"{where}.{e.message}") from None
+        unfed = [name for name in inputs if name not in wiring]
+        if unfed:
+            raise Unprocessable(f"{where}.inputs: model '{step.target}' needs input "
+                                f"'{unfed[0]}', which 'inputs' does not map")  # fmt: skip
+        for name, tensor in wiring.items():
+            spec, have = inputs.get(name), given[tensor]
+            if spec is not None and (have[0] != spec[0] or have[1] != spec[1]):
+                raise Unprocessable(
+                    f"{where}.inputs.{name}: model '{step.target}' takes {spec[0]} of rank "
+                    f"{spec[1]}, and '{tensor}' is {have[0]} of rank {have[1]}"
+                )
         return dict(outputs)
-
-    @staticmethod
-    def _source(where: str, step: Step, name: str, given: dict[str, tuple[str, int]],
-                wanted: list[str]) -> str | None:  # fmt: skip
-        """The tensor that feeds the model's input `name` (None: not known to be wired)."""
-        if step.inputs:
-            mapping = dict(step.inputs)
-            if name not in mapping:
-                raise Unprocessable(f"{where}.inputs: model '{step.target}' needs input "
-                                    f"'{name}', which 'inputs' does not map")  # fmt: skip
-            if mapping[name] not in given:
-                raise Unprocessable(f"{where}.inputs.{name}: no tensor '{mapping[name]}' here "
-                                    f"(have: {', '.join(sorted(given))})")  # fmt: skip
-            return mapping[name]
-        if name in given:
-            return name
-        if len(wanted) == 1 and len(given) == 1:
-            return next(iter(given))
-        raise Unprocessable(f"{where}: model '{step.target}' needs input '{name}', and nothing "
-                            f"here provides it (have: {', '.join(sorted(given))}); map it with "
-                            "'inputs'")  # fmt: skip
 
 
 def _agree(field: str, what: str, spec: TensorSpec, have: tuple[str, int]) -> None:

@@ -44,11 +44,11 @@ Every error names the node and field: `nodes.route.steps[1].when.select: ...`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.core.errors import InvalidInput
+from inferd.core.errors import InvalidField, InvalidInput
 
 FORMAT = 1
 KINDS = ("sequence", "switch", "ensemble", "splitter")
@@ -404,24 +404,26 @@ def _check_graph(root: str, nodes: Mapping[str, Node]) -> None:
         raise InvalidInput(f"nodes.{unreachable[0]}: not reachable from the root '{root}'")
 
 
-def step_inputs(step: Step, available: Mapping[str, Any], wanted: Sequence[str] | None
-                ) -> dict[str, Any]:  # fmt: skip
-    """The tensors a step gets: its `inputs` mapping; else those of `wanted` (the step model's
-    input names, when known) found by name, else the only tensor when there is one input;
-    else everything available."""
+def wire(step: Step, available: Collection[str], wanted: Sequence[str] | None
+         ) -> dict[str, str]:  # fmt: skip
+    """Which tensor feeds each input of a step (step input -> tensor name): its `inputs`
+    mapping; else the inputs `wanted` (the step model's input names, when known) found by name,
+    else the only tensor when the model has one input; else every tensor by its own name. The
+    one wiring rule: requests follow it, and saving a pipeline checks types along it. Errors
+    name the field under the step (`inputs.<input>`, `inputs`)."""
     if step.inputs:
-        missing = [t for _, t in step.inputs if t not in available]
-        if missing:
-            raise InvalidInput(f"step '{step.label}': no tensor '{missing[0]}' to read "
-                               f"(have: {', '.join(sorted(available)) or 'none'})")  # fmt: skip
-        return {name: available[t] for name, t in step.inputs}
+        for name, tensor in step.inputs:
+            if tensor not in available:
+                raise InvalidField(f"inputs.{name}", f"no tensor '{tensor}' here (have: "
+                                   f"{', '.join(sorted(available)) or 'none'})")  # fmt: skip
+        return dict(step.inputs)
     if wanted:
         if all(w in available for w in wanted):
-            return {w: available[w] for w in wanted}
+            return {w: w for w in wanted}
         if len(wanted) == 1 and len(available) == 1:
-            return {wanted[0]: next(iter(available.values()))}
-        missing = [w for w in wanted if w not in available]
-        raise InvalidInput(f"step '{step.label}': no tensor for input '{missing[0]}' "
-                           f"(have: {', '.join(sorted(available)) or 'none'}); "
-                           "map it with 'inputs'")  # fmt: skip
-    return dict(available)
+            return {wanted[0]: next(iter(available))}
+        missing = next(w for w in wanted if w not in available)
+        have = ", ".join(sorted(available)) or "none"
+        raise InvalidField("inputs", f"no tensor for input '{missing}' (have: {have}); map it "
+                           "with 'inputs'")  # fmt: skip
+    return {t: t for t in available}

@@ -7,7 +7,7 @@ on each other's claims); on SQLite the write transaction itself is exclusive (BE
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from inferd.core.errors import NotFound
@@ -74,12 +74,6 @@ class JobStore(Repository):
         q = q.order_by(JobRow.created_at.desc(), JobRow.id).limit(limit).offset(offset)
         async with self._sessions() as s:
             return [r.to_core() for r in await s.scalars(q)]
-
-    @guarded
-    async def count_jobs(self, status: JobStatus) -> int:
-        async with self._sessions() as s:
-            n = await s.scalar(select(func.count()).where(JobRow.status == status.value))
-            return int(n or 0)
 
     @guarded
     async def claim_job(self) -> Job | None:

@@ -12,6 +12,7 @@ each version declares (`resources.gpu_memory`), or estimates from its files.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ log = logging.getLogger("inferd.engine")
 Usage = dict[int, dict[int, int]]
 
 
+@functools.cache
 def _nvml() -> Any | None:
-    """The initialised NVML module, or None where it cannot be used (logged once at start)."""
+    """The initialised NVML module, or None where it cannot be used: initialised once per
+    process (every budget decision reads usage through it), the failure logged once."""
     try:
         import pynvml
     except ImportError:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from inferd.core.errors import InferdError, InvalidInput, ModelExecutionError
-from inferd.core.pipeline import Node, Pipeline, Step, step_inputs
+from inferd.core.pipeline import Node, Pipeline, Step, wire
 from inferd.core.processors import Processor, build
 from inferd.core.spec import ModelSpec
 from inferd.observability.metrics import PipelineMetrics, VersionMetrics
@@ -133,7 +133,7 @@ class _Run:
         where = f"step '{step.label}' (model '{step.target}')"
         try:
             wanted = owner._signature(step.target, step.version)
-            inputs = step_inputs(step, current, wanted)
+            inputs = {name: current[t] for name, t in wire(step, current, wanted).items()}
         except InferdError as e:
             e.message = f"pipeline '{owner.spec.name}' {where}: {e.message}"
             e.args = (e.message,)
@@ -148,7 +148,7 @@ class _Run:
                     for k, v in r.items()}  # fmt: skip
         names = list(results[0])
         for s, r in zip(node.steps, results, strict=True):
-            if list(r) != names and set(r) != set(names):
+            if set(r) != set(names):
                 raise ModelExecutionError(
                     f"pipeline '{self.owner.spec.name}' node '{node.name}': step '{s.label}' "
                     f"returned {sorted(r)}, the first step {sorted(names)}; {node.aggregate} "
