@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -50,33 +54,61 @@ def _repository(root: Path) -> Path:
     return root
 
 
-def _serve(scratch: Path, name: str, concurrency: int):  # type: ignore[no-untyped-def]
-    from inferd import serve
+class _Server:
+    """`inferd serve` in its own process pinned to CPU 0 (the clients keep CPU 1)."""
 
-    server = serve(model_repository=_repository(scratch / name / "repo"), http_port=0,
-                   block=False, data_dir=scratch / name / "data", grpc={"enabled": False},
-                   log_level="warning", http={"access_log": False},
-                   jobs={"concurrency": concurrency})  # fmt: skip
-    assert server is not None
-    return server
+    def __init__(self, scratch: Path, name: str, concurrency: int) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "INFERD_DATA_DIR": str(scratch / name / "data"),
+               "INFERD_JOBS__CONCURRENCY": str(concurrency),
+               "INFERD_AUTH__BOOTSTRAP_KEY": ADMIN_KEY}  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, "-m", "inferd.cli.main", "serve",
+             "--model-repository", str(_repository(scratch / name / "repo")),
+             "--http-port", str(port), "--no-grpc", "--no-access-log", "--log-level", "warning"],
+            env=env, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v2/models/echo/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("inferd did not start")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
 
 
-def submissions(url: str, clients: int, duration: float) -> None:
+def _serve(scratch: Path, name: str, concurrency: int) -> _Server:
+    return _Server(scratch, name, concurrency)
+
+
+def submissions(url: str, clients: int, duration: float, path: str = "/api/v1/predictions",
+                body: dict[str, Any] = BODY, status: int = 202, label: str = "submissions",
+                ) -> None:  # fmt: skip
     times: list[float] = []
     lock = threading.Lock()
     stop = time.monotonic() + duration
 
     def client() -> None:
-        os.sched_setaffinity(threading.get_native_id(), {1})  # the server keeps CPU 0
+        os.sched_setaffinity(threading.get_native_id(), {1})  # the server has CPU 0
         mine = []
         with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as c:
             for _ in range(20):  # warm-up
-                c.post("/api/v1/predictions", json=BODY)
+                c.post(path, json=body)
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
-                r = c.post("/api/v1/predictions", json=BODY)
+                r = c.post(path, json=body)
                 mine.append(time.perf_counter() - t0)
-                assert r.status_code == 202, r.text
+                assert r.status_code == status, r.text
         with lock:
             times.extend(mine)
 
@@ -90,7 +122,7 @@ def submissions(url: str, clients: int, duration: float) -> None:
     ms = np.array(times) * 1000
     p50, p90, p99 = (np.percentile(ms, q) for q in (50, 90, 99))
     rate = len(times) / took
-    print(f"| submissions, c={clients} | {rate:,.0f}/s | p50 {p50:.2f} ms | p90 {p90:.2f} ms | "
+    print(f"| {label}, c={clients} | {rate:,.0f}/s | p50 {p50:.2f} ms | p90 {p90:.2f} ms | "
           f"p99 {p99:.2f} ms |")  # fmt: skip
 
 
@@ -122,12 +154,15 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--jobs", type=int, default=50)
     args = ap.parse_args()
-    os.sched_setaffinity(0, {0})
-    os.environ["INFERD_AUTH__BOOTSTRAP_KEY"] = ADMIN_KEY
+    os.sched_setaffinity(0, {1})
     scratch = Path(tempfile.mkdtemp(prefix="inferd-bench-jobs-"))
     quiet = _serve(scratch, "submit", 0)
     try:
-        submissions(quiet.url, args.clients, args.duration)
+        for c in sorted({1, args.clients}):
+            # the same body answered at once (V2 infer), then queued (interleaved, same server)
+            submissions(quiet.url, c, args.duration, "/v2/models/echo/infer", BODY["input"],
+                        200, "sync V2 infer")  # fmt: skip
+            submissions(quiet.url, c, args.duration)
     finally:
         quiet.stop()
     busy = _serve(scratch, "run", 2)

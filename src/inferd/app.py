@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -15,12 +15,16 @@ from inferd._version import __version__
 from inferd.api.admin.app import management_app
 from inferd.api.dataplane import DataPlane
 from inferd.api.grpc import GrpcServer, Limits
+from inferd.api.http.batch_plane import BatchPlane
+from inferd.api.http.bodies import BodyRunner
 from inferd.api.http.routes import data_plane_router
 from inferd.api.http.server import DataPlaneApp, HttpLimits
 from inferd.api.http.v2codec import decode_request, encode_response
 from inferd.auth.limits import ConcurrencyLimiter, RateLimiter
+from inferd.auth.principal import Principal
 from inferd.control.abtest import ABTests
 from inferd.control.audit import Audit
+from inferd.control.batches import Batches
 from inferd.control.catalog import Catalog, SampleCodec
 from inferd.control.deployments import Deployments
 from inferd.control.gate import Gate
@@ -30,9 +34,11 @@ from inferd.control.pipelines import Pipelines
 from inferd.control.plane import ControlPlane
 from inferd.control.rollouts import Rollouts
 from inferd.control.supervisor import ReplicaSupervisor
+from inferd.control.webhooks import Webhooks
 from inferd.core.records import Job
 from inferd.core.routing import Routes
 from inferd.core.tensors import InferenceRequest, InferenceResponse
+from inferd.observability.batches import BatchMetrics
 from inferd.observability.metrics import ServingMetrics
 from inferd.observability.routing import RoutingMetrics
 from inferd.registry.artifacts import open_store
@@ -72,13 +78,11 @@ def _encode_sample(response: InferenceResponse, request: InferenceRequest) -> di
     return doc
 
 
-async def _run_job(plane: DataPlane, job: Job) -> dict[str, Any]:
-    """An async prediction's request, run as the same synchronous V2 call would be (routed,
-    guarded, queued and batched), its response as the V2 JSON body."""
-    sv = plane.version(job.model, job.version)
-    request = decode_request(orjson.dumps(job.input), None)
-    request.id = request.id or job.id
-    return _encode_sample(await plane.infer(sv, request), request)
+async def _run_job(runner: BodyRunner, job: Job, p: Principal,
+                   progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:  # fmt: skip
+    """An async prediction's request, run as the same synchronous call would be (routed,
+    guarded, queued and batched), its response as that call's JSON body."""
+    return await runner.run(job.api, p, job.model, job.version, job.input, job.id, progress)
 
 
 def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server:
@@ -108,8 +112,10 @@ def build(settings: Settings, models: Mapping[str, Any] | None = None) -> Server
     plane = DataPlane(engine, Generation(engine, metrics.llm), control.gate,
                       routes=routes_in_force, metrics=RoutingMetrics(metrics.registry))  # fmt: skip
     engine.step_runner = plane.run_step  # ensembles' steps are routed like requests
-    control.jobs.execute = partial(_run_job, plane)  # async predictions: as a sync call runs
+    # async predictions: as a sync call of the same body runs
+    control.jobs.execute = partial(_run_job, BodyRunner(plane))
     plane.jobs = control.jobs  # and `Prefer: respond-async` queues them
+    control.batches.rows = BatchPlane(plane)  # batch rows: each as its sync call runs
     grpc = None
     if g.enabled:
         grpc = GrpcServer(plane, g.host, g.port, g.max_message_bytes, http.server_name,
@@ -219,6 +225,11 @@ def _control_plane(
     deployments = Deployments(store, catalog, audit, engine, reg.reconcile_interval_s, routes)
     gate = Gate(identity, catalog, rate, concurrency, settings.auth, lim)
     rollouts, abtests = Rollouts(deployments, audit), ABTests(deployments)
-    jobs = Jobs(store, catalog, audit, settings.jobs, engine.metrics.jobs)
+    jobs = Jobs(store, catalog, audit, settings.jobs, engine.metrics.jobs, artifacts)
+    webhooks = Webhooks(store, audit, settings.webhooks, engine.metrics.webhooks)
+    jobs.webhooks = webhooks  # a job's webhook URL is checked at submission, its events sent
+    batches = Batches(store, catalog, audit, artifacts, settings.batches,
+                      BatchMetrics(engine.metrics.registry))  # fmt: skip
     return ControlPlane(db, store, artifacts, audit, identity, catalog, deployments, gate, rate,
-                        concurrency, rollouts, abtests, Pipelines(catalog), jobs)  # fmt: skip
+                        concurrency, rollouts, abtests, Pipelines(catalog), jobs,
+                        webhooks, batches)  # fmt: skip

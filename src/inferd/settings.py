@@ -313,7 +313,113 @@ class JobSettings(BaseModel):
     )  # fmt: skip
     max_input_bytes: int = Field(
         16 * 2**20, gt=0,
-        description="Largest job input (JSON bytes) accepted; results are stored as returned",
+        description="Largest job input (JSON bytes) accepted",
+    )  # fmt: skip
+    lease_s: float = Field(
+        30.0, ge=1, le=3600,
+        description="How long a node holds a job it runs without renewing (renewed every "
+        "third of it): a job whose node died runs again after at most this long",
+    )  # fmt: skip
+    result_inline_bytes: int = Field(
+        256 * 2**10, ge=0,
+        description="Results larger than this (JSON bytes) are kept in the artifact store, "
+        "not in the database row",
+    )  # fmt: skip
+    retention_s: float = Field(
+        7 * 86400, ge=0,
+        description="Ended jobs (and their results and webhook deliveries) are deleted this "
+        "long after they ended (0: kept forever)",
+    )  # fmt: skip
+
+
+class WebhookSettings(BaseModel):
+    """Webhooks of async predictions (docs/control-plane.md, "Webhooks")."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="One delivery attempt (resolving, connecting, sending, the answer's head) "
+        "must end within this time, or it counts as failed",
+    )  # fmt: skip
+    max_attempts: int = Field(
+        12, ge=1, le=100,
+        description="Attempts of one delivery before it is `failed` (a 2xx answer delivers it; "
+        "any other answer, a redirect or a network error is retried)",
+    )  # fmt: skip
+    backoff_base_s: float = Field(
+        1.0, gt=0, le=3600,
+        description="The wait before the second attempt is drawn from [0, base]; each later "
+        "one from twice the range before it (full jitter), up to backoff_max_s",
+    )  # fmt: skip
+    backoff_max_s: float = Field(
+        600.0, gt=0, le=86400, description="The longest wait between two attempts"
+    )  # fmt: skip
+    allow_private_urls: bool = Field(
+        False,
+        description="Let webhooks reach loopback, private and link-local addresses (the SSRF "
+        "guard off: only where every user is trusted)",
+    )
+    secret_rotation_grace_s: float = Field(
+        86400.0, ge=0, le=90 * 86400,
+        description="After a user rotates their signing secret, the previous one also signs "
+        "deliveries for this long, so receivers can switch over",
+    )  # fmt: skip
+    concurrency: int = Field(
+        8, ge=0, le=1024,
+        description="Deliveries this server sends at once (0: it sends none; another node may)",
+    )  # fmt: skip
+    poll_interval_s: float = Field(
+        5.0, gt=0, le=3600,
+        description="How often an idle sender looks for deliveries queued by another node "
+        "(deliveries of jobs that end here, and retries, are sent on time without it)",
+    )  # fmt: skip
+
+
+class BatchSettings(BaseModel):
+    """Batch jobs and OpenAI's batch API (docs/control-plane.md, "Batch jobs")."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    concurrency: int = Field(
+        1, ge=0, le=64,
+        description="Batch jobs this server runs at once (0: it runs none; another node may)",
+    )  # fmt: skip
+    chunk_rows: int = Field(
+        500, ge=1, le=100_000,
+        description="Rows per chunk: a chunk's output is stored, then recorded as done, so a "
+        "job resumes after a restart from its first chunk not recorded",
+    )  # fmt: skip
+    max_in_flight: int = Field(
+        64, ge=1, le=4096,
+        description="Requests of one batch job in flight at once: what the model's dynamic "
+        "batching merges",
+    )  # fmt: skip
+    rows_per_request: int = Field(
+        64, ge=1, le=65_536,
+        description="CSV and Parquet rows sent in one request (at most the model's "
+        "max_batch_size, when it has one)",
+    )  # fmt: skip
+    max_file_bytes: int = Field(
+        200 * 2**20, gt=0,
+        description="Largest file accepted (an upload, or an input read from the artifact "
+        "store)",
+    )  # fmt: skip
+    lease_s: float = Field(
+        30.0, ge=1, le=3600,
+        description="How long a node holds a batch job without renewing (renewed every third "
+        "of it): a job whose node died resumes on another (or the restarted) node after at "
+        "most this long",
+    )  # fmt: skip
+    poll_interval_s: float = Field(
+        2.0, gt=0, le=3600,
+        description="How often an idle runner looks for batch jobs to run (jobs created on "
+        "this server wake it at once)",
+    )  # fmt: skip
+    row_attempts: int = Field(
+        4, ge=1, le=100,
+        description="Tries of a row refused for a passing reason (model loading or "
+        "overloaded: 503, 429) before its error is recorded",
     )  # fmt: skip
 
 
@@ -406,4 +512,6 @@ class Settings(BaseSettings):
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)

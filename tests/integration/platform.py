@@ -125,3 +125,61 @@ def iris_skops() -> tuple[bytes, dict[str, Any]]:
     sample = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4],
                           "data": x[:2].astype(np.float32).ravel().tolist()}]}  # fmt: skip
     return sio.dumps(clf), sample
+
+
+class ServerProcess:
+    """`inferd serve` in a process of its own, for tests that kill it (SIGKILL) mid-way.
+    Settings come as `{"section": {"field": value}}`, passed as INFERD_<SECTION>__<FIELD>."""
+
+    def __init__(self, data_dir: Path, model_repository: Path | None = None,
+                 database_url: str | None = None, **settings: dict[str, Any]) -> None:  # fmt: skip
+        import os
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {**os.environ, "INFERD_DATA_DIR": str(data_dir)}
+        if database_url:
+            env["INFERD_REGISTRY__DATABASE_URL"] = database_url
+        for section, fields in settings.items():
+            for name, value in fields.items():
+                env[f"INFERD_{section.upper()}__{name.upper()}"] = str(value)
+        cmd = [sys.executable, "-m", "inferd.cli.main", "serve", "--http-port", str(self.port),
+               "--no-grpc", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        if model_repository is not None:
+            cmd += ["--model-repository", str(model_repository)]
+        self.proc = subprocess.Popen(cmd, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if self.http.get("/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"inferd serve did not start (exit {self.proc.returncode})")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind (its worker processes notice their parent died)."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.http.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except Exception:
+                self.kill()
+        self.http.close()

@@ -19,7 +19,9 @@ from fastapi.routing import APIRoute
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from inferd.api.admin.batches import router as batch_router
 from inferd.api.admin.policy import POLICIES
+from inferd.api.admin.predictions import router as predictions_router
 from inferd.api.admin.routes import router
 from inferd.api.dataplane import POLICY
 from inferd.api.grpc.servicer import OPERATION as GRPC_OPERATION
@@ -63,7 +65,8 @@ def _key(k: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_management_route_declares_a_policy(world: dict[str, Any]) -> None:
-    routes = [r for r in router.routes if isinstance(r, APIRoute)]
+    routers = (router, predictions_router, batch_router)
+    routes = [r for rt in routers for r in rt.routes if isinstance(r, APIRoute)]
     assert len(routes) >= 25
     for route in routes:
         policies = [d.call for d in route.dependant.dependencies if d.call in POLICIES]

@@ -30,7 +30,9 @@ def wait_for_job(c: Client, job_id: str, timeout: float = 3600) -> dict[str, Any
     with console.status(f"prediction {job_id}: queued") as status:
 
         def seen(job: dict[str, Any]) -> None:
-            status.update(f"prediction {job_id}: {job['status']} (attempt {job['attempts']})")
+            done = ", ".join(f"{v} {k}" for k, v in (job.get("progress") or {}).items())
+            status.update(f"prediction {job_id}: {job['status']} (attempt {job['attempts']}"
+                          f"{'; ' + done if done else ''})")  # fmt: skip
 
         return c.wait_prediction(job_id, timeout, on_status=seen)
 

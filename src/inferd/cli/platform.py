@@ -1,8 +1,8 @@
 """Platform commands of `inferd`: login, keys, models, pipelines, deploy, deployments, traffic,
-routing, rollout, abtest, predict, jobs.
+routing, rollout, abtest, predict, jobs, webhooks, batch.
 
 One module per command group: `account` (login, logout, whoami, keys), `models`, `pipelines`,
-`jobs`, `deployments`
+`jobs`, `webhooks`, `batches` (batch), `deployments`
 (deploy, deployments, predict); what they share (errors, options, the client, output) is in
 `common`. Every command speaks to a server through the SDK (`inferd.client`), never to the
 server's code; failures print `error: <message>` on stderr and exit with status 1.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from inferd.cli.account import keys, login, logout, whoami
+from inferd.cli.batches import batch
 from inferd.cli.deployments import (
     abtest,
     deploy,
@@ -25,9 +26,10 @@ from inferd.cli.deployments import (
 from inferd.cli.jobs import jobs
 from inferd.cli.models import models
 from inferd.cli.pipelines import pipelines
+from inferd.cli.webhooks import webhooks
 
 COMMANDS = (login, logout, whoami, keys, models, pipelines, deploy, deployments, traffic, routing,
-            rollout, abtest, predict, jobs)  # fmt: skip
+            rollout, abtest, predict, jobs, webhooks, batch)  # fmt: skip
 
 
 def register(group: click.Group) -> None:

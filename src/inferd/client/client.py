@@ -15,6 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from inferd._version import __version__
+from inferd.client.batches import BatchJobs
 from inferd.client.errors import InferdClientError, error_from_response
 from inferd.client.tensors import decode_outputs, encode_inputs
 from inferd.client.upload import Progress, ProgressFile
@@ -54,7 +55,7 @@ def _seg(value: object) -> str:
     return quote(str(value), safe="")
 
 
-class Client:
+class Client(BatchJobs):
     """A synchronous client for an inferd server.
 
     `token` (a login's access token) or `api_key` is sent as `Authorization: Bearer ...`.
@@ -230,13 +231,20 @@ class Client:
 
     def submit_prediction(
         self, model: str, body: Mapping[str, Any], version: int | str | None = None,
-        priority: int = 0, idempotency_key: str | None = None,
+        priority: int = 0, idempotency_key: str | None = None, webhook: str | None = None,
+        webhook_events: Sequence[str] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Queue a V2 inference body for `model`; returns the job (`id`, `status`, ...).
-        The same `idempotency_key` gives back the first job."""
+        The same `idempotency_key` gives back the first job. `webhook`: an http(s) URL its
+        events are POSTed to, signed with your `webhook_secret()`; `webhook_events`: besides
+        `completed`, which it always gets."""
         doc: dict[str, Any] = {"model": model, "input": dict(body), "priority": priority}
         if version is not None:
             doc["version"] = version
+        if webhook is not None:
+            doc["webhook"] = webhook
+        if webhook_events is not None:
+            doc["webhook_events"] = list(webhook_events)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", "/api/v1/predictions", json=doc, headers=headers)
 
@@ -253,6 +261,19 @@ class Client:
 
     def cancel_prediction(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/api/v1/predictions/{_seg(job_id)}/cancel")
+
+    def prediction_deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """The prediction's webhook deliveries: event, status, attempts, last code or error."""
+        return self.request("GET", f"/api/v1/predictions/{_seg(job_id)}/deliveries")
+
+    def webhook_secret(self) -> dict[str, Any]:
+        """Your webhook signing secret (`secret`; `previous` while a rotated one still signs):
+        verify deliveries with `standardwebhooks.Webhook(secret).verify(body, headers)`."""
+        return self.request("GET", "/api/v1/webhooks/secret")
+
+    def rotate_webhook_secret(self) -> dict[str, Any]:
+        """A new webhook signing secret; the previous one signs too until `previous_until`."""
+        return self.request("POST", "/api/v1/webhooks/secret/rotate")
 
     def wait_prediction(
         self, job_id: str, timeout: float = 600,

@@ -56,6 +56,15 @@ class Audit:
             log.warning("audit entry for %s on %s %s lost: %s", action, target_type, target_id,
                         e.message)  # fmt: skip
 
+    @staticmethod
+    def fields(actor: Actor, action: str, target_type: str, **detail: Any) -> dict[str, Any]:
+        """An entry's fields but its target id, for a store method that records the action
+        and its entry in one transaction (`registry.audit_store.audit_row`)."""
+        p = actor.principal
+        return {"actor_id": p.user_id, "actor_name": p.username, "action": action,
+                "target_type": target_type, "ip": actor.ip,
+                "detail": {**actor.context, **detail}}  # fmt: skip
+
     async def entries(
         self, *, limit: int = 100, actor_id: str | None = None, action: str | None = None
     ) -> list[AuditEntry]:

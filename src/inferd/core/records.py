@@ -65,7 +65,7 @@ class Job:
     owner_id: str
     model: str
     version: str | None
-    #: The request body as the caller sent it (a V2 inference request).
+    #: The request body as the caller sent it, in the dialect `api` names.
     input: dict[str, Any]
     status: JobStatus
     created_at: datetime
@@ -79,6 +79,45 @@ class Job:
     idempotency_key: str | None = None
     #: Cancel asked while it ran: the node running it aborts it.
     cancel_requested: bool = False
+    #: The dialect of `input` (`inferd.core.bodies.APIS`): V2, V1 or an OpenAI request.
+    api: str = "v2"
+    #: Where its events are POSTed (Standard Webhooks), if anywhere.
+    webhook: str | None = None
+    #: Which of its events go there (`started`, `progress`, `completed`); None: `completed`.
+    webhook_events: tuple[str, ...] | None = None
+    #: The node running it, and until when (a node that stops renewing loses it).
+    node: str | None = None
+    lease_until: datetime | None = None
+    #: What the runtime reported so far (steps, tokens), when it does.
+    progress: dict[str, Any] | None = None
+    #: The artifact-store key of a result kept outside the database (too large for a row).
+    result_ref: str | None = None
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event of a job POSTed to its webhook; `id` is the Standard Webhooks `webhook-id`,
+    the same on every retry."""
+
+    id: str
+    job_id: str
+    owner_id: str
+    event: str
+    url: str
+    payload: dict[str, Any]
+    status: DeliveryStatus
+    attempts: int
+    last_code: int | None
+    last_error: str
+    next_at: datetime
+    created_at: datetime
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,3 +262,93 @@ class AuditEntry:
     outcome: str = "ok"
     ip: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchStatus(StrEnum):
+    """A batch job's state, by OpenAI's names (`/v1/batches` shows them as they are)."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+#: A batch job in one of these never changes again.
+BATCH_DONE = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file a user uploaded (`/v1/files`) or a batch job wrote; its bytes are in the artifact
+    store under `key`."""
+
+    id: str
+    owner_id: str
+    purpose: str
+    filename: str
+    bytes: int
+    key: str
+    created_at: datetime
+    #: 0: one object at `key`; n > 0: the objects `key/000000.jsonl` ... in order (a batch
+    #: job's output, stored chunk by chunk).
+    parts: int = 0
+    #: The batch job that wrote it (an output or error file); None for an upload.
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """A file of requests run row by row, in chunks of `chunk_rows` rows: chunk `committed`
+    is the next one to run (the ones before it have their output stored)."""
+
+    id: str
+    owner_id: str
+    model: str
+    #: How its rows are run (`inferd.core.bodies.APIS`; tabular rows are V2 requests).
+    api: str
+    #: The OpenAI route of its rows (`/v1/embeddings` ...) or "" for inferd's own batch jobs.
+    endpoint: str
+    input_file_id: str
+    #: `jsonl`, `csv` or `parquet`.
+    format: str
+    status: BatchStatus
+    total: int
+    done: int
+    failed: int
+    chunk_rows: int
+    chunks: int
+    committed: int
+    created_at: datetime
+    version: str | None = None
+    #: Bytes of the recorded chunks' output: every line (inferd's jobs) or the successes
+    #: (OpenAI's), and the failures (OpenAI's).
+    output_bytes: int = 0
+    error_bytes: int = 0
+    #: Created through `/v1/batches` (its output file holds the successes, the error file the
+    #: failures) or `/api/v1/batch-jobs` (one output file, one line per input line).
+    openai: bool = False
+    completion_window: str = ""
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    node: str | None = None
+    lease_until: datetime | None = None
+    #: The current run's start and the rows done before it (throughput and ETA).
+    run_started_at: datetime | None = None
+    run_start_done: int = 0
+    in_progress_at: datetime | None = None
+    finalizing_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    cancelling_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    expires_at: datetime | None = None
+    expired_at: datetime | None = None
+    #: Why the whole job failed (a row's error is in its output line).
+    error: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)

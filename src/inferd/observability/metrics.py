@@ -63,6 +63,7 @@ class ServingMetrics:
         self.memory = MemoryMetrics(registry)
         self.pipeline = PipelineMetrics(registry)
         self.jobs = JobMetrics(registry)
+        self.webhooks = WebhookMetrics(registry)
         mv = ["model", "version"]
         self.requests = Counter(
             "inferd_inference_requests", "Inference requests received", mv, registry=registry
@@ -252,10 +253,29 @@ class JobMetrics:
                                 ["status"], registry=registry)  # fmt: skip
         self.running = Gauge("inferd_jobs_running", "Async predictions running on this server",
                              registry=registry)  # fmt: skip
+        self.by_status = Gauge("inferd_jobs", "Async predictions in the database by status "
+                               "(every node's; as of the last sweep, every few seconds): "
+                               "`queued` is the queue depth", ["status"],
+                               registry=registry)  # fmt: skip
         buckets = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800, 3600)
         self.wait = Histogram("inferd_job_queue_wait_seconds",
                               "Time from an async prediction's submission to its start",
                               registry=registry, buckets=buckets)  # fmt: skip
+
+
+class WebhookMetrics:
+    """Webhook deliveries of async predictions (`control/webhooks.py`) sent by this server."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deliveries = Counter("inferd_webhook_deliveries",
+                                  "Webhook delivery attempts by outcome: delivered (2xx), retry "
+                                  "(to be tried again), failed (out of attempts)",
+                                  ["outcome"], registry=registry)  # fmt: skip
+        buckets = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        self.seconds = Histogram("inferd_webhook_send_seconds",
+                                 "Time of one webhook delivery attempt (resolve, connect, send, "
+                                 "the answer's head)", registry=registry,
+                                 buckets=buckets)  # fmt: skip
 
 
 class PipelineMetrics:

@@ -124,6 +124,14 @@ class ArtifactStore(Protocol):
         """Whether an object is stored under exactly `key`."""
         ...
 
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` (replacing any previous object)."""
+        ...
+
+    async def get_bytes(self, key: str) -> bytes:
+        """The object stored under `key` (NotFound when there is none)."""
+        ...
+
     def describe(self) -> str:
         """Where the store is, for logs (never credentials)."""
         ...
@@ -171,6 +179,30 @@ class LocalArtifactStore:
     async def put_file(self, key: str, path: Path) -> None:
         check_key(key)
         await asyncio.to_thread(self._put_sync, key, Path(path))
+
+    def _put_bytes_sync(self, key: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".bytes-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            self._put_sync(key, Path(tmp))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        check_key(key)
+        await asyncio.to_thread(self._put_bytes_sync, key, data)
+
+    def _get_bytes_sync(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(f"artifact '{key}' not found") from None
+
+    async def get_bytes(self, key: str) -> bytes:
+        check_key(key)
+        return await asyncio.to_thread(self._get_bytes_sync, key)
 
     def _put_tree_sync(self, prefix: str, root: Path) -> list[str]:
         files = [(_join(prefix, rel), path) for rel, path in _tree_files(root)]
@@ -330,6 +362,24 @@ class S3ArtifactStore:
     async def put_file(self, key: str, path: Path) -> None:
         self._full(key)
         await self._call(lambda: self._put_sync(key, Path(path)))
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        full = self._full(key)
+        await self._call(lambda: self._client().put_object(Bucket=self._bucket, Key=full,
+                                                           Body=data))  # fmt: skip
+
+    def _get_bytes_sync(self, key: str) -> bytes:
+        client = self._client()
+        try:
+            answer = client.get_object(Bucket=self._bucket, Key=self._full(key))
+        except client.exceptions.NoSuchKey:
+            raise NotFound(f"artifact '{key}' not found") from None
+        data: bytes = answer["Body"].read()
+        return data
+
+    async def get_bytes(self, key: str) -> bytes:
+        self._full(key)
+        return await self._call(lambda: self._get_bytes_sync(key))
 
     def _put_tree_sync(self, prefix: str, root: Path) -> list[str]:
         files = [(_join(prefix, rel), path) for rel, path in _tree_files(root)]

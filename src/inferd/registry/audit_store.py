@@ -21,6 +21,18 @@ from inferd.registry.tables import (
 )
 
 
+def audit_row(at: datetime, *, actor_id: str | None, actor_name: str, action: str,
+              target_type: str, target_id: str, outcome: str = "ok", ip: str = "",
+              detail: dict[str, Any] | None = None) -> AuditRow:  # fmt: skip
+    """One audit entry's row (for a transaction that records its action with it)."""
+    # Through JSON and back with str() for anything else (datetimes, enums, paths): an audit
+    # entry must never be lost because a detail value is not JSON.
+    safe = json.loads(json.dumps(detail or {}, default=str))
+    return AuditRow(id=new_id(), at=at, actor_id=actor_id, actor_name=actor_name, action=action,
+                    target_type=target_type, target_id=target_id, outcome=outcome, ip=ip,
+                    detail=safe)  # fmt: skip
+
+
 class AuditStore(Repository):
     """The audit log and the server secrets kept in the database."""
 
@@ -39,21 +51,9 @@ class AuditStore(Repository):
         ip: str = "",
         detail: dict[str, Any] | None = None,
     ) -> AuditEntry:
-        # Through JSON and back with str() for anything else (datetimes, enums, paths): an audit
-        # entry must never be lost because a detail value is not JSON.
-        safe = json.loads(json.dumps(detail or {}, default=str))
-        row = AuditRow(
-            id=new_id(),
-            at=self._now(),
-            actor_id=actor_id,
-            actor_name=actor_name,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            outcome=outcome,
-            ip=ip,
-            detail=safe,
-        )
+        row = audit_row(self._now(), actor_id=actor_id, actor_name=actor_name, action=action,
+                        target_type=target_type, target_id=target_id, outcome=outcome, ip=ip,
+                        detail=detail)  # fmt: skip
         async with self._db.write_session() as s:
             s.add(row)
         return row.to_core()

@@ -247,6 +247,44 @@ async def check_url(
     await _pinned_address(_parse(url), resolver or _default_resolver, allow_ip)
 
 
+@dataclass(frozen=True)
+class PinnedUrl:
+    """A URL that passed the policy, resolved once: send the request to `connect_url` (the
+    checked address itself) with `host_header` as its Host header and `extensions` (TLS SNI)
+    so that nothing resolves the name again."""
+
+    url: str  # normalised, without userinfo or fragment
+    host: str
+    address: IPAddress
+    connect_url: str
+    host_header: str
+    extensions: dict[str, str]
+
+
+def _pinned(target: _Target, address: IPAddress) -> PinnedUrl:
+    ip_text = f"[{address}]" if address.version == 6 else str(address)
+    default_port = target.port == (443 if target.scheme == "https" else 80)
+    host_header = target.host if default_port else f"{target.host}:{target.port}"
+    if isinstance(target.ip_literal, ipaddress.IPv6Address):
+        host_header = f"[{target.host}]" + ("" if default_port else f":{target.port}")
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return PinnedUrl(target.url, target.host, address,
+                     f"{target.scheme}://{ip_text}:{target.port}{target.path}", host_header,
+                     extensions)  # fmt: skip
+
+
+async def pin_url(
+    url: str,
+    *,
+    allow_ip: Callable[[IPAddress], bool] = is_public_ip,
+    resolver: Resolver | None = None,
+) -> PinnedUrl:
+    """Check `url` as `check_url` does and return where to connect (InvalidInput naming `url`).
+    For one request, made at once: redirects are the caller's to refuse or to pin again."""
+    target = _parse(url)
+    return _pinned(target, await _pinned_address(target, resolver or _default_resolver, allow_ip))
+
+
 # ---- the download ----------------------------------------------------------------------------
 
 
@@ -269,8 +307,8 @@ def _disposition_filename(header: str | None) -> str | None:
         return None
 
 
-def _short_reason(error: httpx.HTTPError) -> str:
-    # Fixed phrases: exception texts can carry addresses and paths.
+def short_reason(error: httpx.HTTPError) -> str:
+    """Why a request failed, in a fixed phrase (exception texts can carry addresses and paths)."""
     if isinstance(error, httpx.TimeoutException):
         return "timed out"
     if isinstance(error, httpx.ConnectError):
@@ -312,13 +350,7 @@ async def download(
     first = target
     timeout = httpx.Timeout(timeout_s)
     for hop in range(max_redirects + 1):
-        address = await _pinned_address(target, resolve, allow_ip)
-        ip_text = f"[{address}]" if address.version == 6 else str(address)
-        default_port = target.port == (443 if target.scheme == "https" else 80)
-        host_header = target.host if default_port else f"{target.host}:{target.port}"
-        if isinstance(target.ip_literal, ipaddress.IPv6Address):
-            host_header = f"[{target.host}]" + ("" if default_port else f":{target.port}")
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        pinned = _pinned(target, await _pinned_address(target, resolve, allow_ip))
         # A fresh client per hop: a pooled connection to one IP must never carry a request
         # meant for another name. No env proxies: a proxy would resolve the name again.
         async with httpx.AsyncClient(
@@ -326,18 +358,18 @@ async def download(
         ) as client:
             request = client.build_request(
                 "GET",
-                f"{target.scheme}://{ip_text}:{target.port}{target.path}",
+                pinned.connect_url,
                 headers={
-                    "Host": host_header,
+                    "Host": pinned.host_header,
                     "Accept-Encoding": "identity",
                     "User-Agent": "inferd-fetch",
                 },
-                extensions=extensions,
+                extensions=pinned.extensions,
             )
             try:
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as e:
-                raise InvalidInput(f"url: could not download: {_short_reason(e)}") from None
+                raise InvalidInput(f"url: could not download: {short_reason(e)}") from None
             try:
                 if response.status_code in _REDIRECTS:
                     location = response.headers.get("location")
@@ -390,7 +422,7 @@ async def _save(
                     if on_progress is not None:
                         on_progress(size)
             except httpx.HTTPError as e:
-                raise InvalidInput(f"url: could not download: {_short_reason(e)}") from None
+                raise InvalidInput(f"url: could not download: {short_reason(e)}") from None
             if pending:
                 await asyncio.to_thread(_write, out, digest, bytes(pending))
         filename = (
@@ -431,4 +463,14 @@ def _claim(tmp: Path, dest_dir: Path, filename: str) -> Path:
     raise InvalidInput("url: too many files with the same name in the destination")
 
 
-__all__ = ["FetchResult", "IPAddress", "download", "is_public_ip"]
+__all__ = [
+    "FetchResult",
+    "IPAddress",
+    "PinnedUrl",
+    "Resolver",
+    "check_url",
+    "download",
+    "is_public_ip",
+    "pin_url",
+    "short_reason",
+]

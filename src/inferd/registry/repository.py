@@ -51,5 +51,14 @@ class Repository:
         self._sessions = db.sessions()
         self._clock = clock or utc_now
 
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._db.dialect
+
+    async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        """PostgreSQL only: `on_notify()` on each NOTIFY on `channel`, until cancelled."""
+        await self._db.listen(channel, on_notify)
+
     def _now(self) -> datetime:
         return as_utc(self._clock(), "clock()")

@@ -33,6 +33,9 @@ from sqlalchemy.types import TypeDecorator
 from inferd.core.records import (
     ApiKey,
     AuditEntry,
+    BatchJob,
+    BatchStatus,
+    DeliveryStatus,
     Deployment,
     DeploymentConfig,
     DeploymentStatus,
@@ -42,9 +45,11 @@ from inferd.core.records import (
     ModelVersion,
     Role,
     Scope,
+    StoredFile,
     User,
     VersionStatus,
     Visibility,
+    WebhookDelivery,
 )
 from inferd.core.routing import parse_routing
 from inferd.core.traffic import Revision
@@ -414,6 +419,10 @@ class JobRow(Base):
         # what a runner claims next: queued first by priority, then oldest
         Index("ix_jobs_status_priority_created_at", "status", "priority", "created_at"),
         Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),
+        # leases run out (a node died): found by the sweep
+        Index("ix_jobs_status_lease_until", "status", "lease_until"),
+        # the retention sweep
+        Index("ix_jobs_finished_at", "finished_at"),
         # one job per (owner, key): a retried submission finds the first
         UniqueConstraint("owner_id", "idempotency_key"),
     )
@@ -436,6 +445,20 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The request body's dialect (`inferd.core.bodies.APIS`).
+    api: Mapped[str] = mapped_column(String(32), nullable=False, default="v2",
+                                     server_default="v2")  # fmt: skip
+    #: Where the job's events are POSTed (checked against SSRF rules at submission).
+    webhook: Mapped[str | None] = mapped_column(String(), nullable=True)
+    #: Which events go there (None: only the end, `completed`).
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True),
+                                                             nullable=True)  # fmt: skip
+    #: The node running it and until when its lease holds (renewed while it runs).
+    node: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: The artifact-store key of a result too large for the row (then `result` is None).
+    result_ref: Mapped[str | None] = mapped_column(String(), nullable=True)
 
     def to_core(self) -> Job:
         return Job(
@@ -445,4 +468,149 @@ class JobRow(Base):
             started_at=self.started_at, finished_at=self.finished_at,
             result=None if self.result is None else dict(self.result), error=self.error,
             idempotency_key=self.idempotency_key, cancel_requested=self.cancel_requested,
+            api=self.api, webhook=self.webhook,
+            webhook_events=None if self.webhook_events is None else tuple(self.webhook_events),
+            node=self.node, lease_until=self.lease_until,
+            progress=None if self.progress is None else dict(self.progress),
+            result_ref=self.result_ref,
+        )  # fmt: skip
+
+
+class WebhookDeliveryRow(Base):
+    """One event of a job to POST to its webhook, retried until delivered or out of tries."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next_at", "status", "next_at"),
+        Index("ix_webhook_deliveries_job_id", "job_id"),
+    )
+
+    #: Also the Standard Webhooks `webhook-id`: the same on every retry of this delivery.
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ID, nullable=False)
+    owner_id: Mapped[str] = mapped_column(ID, nullable=False)
+    event: Mapped[str] = mapped_column(String(32), nullable=False)
+    url: Mapped[str] = mapped_column(String(), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON(), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer(), nullable=False, default=0)
+    last_code: Mapped[int | None] = mapped_column(Integer(), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text(), nullable=False, default="")
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def to_core(self) -> WebhookDelivery:
+        return WebhookDelivery(
+            id=self.id, job_id=self.job_id, owner_id=self.owner_id, event=self.event,
+            url=self.url, payload=dict(self.payload), status=DeliveryStatus(self.status),
+            attempts=self.attempts, last_code=self.last_code, last_error=self.last_error,
+            next_at=self.next_at, created_at=self.created_at, finished_at=self.finished_at,
+        )  # fmt: skip
+
+
+class WebhookSecretRow(Base):
+    """A user's webhook signing secret; after a rotation the previous one also signs until
+    `previous_until`, so receivers can switch over."""
+
+    __tablename__ = "webhook_secrets"
+
+    owner_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    secret: Mapped[str] = mapped_column(Text(), nullable=False)
+    previous: Mapped[str | None] = mapped_column(Text(), nullable=True)
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class FileRow(Base):
+    """A file uploaded through `/v1/files` or written by a batch job (bytes in the artifact
+    store)."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_id_created_at", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ID, nullable=False)
+    purpose: Mapped[str] = mapped_column(String(32), nullable=False)
+    filename: Mapped[str] = mapped_column(String(256), nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger(), nullable=False)
+    key: Mapped[str] = mapped_column(String(1024), nullable=False)
+    #: 0: one object at `key`; n: the objects `key/000000.jsonl` ... in order (a batch output).
+    parts: Mapped[int] = mapped_column(Integer(), nullable=False)
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    def to_core(self) -> StoredFile:
+        return StoredFile(
+            id=self.id, owner_id=self.owner_id, purpose=self.purpose, filename=self.filename,
+            bytes=self.bytes, key=self.key, created_at=self.created_at, parts=self.parts,
+            batch_id=self.batch_id,
+        )  # fmt: skip
+
+
+class BatchJobRow(Base):
+    """A batch job: its file split in chunks, the next chunk to run, the node running it."""
+
+    __tablename__ = "batch_jobs"
+    __table_args__ = (
+        Index("ix_batch_jobs_owner_id_created_at", "owner_id", "created_at"),
+        # what a runner claims next: unfinished, lease free or run out, oldest first
+        Index("ix_batch_jobs_status_lease_until", "status", "lease_until"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ID, nullable=False)
+    model: Mapped[str] = mapped_column(String(), nullable=False)
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    api: Mapped[str] = mapped_column(String(32), nullable=False)
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False)
+    input_file_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    format: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    openai: Mapped[bool] = mapped_column(Boolean(), nullable=False)
+    completion_window: Mapped[str] = mapped_column(String(16), nullable=False)
+    total: Mapped[int] = mapped_column(Integer(), nullable=False)
+    done: Mapped[int] = mapped_column(Integer(), nullable=False)
+    failed: Mapped[int] = mapped_column(Integer(), nullable=False)
+    chunk_rows: Mapped[int] = mapped_column(Integer(), nullable=False)
+    chunks: Mapped[int] = mapped_column(Integer(), nullable=False)
+    #: Chunks whose output is stored: the next run starts at this one.
+    committed: Mapped[int] = mapped_column(Integer(), nullable=False)
+    output_bytes: Mapped[int] = mapped_column(BigInteger(), nullable=False)
+    error_bytes: Mapped[int] = mapped_column(BigInteger(), nullable=False)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    run_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    run_start_done: Mapped[int] = mapped_column(Integer(), nullable=False)
+    error: Mapped[str] = mapped_column(Text(), nullable=False)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON(), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def to_core(self) -> BatchJob:
+        return BatchJob(
+            id=self.id, owner_id=self.owner_id, model=self.model, version=self.version,
+            api=self.api, endpoint=self.endpoint, input_file_id=self.input_file_id,
+            format=self.format, status=BatchStatus(self.status), openai=self.openai,
+            completion_window=self.completion_window, total=self.total, done=self.done,
+            failed=self.failed, chunk_rows=self.chunk_rows, chunks=self.chunks,
+            committed=self.committed, output_bytes=self.output_bytes,
+            error_bytes=self.error_bytes, output_file_id=self.output_file_id,
+            error_file_id=self.error_file_id, node=self.node, lease_until=self.lease_until,
+            run_started_at=self.run_started_at, run_start_done=self.run_start_done,
+            error=self.error, metadata={str(k): str(v) for k, v in self.metadata_.items()},
+            created_at=self.created_at, in_progress_at=self.in_progress_at,
+            finalizing_at=self.finalizing_at, completed_at=self.completed_at,
+            failed_at=self.failed_at, cancelling_at=self.cancelling_at,
+            cancelled_at=self.cancelled_at, expires_at=self.expires_at,
+            expired_at=self.expired_at,
         )  # fmt: skip

@@ -9,7 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from inferd.api.admin.batches import openai_router
+from inferd.api.admin.batches import router as batch_router
 from inferd.api.admin.docs import add_docs
+from inferd.api.admin.predictions import router as predictions_router
 from inferd.api.admin.routes import router
 from inferd.api.dataplane import DataPlane
 from inferd.api.http.errors import status_of
@@ -47,6 +50,9 @@ def management_app(
     add_docs(app)
     app.state.control = control
     app.include_router(router)
+    app.include_router(predictions_router)
+    app.include_router(batch_router)
+    app.include_router(openai_router)  # /v1/files, /v1/batches: the raw router hands them on
     if plane is not None:
         app.include_router(socket_router(TokenSocket(plane)))
     if data_plane is not None:

@@ -23,7 +23,7 @@ from inferd.control.plane import ControlPlane
 from inferd.control.rollouts import Rollout
 from inferd.core.canary import parse_canary
 from inferd.core.errors import InvalidField, InvalidInput
-from inferd.core.records import Deployment, JobStatus, Role, Scope
+from inferd.core.records import Deployment, Role, Scope
 from inferd.core.routing import NO_ROUTING, RoutingPolicy, parse_routing
 from inferd.core.traffic import Revision, parse_traffic
 
@@ -61,26 +61,26 @@ def _optional(**constraints: Any) -> Any:
     return Field(None, json_schema_extra=_drop_default, **constraints)
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RegisterBody(_Body):
+class RegisterBody(Body):
     username: Text = Field(max_length=256)
     password: Text = Field(max_length=1024)
     role: Role = Role.MEMBER
 
 
-class LoginBody(_Body):
+class LoginBody(Body):
     username: Text = Field(max_length=256)
     password: Text = Field(max_length=1024)
 
 
-class RefreshBody(_Body):
+class RefreshBody(Body):
     refresh_token: Text = Field(max_length=4096)
 
 
-class UserPatch(_Body):
+class UserPatch(Body):
     """Leave a field out to keep it; a quota set to null returns to the server default."""
 
     role: Role = _optional()
@@ -91,14 +91,14 @@ class UserPatch(_Body):
     storage_quota_bytes: StrictInt | None = Field(None, gt=0, le=MAX_BYTES)
 
 
-class KeyBody(_Body):
+class KeyBody(Body):
     name: Text = Field(min_length=1, max_length=100)
     scopes: list[Scope] = Field(default_factory=lambda: [Scope.INFER], max_length=3)
     expires_at: datetime | None = None
     user_id: Text | None = Field(None, max_length=64)
 
 
-class ModelBody(_Body):
+class ModelBody(Body):
     name: Text = Field(max_length=256)
     description: Text = Field("", max_length=10_000)
     framework: Text = Field("", max_length=64)
@@ -108,7 +108,7 @@ class ModelBody(_Body):
     visibility: Literal["private", "public"] = "private"
 
 
-class ModelPatch(_Body):
+class ModelPatch(Body):
     """Leave a field out to keep it."""
 
     description: Text = _optional(max_length=10_000)
@@ -119,7 +119,7 @@ class ModelPatch(_Body):
     visibility: Literal["private", "public"] = _optional()
 
 
-class MetaBody(_Body):
+class MetaBody(Body):
     """What the uploader states about a version (the rest is detected)."""
 
     runtime: Text | None = Field(None, max_length=64)
@@ -135,7 +135,7 @@ class ImportBody(MetaBody):
     url: Text = Field(max_length=4096)
 
 
-class VersionPatch(_Body):
+class VersionPatch(Body):
     sample_input: dict[str, Any] | None = None
     sample_output: dict[str, Any] | None = None
 
@@ -157,7 +157,7 @@ ROUTING_DOC = (
 )
 
 
-class PipelineBody(_Body):
+class PipelineBody(Body):
     name: Text = Field(max_length=256)
     description: Text = Field("", max_length=10_000)
     visibility: Literal["private", "public"] = "private"
@@ -167,18 +167,11 @@ class PipelineBody(_Body):
     )
 
 
-class PipelineDocument(_Body):
+class PipelineDocument(Body):
     document: dict[str, Any] = Field(description="The pipeline document (docs/pipelines.md)")
 
 
-class PredictionBody(_Body):
-    model: Text = Field(max_length=256)
-    version: StrictInt | Text | None = Field(None, description="A version (default: as routed)")
-    input: dict[str, Any] = Field(description="A V2 inference request body")
-    priority: StrictInt = Field(0, ge=-1000, le=1000, description="Higher runs first")
-
-
-class DeployBody(_Body):
+class DeployBody(Body):
     model: Text = Field(max_length=256)
     version: StrictInt | None = Field(None, ge=1, le=INT32)
     config: dict[str, Any] | None = None
@@ -186,7 +179,7 @@ class DeployBody(_Body):
     routing: Routing = Field(None, description=ROUTING_DOC)
 
 
-class DeploymentPatch(_Body):
+class DeploymentPatch(Body):
     version: StrictInt | None = Field(
         None, ge=1, le=INT32, description="Send all traffic to this version"
     )
@@ -386,55 +379,6 @@ async def delete_version(
     return views.version(mv, name)
 
 
-# ---- async predictions ---------------------------------------------------------------------
-
-
-@router.post("/predictions", status_code=202, tags=["predictions"])
-async def submit_prediction(
-    body: PredictionBody, request: Request, response: Response,
-    actor: Actor = Depends(AUTHENTICATED),
-) -> Any:  # fmt: skip
-    """Queue a prediction and answer at once (202, `Location`: where to poll it). An
-    `Idempotency-Key` header seen before from the same user gives back the first job (200)."""
-    key = request.headers.get("idempotency-key")
-    if key is not None and not 0 < len(key) <= 256:
-        raise InvalidInput("Idempotency-Key: must be 1 to 256 characters")
-    job, created = await control(request).jobs.submit(actor, body.model_dump(), key)
-    response.headers["Location"] = f"/api/v1/predictions/{job.id}"
-    if not created:
-        response.status_code = 200
-    return views.job(job)
-
-
-@router.get("/predictions", tags=["predictions"])
-async def list_predictions(
-    request: Request,
-    status: Annotated[JobStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0, le=INT32)] = 0,
-    actor: Actor = Depends(AUTHENTICATED),
-) -> Any:
-    """The caller's own predictions, newest first."""
-    jobs = await control(request).jobs.list(actor, status, limit, offset)
-    return [views.job(j) for j in jobs]
-
-
-@router.get("/predictions/{job_id}", tags=["predictions"])
-async def get_prediction(
-    job_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
-) -> Any:
-    """Status, attempts, timestamps, and the result (a V2 response body) or the error."""
-    return views.job(await control(request).jobs.get(actor, job_id))
-
-
-@router.post("/predictions/{job_id}/cancel", tags=["predictions"])
-async def cancel_prediction(
-    job_id: str, request: Request, actor: Actor = Depends(AUTHENTICATED)
-) -> Any:
-    """A queued prediction never runs; a running one is aborted; an ended one is unchanged."""
-    return views.job(await control(request).jobs.cancel(actor, job_id))
-
-
 # ---- pipelines ---------------------------------------------------------------------------
 
 
@@ -560,7 +504,7 @@ async def test_deployment(
     return await control(request).deployments.test(actor, deployment_id)
 
 
-class FeedbackBody(_Body):
+class FeedbackBody(Body):
     request_id: Text = Field(max_length=256, description="The id of a request it answered")
     reward: float = Field(description="The outcome: any number, or 0/1 for a rate")
 
@@ -584,7 +528,7 @@ async def deployment_abtest(
     return await control(request).abtests.report(actor, deployment_id)
 
 
-class RolloutBody(_Body):
+class RolloutBody(Body):
     strategy: Literal["blue_green", "canary"] = Field("blue_green", description="How to roll out")
     version: StrictInt = Field(ge=1, le=INT32, description="The version to roll out")
     test: bool = Field(False, description="Blue-green: its sample test must pass before the switch")

@@ -1,6 +1,7 @@
 """Streaming artifact uploads: multipart/form-data (a `file` part + an optional `meta` JSON part)
 or a raw `application/octet-stream` body. Bytes go straight to a staging file with a running
 sha256 and a hard size cap; nothing is buffered in memory and nothing is left behind on failure.
+`receive_form` takes other small fields beside the file (batch inputs, `/v1/files`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -36,6 +38,8 @@ def safe_filename(raw: str) -> str:
 class _Form:
     target: Path
     limit: int
+    #: The parts besides `file` the form may have (others are refused).
+    allowed: tuple[str, ...] = ("meta",)
     file: IO[bytes] | None = None
     filename: str = ""
     size: int = 0
@@ -91,10 +95,11 @@ class _Form:
             self.filename = safe_filename(filename.decode("utf-8", "replace"))
             self.file = self.target.open("wb")
             self.in_file = True
-        elif name in ("meta",):
+        elif name in self.allowed:
             self.current = self.fields.setdefault(name, bytearray())
         else:
-            raise InvalidInput(f"multipart: unexpected part '{name[:64]}' (send 'file' and 'meta')")
+            sent = ", ".join(f"'{n}'" for n in ("file", *self.allowed))
+            raise InvalidInput(f"multipart: unexpected part '{name[:64]}' (send {sent})")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -107,8 +112,11 @@ class _Form:
             self.file.write(chunk)
         elif self.current is not None:
             if len(self.current) + len(chunk) > MAX_FIELD_BYTES:
-                raise InvalidInput("meta: too large")
+                raise InvalidInput(f"{self.name_of_current()}: too large")
             self.current += chunk
+
+    def name_of_current(self) -> str:
+        return next((k for k, v in self.fields.items() if v is self.current), "field")
 
     def on_part_end(self) -> None:
         if self.in_file and self.file is not None:
@@ -120,6 +128,19 @@ async def receive_upload(
     request: Request, target: Path, limit: int
 ) -> tuple[Staged, dict[str, Any]]:
     """Stream the request body into `target`; returns the staged file and the `meta` object."""
+    staged, fields = await receive_form(request, target, limit, ("meta",))
+    try:
+        return staged, _meta(fields.get("meta", b""))
+    except BaseException:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        raise
+
+
+async def receive_form(
+    request: Request, target: Path, limit: int, allowed: tuple[str, ...]
+) -> tuple[Staged, dict[str, bytes]]:
+    """Stream the request body into `target`; returns the staged file and the form's other
+    parts (`allowed` names them; a raw octet-stream body takes them from the query string)."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length")
     # multipart overhead is small: a body far over the cap cannot hold a file under it
@@ -130,7 +151,7 @@ async def receive_upload(
             boundary = params.get(b"boundary")
             if not boundary or len(boundary) > 200:
                 raise InvalidInput("multipart: missing or invalid boundary")
-            form = _Form(target, limit)
+            form = _Form(target, limit, allowed)
             callbacks = {name: getattr(form, name) for name in (
                 "on_part_begin", "on_header_field", "on_header_value", "on_header_end",
                 "on_headers_finished", "on_part_data", "on_part_end")}  # fmt: skip
@@ -139,20 +160,24 @@ async def receive_upload(
                 async for chunk in request.stream():
                     parser.write(chunk)
                 parser.finalize()
+            except ParseError as e:  # a malformed form is the client's error, not ours
+                raise InvalidInput(f"multipart: malformed body ({e})") from None
             finally:
                 if form.file is not None and not form.file.closed:
                     form.file.close()
             if form.files != 1:
                 raise InvalidInput("file: the form has no 'file' part")
-            meta = _meta(bytes(form.fields.get("meta", b"")))
+            fields = {k: bytes(v) for k, v in form.fields.items()}
             staged = Staged(target, form.filename, form.size, form.sha.hexdigest(),
                             f"upload:{form.filename}")  # fmt: skip
         elif ctype == b"application/octet-stream":
             staged = await _raw(request, target, limit)
-            meta = _meta(request.query_params.get("meta", "").encode())
+            query = request.query_params
+            fields = {k: query[k].encode() for k in allowed if k in query}
         else:
+            parts = " + ".join(("file", *allowed))
             raise UnsupportedMediaType(
-                "upload as multipart/form-data (file + meta) or application/octet-stream"
+                f"upload as multipart/form-data ({parts}) or application/octet-stream"
             )
     except ClientDisconnect:
         shutil.rmtree(target.parent, ignore_errors=True)
@@ -163,7 +188,7 @@ async def receive_upload(
     if staged.size == 0:
         shutil.rmtree(target.parent, ignore_errors=True)
         raise InvalidInput("file: empty")
-    return staged, meta
+    return staged, fields
 
 
 async def _raw(request: Request, target: Path, limit: int) -> Staged:

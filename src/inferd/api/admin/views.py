@@ -1,4 +1,5 @@
-"""JSON shapes of control-plane records: never a secret (no hashes; a key once, at creation)."""
+"""JSON shapes of control-plane records: never a secret (no hashes; a key once, at creation),
+but the caller's own webhook signing secret, which their receiver needs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from pydantic import BaseModel
 
 from inferd.control.jobs import job_view
 from inferd.control.pipelines import StoredPipeline
-from inferd.core.records import ApiKey, Deployment, Job, Model, ModelVersion, User
+from inferd.core.records import (
+    ApiKey,
+    Deployment,
+    Job,
+    Model,
+    ModelVersion,
+    User,
+    WebhookDelivery,
+)
 from inferd.core.routing import ShadowStats
 from inferd.core.traffic import Revision
 
@@ -69,6 +78,26 @@ def version(v: ModelVersion, model_name: str) -> dict[str, Any]:
 def job(j: Job) -> dict[str, Any]:
     """An async prediction as its owner sees it (`control.jobs.job_view`)."""
     return job_view(j)
+
+
+def delivery(d: WebhookDelivery) -> dict[str, Any]:
+    """One webhook delivery of a job: where, which event, how it went (not its body)."""
+    return {
+        "id": d.id, "event": d.event, "url": d.url, "status": str(d.status),
+        "attempts": d.attempts, "last_code": d.last_code, "last_error": d.last_error or None,
+        "next_at": _ts(d.next_at) if str(d.status) == "pending" else None,
+        "created_at": _ts(d.created_at), "finished_at": _ts(d.finished_at),
+    }  # fmt: skip
+
+
+def webhook_secret(
+    secret: str, previous: str | None, previous_until: datetime | None = None
+) -> dict[str, Any]:
+    """A user's signing secret (and the previous one while it still signs)."""
+    doc: dict[str, Any] = {"secret": secret, "previous": previous}
+    if previous_until is not None:
+        doc["previous_until"] = _ts(previous_until)
+    return doc
 
 
 def pipeline(p: StoredPipeline) -> dict[str, Any]:

@@ -167,24 +167,30 @@ class OpenAIRoutes:
         return requests, stream, usage_chunk
 
     async def complete(
-        self, kind: str, doc: dict[str, Any], p: Principal, header: Header | None = None
-    ) -> tuple[dict[str, Any], ServedVersion]:
-        """A non-streamed completion or chat completion, and the revision that made it."""
+        self, kind: str, doc: dict[str, Any], p: Principal, header: Header | None = None,
+        tokens: Callable[[int], None] | None = None,
+    ) -> tuple[dict[str, Any], ServedVersion]:  # fmt: skip
+        """A non-streamed completion or chat completion, and the revision that made it.
+        `tokens(n)`: told the number of tokens generated so far, as they come."""
         model = self.allow(p, doc.get("model"))
         sv = self.plane.generator(model, None, header)  # routed once: every prompt goes there
         requests, _, _ = await self._prepare(kind, doc, sv)
+        counts = [0] * len(requests)
 
-        async def run(r: GenerateRequest) -> TokenEvent:
+        async def run(i: int, r: GenerateRequest) -> TokenEvent:
             text, last = [], None
             async for ev in self.plane.generate(sv, r):
                 text.append(ev.text)
                 last = ev
+                if tokens is not None:
+                    counts[i] = ev.completion_tokens
+                    tokens(sum(counts))
             assert last is not None
             return TokenEvent(r.request_id, (), "".join(text), last.prompt_tokens,
                               last.completion_tokens, True, last.finish_reason,
                               last.stop_reason)  # fmt: skip
 
-        results = await asyncio.gather(*(run(r) for r in requests))
+        results = await asyncio.gather(*(run(i, r) for i, r in enumerate(requests)))
         usage = _usage(sum(r.prompt_tokens for r in results),
                        sum(r.completion_tokens for r in results))  # fmt: skip
         created = int(time.time())
