@@ -57,13 +57,15 @@ def _repository(root: Path) -> Path:
 class _Server:
     """`inferd serve` in its own process pinned to CPU 0 (the clients keep CPU 1)."""
 
-    def __init__(self, scratch: Path, name: str, concurrency: int) -> None:
+    def __init__(self, scratch: Path, name: str, concurrency: int, src: Path | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "INFERD_DATA_DIR": str(scratch / name / "data"),
                "INFERD_JOBS__CONCURRENCY": str(concurrency),
                "INFERD_AUTH__BOOTSTRAP_KEY": ADMIN_KEY}  # fmt: skip
+        if src is not None:  # another inferd's sources (a baseline) ahead of the installed one
+            env["PYTHONPATH"] = str(src)
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", sys.executable, "-m", "inferd.cli.main", "serve",
              "--model-repository", str(_repository(scratch / name / "repo")),
@@ -87,8 +89,8 @@ class _Server:
         self.proc.wait(60)
 
 
-def _serve(scratch: Path, name: str, concurrency: int) -> _Server:
-    return _Server(scratch, name, concurrency)
+def _serve(scratch: Path, name: str, concurrency: int, src: Path | None = None) -> _Server:
+    return _Server(scratch, name, concurrency, src)
 
 
 def submissions(url: str, clients: int, duration: float, path: str = "/api/v1/predictions",
@@ -153,9 +155,27 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--jobs", type=int, default=50)
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another inferd's src/ (e.g. `git archive REV src`): its submissions "
+        "at c=--clients are measured in turns with this one's, --rounds times",
+    )
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
     scratch = Path(tempfile.mkdtemp(prefix="inferd-bench-jobs-"))
+    if args.baseline_src is not None:
+        for r in range(args.rounds):
+            for label, src in (("baseline", args.baseline_src), ("this", None)):
+                server = _serve(scratch, f"{label}-{r}", 0, src)
+                try:
+                    submissions(server.url, args.clients, args.duration,
+                                label=f"round {r + 1}, {label}: submissions")  # fmt: skip
+                finally:
+                    server.stop()
+        return
     quiet = _serve(scratch, "submit", 0)
     try:
         for c in sorted({1, args.clients}):

@@ -25,7 +25,7 @@ from tests.conftest import ADMIN, ADMIN_KEY, EXAMPLES
 from tests.integration.platform import Platform
 
 #: Examples per operation in the fuzzing phase (the coverage phase adds its boundary cases).
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 20
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from inferd.api.admin.batches import openai_router
 from inferd.api.admin.batches import router as batch_router
+from inferd.api.admin.console import add_console
 from inferd.api.admin.docs import add_docs
 from inferd.api.admin.predictions import router as predictions_router
 from inferd.api.admin.routes import router
@@ -34,7 +35,8 @@ def management_app(
     `plane`, also the token-stream WebSocket routes (every non-HTTP scope reaches this app,
     so `/v2/...` WebSocket paths are served here); with `data_plane`
     (`api/http/routes.data_plane_router`), the data-plane routes the raw router hands on, and
-    the OpenAPI document describes the whole API, the raw router's own routes included."""
+    the OpenAPI document describes the whole API, the raw router's own routes included. The
+    web console's files are served at `/console/` (`console.add_console`)."""
     app = FastAPI(
         title="inferd",
         version=version,
@@ -48,9 +50,11 @@ def management_app(
         redoc_url=None,
     )
     add_docs(app)
+    add_console(app)
     app.state.control = control
-    app.include_router(router)
+    # FastAPI tries routes in order: the one called at rate (job submissions) first
     app.include_router(predictions_router)
+    app.include_router(router)
     app.include_router(batch_router)
     app.include_router(openai_router)  # /v1/files, /v1/batches: the raw router hands them on
     if plane is not None:

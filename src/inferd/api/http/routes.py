@@ -24,7 +24,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
@@ -63,6 +63,8 @@ OPENAI_ROUTES = frozenset({"openai_completions", "openai_chat", "openai_embeddin
                            "openai_images"})  # fmt: skip
 
 JSON = "application/json"
+#: Where the web console is served (api/admin/console.py); `/` sends browsers there.
+CONSOLE_PATH = "/console/"
 Model = Annotated[str, Path(description="The model's name")]
 Version = Annotated[str, Path(description="One of the model's versions")]
 
@@ -218,9 +220,18 @@ def data_plane_router(
 
     # ---- server and health -----------------------------------------------------------------
 
-    @router.get("/", name="root", summary="Liveness (KServe V1)", responses=_answers(s.Alive))
-    async def root() -> Response:
-        """`{"status":"alive"}` for any method: the kserve SDK's V1 liveness check."""
+    to_console: dict[int | str, dict[str, Any]] = {
+        307: {"description": "A browser (Accept: text/html): to the web console"}
+    }
+
+    @router.get("/", name="root", summary="Liveness (KServe V1)",
+                responses=_answers(s.Alive) | to_console)  # fmt: skip
+    async def root(request: Request) -> Response:
+        """`{"status":"alive"}` for any method: the kserve SDK's V1 liveness check. A browser's
+        GET (one that accepts `text/html`) is redirected to the web console, `/console/`."""
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            prefix = str(request.scope.get("root_path", "")).rstrip("/")
+            return RedirectResponse(prefix + CONSOLE_PATH, status_code=307)
         return json({"status": "alive"})
 
     router.add_api_route("/", root, name="root", include_in_schema=False,
