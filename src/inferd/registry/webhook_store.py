@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from inferd.core.records import DeliveryStatus, WebhookDelivery
@@ -163,17 +163,6 @@ class WebhookStore(Repository):
              .order_by(WebhookDeliveryRow.created_at, WebhookDeliveryRow.id))  # fmt: skip
         async with self._sessions() as s:
             return [r.to_core() for r in await s.scalars(q)]
-
-    @guarded
-    async def delete_deliveries(self, job_ids: Sequence[str]) -> int:
-        """Delete the deliveries of these jobs (whatever their status); returns how many."""
-        if not job_ids:
-            return 0
-        async with self._db.write_session() as s:
-            done = await s.execute(
-                delete(WebhookDeliveryRow).where(WebhookDeliveryRow.job_id.in_(list(job_ids)))
-            )
-        return done.rowcount or 0  # type: ignore[attr-defined]
 
 
 def _previous(row: WebhookSecretRow, now: datetime) -> str | None:
